@@ -1,0 +1,47 @@
+"""Dependencies shared by the routers: the platform's parts from `app.state`, parsed params."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, Path, Request
+
+from fieldhub.api.errors import InvalidParameter
+from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
+from fieldhub.store.base import Store
+
+if TYPE_CHECKING:
+    from fieldhub.app import Platform
+
+
+def get_platform(request: Request) -> Platform:
+    """The running platform (set by the app's lifespan)."""
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def get_store(request: Request) -> Store:
+    """The store of the running platform."""
+    return get_platform(request).store
+
+
+def device_id_param(
+    device_id: Annotated[str, Path(description="Device id; any MAC spelling finds the device", max_length=200)],
+) -> str:
+    """The canonical device id from the path; 422 when it cannot be a device id."""
+    try:
+        return canonical_device_id(device_id)
+    except InvalidDeviceId as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
+def now_us() -> int:
+    """The request's notion of now, in epoch microseconds."""
+    return time.time_ns() // 1_000
+
+
+PlatformDep = Annotated["Platform", Depends(get_platform)]
+StoreDep = Annotated[Store, Depends(get_store)]
+DeviceIdDep = Annotated[str, Depends(device_id_param)]
+NowDep = Annotated[int, Depends(now_us)]

@@ -1,0 +1,176 @@
+"""Response models: what the API promises, separate from storage rows."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from fieldhub.protocol.messages import AttributeValue
+from fieldhub.protocol.timestamps import format_us
+from fieldhub.store.base import DeadLetterRow, DeviceRow, MetricSummary, ReadingRow
+
+Time = str  # ISO 8601 UTC with microseconds and a Z
+
+
+class MetricPublic(BaseModel):
+    """A metric of a device with its latest value."""
+
+    name: str
+    last_value: float
+    last_ts: Time
+
+    @classmethod
+    def of(cls, row: MetricSummary) -> MetricPublic:
+        return cls(name=row.name, last_value=row.last_value, last_ts=format_us(row.last_ts_us))
+
+
+class DevicePublic(BaseModel):
+    """A device in a listing."""
+
+    id: str
+    profile: str
+    presence: Literal["online", "offline", "stale", "unknown"]
+    presence_since: Time | None
+    first_seen: Time
+    last_seen: Time
+    attributes: dict[str, AttributeValue]
+
+    @classmethod
+    def of(cls, row: DeviceRow) -> DevicePublic:
+        return cls(
+            id=row.device_id,
+            profile=row.profile,
+            presence=row.presence,
+            presence_since=format_us(row.presence_changed_us) if row.presence_changed_us else None,
+            first_seen=format_us(row.first_seen_us),
+            last_seen=format_us(row.last_seen_us),
+            attributes=row.attributes,
+        )
+
+
+class DeviceDetail(DevicePublic):
+    """A device with its metrics and their latest values."""
+
+    metrics: list[MetricPublic]
+
+
+class DevicesPublic(BaseModel):
+    """A page of devices."""
+
+    data: list[DevicePublic]
+    count: int = Field(description="Devices matching the filters, over all pages")
+    next_cursor: str | None
+
+
+class ReadingPublic(BaseModel):
+    """One stored reading."""
+
+    metric: str
+    ts: Time
+    value: float
+    received_at: Time
+
+    @classmethod
+    def of(cls, row: ReadingRow) -> ReadingPublic:
+        return cls(
+            metric=row.metric, ts=format_us(row.ts_us), value=row.value, received_at=format_us(row.received_us)
+        )
+
+
+class ReadingsPublic(BaseModel):
+    """A page of readings, ordered by metric then time."""
+
+    device_id: str
+    data: list[ReadingPublic]
+    next_cursor: str | None
+
+
+class SeriesPointPublic(BaseModel):
+    """One bucket: its start, the aggregate and the readings it covers."""
+
+    ts: Time
+    value: float
+    count: int
+
+
+class SeriesPublic(BaseModel):
+    """One metric aggregated over time buckets."""
+
+    device_id: str
+    metric: str
+    agg: str
+    interval_s: float
+    start: Time
+    end: Time
+    points: list[SeriesPointPublic]
+
+
+class DeadLetterPublic(BaseModel):
+    """A rejected message. The payload is text when it is UTF-8, base64 otherwise."""
+
+    id: int
+    received_at: Time
+    topic: str
+    reason: str
+    detail: str
+    device_id: str | None
+    profile: str | None
+    size: int
+    truncated: bool
+    payload_text: str | None
+    payload_base64: str | None
+
+    @classmethod
+    def of(cls, row: DeadLetterRow) -> DeadLetterPublic:
+        import base64
+
+        try:
+            text: str | None = row.payload.decode("utf-8")
+            b64 = None
+        except UnicodeDecodeError:
+            text = None
+            b64 = base64.b64encode(row.payload).decode()
+        return cls(
+            id=row.id,
+            received_at=format_us(row.received_us),
+            topic=row.topic,
+            reason=row.reason,
+            detail=row.detail,
+            device_id=row.device_id,
+            profile=row.profile,
+            size=row.size,
+            truncated=row.size > len(row.payload),
+            payload_text=text,
+            payload_base64=b64,
+        )
+
+
+class DeadLettersPublic(BaseModel):
+    """A page of dead letters, newest first."""
+
+    data: list[DeadLetterPublic]
+    next_cursor: str | None
+
+
+class IngestAccepted(BaseModel):
+    """A message accepted over HTTP and committed."""
+
+    device_id: str
+    readings: int = Field(description="Readings in the message")
+    written: int = Field(description="Readings newly stored in the batch holding this message")
+    duplicates: int
+
+
+class Health(BaseModel):
+    """Liveness and the state of each part."""
+
+    status: Literal["ok", "degraded"]
+    store: Literal["ok", "error"]
+    mqtt_connected: bool
+    mqtt_url: str
+    broker: Literal["embedded", "external"]
+    broker_running: bool | None
+    broker_restarts: int | None
+    ingest_queue_depth: int
+    batches_committed: int

@@ -1,0 +1,60 @@
+"""Parsing of time and interval query parameters, with messages meant for the caller."""
+
+from __future__ import annotations
+
+import re
+
+from fieldhub.api.errors import InvalidParameter
+from fieldhub.protocol.timestamps import US_PER_S, parse_time_param
+
+# A series request may ask for at most this many buckets: enough for a 4K-wide chart, few
+# enough that a mistyped interval (1s over a year) cannot make the server build 31M points.
+MAX_SERIES_BUCKETS = 10_000
+# Default window for series without start: the last day, what a dashboard shows first.
+DEFAULT_SERIES_WINDOW_US = 24 * 3600 * US_PER_S
+# Automatic interval picks about this many buckets, rounded up to a step a person reads easily.
+AUTO_BUCKETS = 300
+NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+_INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_US = {"ms": 1_000, "s": US_PER_S, "m": 60 * US_PER_S, "h": 3600 * US_PER_S, "d": 86400 * US_PER_S}
+
+
+def parse_time(name: str, value: str | None) -> int | None:
+    """An optional time parameter in epoch microseconds; 422 naming the parameter if invalid."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_time_param(value)
+    except ValueError as exc:
+        raise InvalidParameter(f"{name}: {exc}") from None
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """start/end as epoch microseconds; 422 when start is not before end."""
+    start_us = parse_time("start", start)
+    end_us = parse_time("end", end)
+    if start_us is not None and end_us is not None and start_us >= end_us:
+        raise InvalidParameter(f"start ({start}) must be before end ({end})")
+    return start_us, end_us
+
+
+def parse_interval(value: str) -> int:
+    """`90`, `90s`, `5m`, `1h`, `1d`, `500ms` -> microseconds (a bare number is seconds)."""
+    match = _INTERVAL.match(value)
+    if match is None:
+        raise InvalidParameter(f"interval {value!r} is not a duration: use e.g. 30s, 5m, 1h, 1d")
+    interval_us = int(float(match.group(1)) * _UNIT_US[match.group(2) or "s"])
+    if interval_us < 1_000:
+        raise InvalidParameter(f"interval {value!r} is below the 1 ms minimum")
+    return interval_us
+
+
+def auto_interval(span_us: int) -> int:
+    """A readable interval giving about AUTO_BUCKETS buckets over the span."""
+    target_s = span_us / US_PER_S / AUTO_BUCKETS
+    for step in NICE_STEPS_S:
+        if step >= target_s:
+            return step * US_PER_S
+    days = int(target_s // 86400) + 1
+    return days * 86400 * US_PER_S

@@ -1,0 +1,85 @@
+"""HTTP ingest for devices without MQTT: the same payloads, the same decoding, the same store."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from fieldhub.api.deps import PlatformDep
+from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
+from fieldhub.api.models import IngestAccepted
+from fieldhub.protocol.messages import Decoded, Ignored, Rejected
+from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
+from fieldhub.protocol.topics import filter_matches
+
+router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+
+
+@router.post(
+    "/{profile}",
+    status_code=201,
+    response_model=IngestAccepted,
+    responses={**ERROR_RESPONSES, 413: {"model": ErrorResponse, "description": "Body too large"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def ingest(
+    profile: str,
+    request: Request,
+    platform: PlatformDep,
+    topic: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=512,
+            description="The topic the device would publish to, e.g. devices/node-1/telemetry",
+        ),
+    ],
+) -> IngestAccepted | JSONResponse:
+    """Store one message as if it arrived on `topic` over MQTT.
+
+    A payload the decoder rejects is kept in dead letters and answered with 422 and its reason.
+    """
+    enabled = {p.name: p for p in platform.decoder.table.profiles}
+    if profile not in enabled:
+        raise NotFound(f"profile {profile!r} is not enabled; enabled: {', '.join(sorted(enabled))}")
+    if not any(filter_matches(sub, topic) for sub in enabled[profile].subscriptions):
+        return _rejected(
+            422, "topic_not_in_profile",
+            f"topic {topic!r} is outside the {profile} profile ({', '.join(enabled[profile].subscriptions)})",
+        )  # fmt: skip
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"body is {declared} bytes, the limit is {MAX_PAYLOAD_BYTES}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"body is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    outcome = await platform.ingest.submit(topic, bytes(body))
+    result = outcome.result
+    if isinstance(result, Rejected):
+        return _rejected(422, result.reason.value, f"{result.detail} (kept in dead letters)")
+    if isinstance(result, Ignored):
+        return _rejected(422, "not_data", f"topic {topic!r} carries {result.channel}, not data")
+    assert isinstance(result, Decoded)
+    return IngestAccepted(
+        device_id=result.device_id,
+        readings=len(result.readings),
+        written=outcome.readings_written,
+        duplicates=outcome.readings_duplicate,
+    )
+
+
+def _rejected(status: int, code: str, message: str) -> JSONResponse:
+    body = ErrorResponse(error=ErrorBody(code=code, message=message))
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)

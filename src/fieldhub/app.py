@@ -1,0 +1,127 @@
+"""The composition root: wires broker, store, ingest, MQTT and the HTTP API for `fieldhub up`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+from prometheus_client import CollectorRegistry
+
+from fieldhub import __version__
+from fieldhub.api.errors import install_error_handlers
+from fieldhub.api.routes import dead_letters, devices, health, ingest
+from fieldhub.broker.supervisor import BrokerSupervisor
+from fieldhub.config import Settings
+from fieldhub.ingest.metrics import IngestMetrics
+from fieldhub.ingest.pipeline import Ingest
+from fieldhub.mqtt.client import MqttEndpoint, MqttSubscriber, parse_mqtt_url
+from fieldhub.protocol.decode import MessageDecoder
+from fieldhub.protocol.profiles import select_profiles
+from fieldhub.store.open import open_store
+
+log = logging.getLogger("fieldhub")
+
+
+class Platform:
+    """Every long-lived part of one fieldhub process, started and stopped in order."""
+
+    def __init__(self, settings: Settings, *, mqtt_port: int | None = None) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        profiles = select_profiles(settings.profiles)
+        self.decoder = MessageDecoder(profiles)
+        self.store = open_store(
+            settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles}
+        )
+        self.metrics = IngestMetrics(self.registry)
+        self.ingest = Ingest(store=self.store, decoder=self.decoder, metrics=self.metrics)
+        external = settings.external_broker
+        self.broker: BrokerSupervisor | None = None
+        if external is None:
+            port = mqtt_port or settings.mqtt_port
+            if port is None:
+                raise ValueError("the embedded broker needs a port (the CLI picks one)")
+            self.broker = BrokerSupervisor(
+                data_dir=settings.data_dir, port=port, executable=settings.mosquitto
+            )
+            self.mqtt_endpoint: MqttEndpoint = parse_mqtt_url(self.broker.url)
+        else:
+            self.mqtt_endpoint = external
+        self.subscriber = MqttSubscriber(
+            endpoint=self.mqtt_endpoint,
+            client_id=settings.mqtt_client_id,
+            filters=self.decoder.subscriptions,
+            on_message=self.ingest.on_message,
+            protocol=settings.protocol_version,
+            on_connection_change=self._connection_changed,
+        )
+        self.ingest.acker = self.subscriber.ack
+        self._writer: asyncio.Task[None] | None = None
+        self.on_stop: list[Callable[[], None]] = []
+
+    @property
+    def mqtt_connected(self) -> bool:
+        """True while ingest is connected to the broker."""
+        return self.subscriber.connected
+
+    def _connection_changed(self, connected: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected:
+            self.metrics.mqtt_connects.inc()
+
+    async def start(self) -> None:
+        """Broker (if embedded), store, ingest writer, then the MQTT subscription."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.broker is not None:
+            await self.broker.start()
+        await self.store.open()
+        await self.ingest.load_state()
+        self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
+        # The subscriber connects in the background and retries forever: the API serves stored
+        # data even while the broker is unreachable.
+        self.subscriber.start()
+
+    async def stop(self) -> None:
+        """Flush what was received, disconnect, stop the writer, close the store and broker."""
+        for callback in self.on_stop:
+            callback()
+        await self.ingest.drain()
+        await asyncio.to_thread(self.subscriber.stop)
+        await self.ingest.drain()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+        await self.store.close()
+        if self.broker is not None:
+            await self.broker.stop()
+
+
+def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The ASGI app; its lifespan starts and stops the platform."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await platform.start()
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            await platform.stop()
+
+    app = FastAPI(
+        title="fieldhub",
+        version=__version__,
+        description="Telemetry, devices and dead letters of an ESP32 fleet.",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.platform = platform
+    install_error_handlers(app)
+    for module in (health, devices, dead_letters, ingest):
+        app.include_router(module.router)
+    return app

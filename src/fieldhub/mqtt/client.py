@@ -1,0 +1,405 @@
+"""paho-mqtt behind two small classes: a durable subscriber for ingest and a publisher.
+
+Why paho: it is the maintained reference client, supports MQTT 5 and 3.1.1, and (since 2.0) manual
+acknowledgements, which is what "acknowledge after commit" needs (NOTES.md trap 4). Its network
+loop runs in its own thread; ingest hands decoded work to the writer through a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from fieldhub.protocol.messages import InboundMessage
+
+log = logging.getLogger("fieldhub.mqtt")
+
+# (connection generation, packet id). A packet id is only meaningful on the connection that
+# delivered it: after a reconnect the broker reuses ids for redelivered messages, so an ack
+# carrying an old generation is dropped rather than acknowledging someone else's message.
+AckToken = tuple[int, int]
+
+KEEPALIVE_S = 30
+# Reconnect backoff: fast enough to resume within a second or two of a broker restart, slow
+# enough not to hammer a broker that is down for maintenance.
+RECONNECT_MIN_DELAY_S = 1
+RECONNECT_MAX_DELAY_S = 15
+# How many unacknowledged QoS 1 messages the broker may push to ingest (MQTT 5 Receive Maximum).
+# Ingest acks only after the batch holding a message is committed, so the window must cover a
+# whole batch plus what arrives during its commit, or throughput collapses to window/commit-time.
+# Packet ids are 16 bits; stay well below 65535 so ids never run out.
+INGEST_RECEIVE_MAXIMUM = 30_000
+# The broker keeps ingest's session (subscriptions and queued messages) this long while fieldhub
+# is down. A week covers a long weekend outage; longer risks unbounded broker memory.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+# Publisher in-flight window: paho keys outgoing QoS>0 messages by 16-bit id, so an unbounded
+# queue silently loses messages beyond 65535 (NOTES.md trap 3). The semaphore blocks callers.
+PUBLISH_MAX_INFLIGHT = 1_000
+
+
+class MqttUrlError(ValueError):
+    """An MQTT URL that fieldhub cannot use; the message says what to write instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where a broker listens and how to log in."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The endpoint as an `mqtt://` URL without the password."""
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt://{user}{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> MqttEndpoint:
+    """`mqtt://[user[:password]@]host[:port]` -> MqttEndpoint, or MqttUrlError explaining why."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise MqttUrlError(f"{url!r}: use mqtt://host:port (TLS is not supported yet)")
+    if not parts.hostname:
+        raise MqttUrlError(f"{url!r} has no host; example: mqtt://127.0.0.1:1883")
+    try:
+        port = parts.port or 1883
+    except ValueError:
+        raise MqttUrlError(f"{url!r} has an invalid port") from None
+    return MqttEndpoint(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The message the broker publishes for a client that vanishes without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def _set_nodelay(client: paho.Client, userdata: object, sock: object) -> None:
+    # Without TCP_NODELAY every request/ack round trip waits 40-200 ms for Nagle and delayed ACK
+    # (NOTES.md trap 2); paho does not set it.
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _new_client(
+    *, client_id: str, endpoint: MqttEndpoint, protocol: int, clean: bool, manual_ack: bool = False
+) -> paho.Client:
+    proto = paho.MQTTv5 if protocol == 5 else paho.MQTTv311
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=proto,
+        clean_session=None if protocol == 5 else clean,
+        manual_ack=manual_ack,
+    )
+    if endpoint.username:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    client.on_socket_open = _set_nodelay
+    client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
+    return client
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+class MqttSubscriber:
+    """A durable QoS 1 subscriber: persistent session, manual acks, automatic reconnect.
+
+    `on_message` runs in the network thread for every message with a token to pass to `ack` once
+    the message is safely stored. Receive times are strictly increasing microseconds, so two
+    messages never share one by accident (DESIGN.md).
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        filters: Sequence[str],
+        on_message: Callable[[InboundMessage, AckToken | None], None],
+        protocol: int = 5,
+        on_connection_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.filters = list(filters)
+        self.protocol = protocol
+        self._on_message = on_message
+        self._on_connection_change = on_connection_change
+        self._client = _new_client(
+            client_id=client_id, endpoint=endpoint, protocol=protocol, clean=False, manual_ack=True
+        )
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_pre_connect = self._handle_pre_connect
+        self._ack_lock = threading.Lock()
+        self._generation = 0
+        self._last_us = 0
+        self.connected = False
+        self._stopping = False
+        self.connects = 0
+        self.acks_dropped = 0
+
+    def start(self) -> None:
+        """Connect in the background; reconnects forever until `stop`."""
+        props: Properties | None = None
+        if self.protocol == 5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.ReceiveMaximum = INGEST_RECEIVE_MAXIMUM
+        self._client.connect_async(
+            self.endpoint.host,
+            self.endpoint.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=False if self.protocol == 5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly (the session stays on the broker) and stop the network thread."""
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected = False
+
+    def ack(self, tokens: Sequence[AckToken]) -> None:
+        """Acknowledge stored messages; tokens from an earlier connection are dropped."""
+        with self._ack_lock:
+            generation = self._generation
+            for token_generation, mid in tokens:
+                if token_generation == generation:
+                    self._client.ack(mid, 1)
+                else:
+                    self.acks_dropped += 1
+
+    def _handle_pre_connect(self, client: paho.Client, userdata: object) -> None:
+        # Runs inside reconnect() after paho cleared its outgoing packets and before CONNECT: from
+        # here on, acks of the old connection must not be queued.
+        with self._ack_lock:
+            self._generation += 1
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused the connection: %s", self.endpoint.url, reason_code)
+            return
+        self.connects += 1
+        self.connected = True
+        log.info(
+            "connected to %s as %s (session %s)",
+            self.endpoint.url,
+            self.client_id,
+            "resumed" if flags.session_present else "new",
+        )
+        if not flags.session_present:
+            if self.protocol == 5:
+                # retainHandling=1: retained messages only for a new subscription, not again on
+                # every re-subscribe of an existing one.
+                options = SubscribeOptions(qos=1, retainHandling=1)
+                client.subscribe([(topic, options) for topic in self.filters])
+            else:
+                client.subscribe([(topic, 1) for topic in self.filters])
+        if self._on_connection_change:
+            self._on_connection_change(True)
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._ack_lock:
+            self._generation += 1
+        if self.connected and not self._stopping:
+            log.warning("lost connection to %s (%s); reconnecting", self.endpoint.url, reason_code)
+        self.connected = False
+        if self._on_connection_change:
+            self._on_connection_change(False)
+
+    def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        now = _now_us()
+        received_us = now if now > self._last_us else self._last_us + 1
+        self._last_us = received_us
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            # Brokers enforce UTF-8 topics; keep the message visible as a dead letter regardless.
+            topic = msg._topic.decode("utf-8", "replace")
+        token = (self._generation, msg.mid) if msg.qos > 0 else None
+        self._on_message(InboundMessage(topic, bytes(msg.payload), received_us, msg.retain, msg.qos), token)
+
+
+class MqttPublisher:
+    """A publisher with TCP_NODELAY, a bounded in-flight window and an optional last will."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        protocol: int = 5,
+        will: Will | None = None,
+        clean: bool = True,
+        max_inflight: int = PUBLISH_MAX_INFLIGHT,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.protocol = protocol
+        self._clean = clean
+        self._client = _new_client(
+            client_id=client_id, endpoint=endpoint, protocol=protocol, clean=clean
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(0)
+        self._window = threading.BoundedSemaphore(max_inflight)
+        self._pending: dict[int, Future[None]] = {}
+        self._pending_lock = threading.Lock()
+        self._early: set[int] = set()
+        self._connected = threading.Event()
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_publish = self._handle_publish
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, will.qos, will.retain)
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker has accepted the connection."""
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background (reconnecting by itself) and start the network thread."""
+        self._client.connect_async(
+            self.endpoint.host,
+            self.endpoint.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=True if self.protocol == 5 and self._clean else paho.MQTT_CLEAN_START_FIRST_ONLY,
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block until connected or the timeout passes; returns whether connected."""
+        return self._connected.wait(timeout_s)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Future[None]:
+        """Queue a publish; the future completes when the broker acknowledged it (QoS>0) or sent.
+
+        Blocks while `max_inflight` publishes are unacknowledged.
+        """
+        self._window.acquire()
+        future: Future[None] = Future()
+        # paho calls on_publish holding its own lock, so ours must not be held across publish():
+        # an ack that arrives before the mid is registered is parked in `_early`.
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self._window.release()
+            future.set_exception(ConnectionError(f"publish failed: {paho.error_string(info.rc)}"))
+            return future
+        with self._pending_lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                early = True
+            else:
+                self._pending[info.mid] = future
+                early = False
+        if early:
+            self._window.release()
+            future.set_result(None)
+        return future
+
+    def stop(self, *, disconnect: bool = True) -> None:
+        """Stop the client; `disconnect=False` drops the TCP connection without DISCONNECT, as a
+        device losing power does, so the broker publishes the will."""
+        if disconnect:
+            self._client.disconnect()
+            self._client.loop_stop()
+        else:
+            self._client.loop_stop()
+            sock = self._client.socket()
+            if isinstance(sock, socket.socket):
+                sock.close()
+        self._connected.clear()
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("publisher stopped before the broker acked"))
+
+    def _complete(self, mid: int) -> None:
+        with self._pending_lock:
+            future = self._pending.pop(mid, None)
+            if future is None:
+                self._early.add(mid)
+        if future is not None:
+            self._window.release()
+            if not future.done():
+                future.set_result(None)
+
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._complete(mid)
+
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused %s: %s", self.endpoint.url, self.client_id, reason_code)
+            return
+        self._connected.set()
+
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected.clear()

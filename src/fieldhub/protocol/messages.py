@@ -1,0 +1,89 @@
+"""The values that flow from the transport through decoding into the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+AttributeValue = str | int | float | bool | None
+Presence = Literal["online", "offline"]
+
+
+class RejectReason(StrEnum):
+    """Why a message went to dead letters. The value is the machine-readable code."""
+
+    EMPTY_PAYLOAD = "empty_payload"
+    OVERSIZE_PAYLOAD = "oversize_payload"
+    NOT_UTF8 = "not_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NON_FINITE_NUMBER = "non_finite_number"
+    NOT_AN_OBJECT = "not_an_object"
+    EXPECTED_NUMBER = "expected_number"
+    MISSING_FIELD = "missing_field"
+    NO_READINGS = "no_readings"
+    TOO_MANY_FIELDS = "too_many_fields"
+    BAD_FIELD_NAME = "bad_field_name"
+    ABSURD_TIMESTAMP = "absurd_timestamp"
+    UNKNOWN_TOPIC = "unknown_topic"
+    BAD_DEVICE_ID = "bad_device_id"
+    BAD_STATUS = "bad_status"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One message as the transport received it, before any interpretation."""
+
+    topic: str
+    payload: bytes
+    received_us: int
+    retain: bool = False
+    qos: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One numeric sample: metric name, the time it was taken, its value."""
+
+    metric: str
+    ts_us: int
+    value: float
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What a valid message says about its device.
+
+    `device_time` tells whether the readings carry a time the device gave (exactly-once across a
+    redelivery) or the receive time (at-least-once).
+    """
+
+    device_id: str
+    profile: str
+    channel: str
+    received_us: int
+    readings: list[Reading] = field(default_factory=list)
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    presence: Presence | None = None
+    device_time: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that cannot be stored as data, with the reason it goes to dead letters."""
+
+    reason: RejectReason
+    detail: str
+    device_id: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A message on a topic fieldhub itself publishes to (commands, OTA): not data, not an error."""
+
+    channel: str
+
+
+DecodeResult = Decoded | Rejected | Ignored

@@ -1,0 +1,144 @@
+"""JSON payload parsing and flattening into named readings and attributes.
+
+Numbers (and booleans, as 0/1) anywhere in an object become readings named by their key; a nested
+group's leaves are named by their dotted path only when two leaves would otherwise share a name
+(`{"sensors": {"temperature": 22.5}}` gives `temperature`). Strings and nulls are attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fieldhub.protocol.messages import AttributeValue, RejectReason
+
+# A telemetry message carries a handful of sensor values; 64 KiB is generous for JSON and still
+# keeps one device from filling the disk through dead letters or the metric dictionary.
+MAX_PAYLOAD_BYTES = 64 * 1024
+# More fields than this in one message is a bug in the device (or an attack on the metric table).
+MAX_FIELDS_PER_MESSAGE = 256
+MAX_NAME_CHARS = 128
+
+
+class PayloadError(ValueError):
+    """The payload cannot be read as data; carries the dead-letter reason code."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _refuse_constant(name: str) -> float:
+    raise PayloadError(RejectReason.NON_FINITE_NUMBER, f"{name} is not a number JSON can carry")
+
+
+def check_size(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> None:
+    """Reject empty and oversize payloads before any parsing work."""
+    if not payload:
+        raise PayloadError(RejectReason.EMPTY_PAYLOAD, "payload is empty")
+    if len(payload) > limit:
+        raise PayloadError(
+            RejectReason.OVERSIZE_PAYLOAD, f"payload is {len(payload)} bytes, the limit is {limit}"
+        )
+
+
+def decode_text(payload: bytes) -> str:
+    """UTF-8 text of a payload, or PayloadError(not_utf8) naming the first bad byte."""
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(
+            RejectReason.NOT_UTF8, f"payload is not UTF-8: byte {exc.start} is {payload[exc.start]:#04x}"
+        ) from None
+
+
+def parse_json(payload: bytes) -> Any:
+    """Parse JSON with the checks a device payload needs.
+
+    orjson is fast but reports NaN/Infinity as a generic syntax error; the slow path below runs only
+    for payloads that already failed, to give the device author the specific reason.
+    """
+    check_size(payload)
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        decode_text(payload)
+        try:
+            json.loads(payload, parse_constant=_refuse_constant)
+        except PayloadError:
+            raise
+        except ValueError:
+            pass
+        raise PayloadError(RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {exc}") from None
+
+
+def number_of(value: Any) -> float | None:
+    """The reading value of a JSON leaf, or None when the leaf is not numeric. Booleans are 0/1."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        number = float(value)
+        if not math.isfinite(number):
+            raise PayloadError(RejectReason.NON_FINITE_NUMBER, f"value {value!r} is not finite")
+        return number
+    return None
+
+
+@dataclass(slots=True)
+class Flattened:
+    """Readings and attributes found in one JSON object."""
+
+    numbers: dict[str, float] = field(default_factory=dict)
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+
+def _leaves(obj: Any, path: tuple[str, ...], out: list[tuple[tuple[str, ...], Any]]) -> None:
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _leaves(value, (*path, str(key)), out)
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            _leaves(value, (*path, str(index)), out)
+    else:
+        out.append((path, obj))
+    if len(out) > MAX_FIELDS_PER_MESSAGE:
+        raise PayloadError(
+            RejectReason.TOO_MANY_FIELDS, f"more than {MAX_FIELDS_PER_MESSAGE} fields in one message"
+        )
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise PayloadError(
+            RejectReason.BAD_FIELD_NAME,
+            f"field name {name[:40]!r} must be 1..{MAX_NAME_CHARS} printable characters",
+        )
+    return name
+
+
+def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flattened:
+    """Split an object into numeric readings and attributes (see the module docstring).
+
+    Keys in `skip` at the top level are envelope fields handled by the caller.
+    """
+    leaves: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in obj.items():
+        if key not in skip:
+            _leaves(value, (str(key),), leaves)
+    name_counts: dict[str, int] = {}
+    for path, _ in leaves:
+        name_counts[path[-1]] = name_counts.get(path[-1], 0) + 1
+    result = Flattened()
+    for path, value in leaves:
+        name = _check_name(path[-1] if name_counts[path[-1]] == 1 else ".".join(path))
+        number = number_of(value)
+        if number is not None:
+            result.numbers[name] = number
+        elif isinstance(value, str) or value is None:
+            result.attributes[name] = value
+    return result

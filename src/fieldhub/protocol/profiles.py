@@ -1,0 +1,118 @@
+"""Topic profiles as data: each row is (topic pattern, channel, decoder).
+
+The ingest router is one table built from the enabled profiles, so adding a profile adds rows, not
+code paths. A pattern has exactly one `+`, the level holding the device id. DESIGN.md lists the
+stacks each profile keeps compatible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One topic pattern of a profile and how to read what arrives on it.
+
+    `publishes_retained` marks topics whose devices publish with the retain flag: the broker hands
+    the last message over again on every new subscription, and ingest must not store it twice.
+    `required` names numeric fields the decoder insists on (a strict legacy schema).
+    """
+
+    pattern: str
+    channel: str
+    decoder: str
+    publishes_retained: bool = False
+    required: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        levels = self.pattern.split("/")
+        if levels.count("+") != 1 or "#" in levels:
+            raise ValueError(f"route pattern {self.pattern!r} needs exactly one '+' and no '#'")
+
+    @property
+    def id_level(self) -> int:
+        """Index of the topic level that holds the device id."""
+        return self.pattern.split("/").index("+")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A named family of topics and payloads, usually the contract of one existing stack.
+
+    `subscriptions` are the broker filters that cover the profile's whole prefix, so a topic under
+    the prefix that matches no route reaches dead letters instead of vanishing. `renames` maps a
+    payload's field names to fieldhub metric names where the stack's names mislead (units).
+    `stale_after_s` is how long a device may stay silent before its presence shows `stale`.
+    """
+
+    name: str
+    subscriptions: tuple[str, ...]
+    routes: tuple[Route, ...]
+    stale_after_s: int
+    renames: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+NATIVE = Profile(
+    name="native",
+    subscriptions=("devices/#",),
+    routes=(
+        Route("devices/+/telemetry", "telemetry", "json_telemetry"),
+        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second.
+        Route("devices/+/data", "telemetry", "json_telemetry"),
+        Route("devices/+/status", "status", "status", publishes_retained=True),
+        # Down-link topics fieldhub itself publishes to, and up-links later features consume.
+        Route("devices/+/commands", "commands", "ignore"),
+        Route("devices/+/commands/ack", "command_ack", "ignore"),
+        Route("devices/+/audio", "audio", "ignore"),
+        Route("devices/+/ota", "ota", "ignore"),
+        Route("devices/+/ota/status", "ota_status", "ignore"),
+    ),
+    # Native nodes publish every few seconds and heartbeat on status; two silent minutes is news.
+    stale_after_s=120,
+)
+
+READINGS = Profile(
+    name="readings",
+    subscriptions=("/readings/#",),
+    routes=(
+        Route(
+            "/readings/gateway/+",
+            "gateway",
+            "readings",
+            publishes_retained=True,
+            required=("rssi",),
+        ),
+        Route(
+            "/readings/temperature/+",
+            "temperature",
+            "readings",
+            publishes_retained=True,
+            required=("temperature",),
+        ),
+    ),
+    # The firmware publishes every 30 s; three missed periods make a device stale.
+    stale_after_s=90,
+    # Its `rssi` is a 0-100 % mapping of -90..-30 dBm, not dBm like every other profile's, and its
+    # `timestamp` is uptime in milliseconds.
+    renames=MappingProxyType({"rssi": "rssi_percent", "timestamp": "uptime_ms"}),
+)
+
+BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {profile.name: profile for profile in (NATIVE, READINGS)}
+)
+DEFAULT_PROFILES: tuple[str, ...] = ("native", "readings")
+
+
+def select_profiles(names: Iterable[str]) -> list[Profile]:
+    """The built-in profiles named, in order; ValueError naming the choices for an unknown one."""
+    chosen = []
+    for name in names:
+        try:
+            chosen.append(BUILTIN_PROFILES[name])
+        except KeyError:
+            known = ", ".join(sorted(BUILTIN_PROFILES))
+            raise ValueError(f"unknown profile {name!r}; known profiles: {known}") from None
+    return chosen

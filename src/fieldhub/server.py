@@ -1,0 +1,65 @@
+"""Serving the app with uvicorn, printing where everything listens, and the demo fleet."""
+
+from __future__ import annotations
+
+import threading
+
+import uvicorn
+
+from fieldhub.app import Platform, create_app
+from fieldhub.config import Settings
+
+
+async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, demo: bool) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown)."""
+    platform = Platform(settings, mqtt_port=mqtt_port)
+    http_url = f"http://{settings.http_host}:{http_port}"
+
+    def ready() -> None:
+        broker = "embedded Mosquitto" if platform.broker is not None else "external"
+        print("fieldhub is running", flush=True)
+        print(f"  HTTP API: {http_url}  (OpenAPI docs at {http_url}/docs)", flush=True)
+        print(f"  MQTT broker: {platform.mqtt_endpoint.url}  ({broker})", flush=True)
+        print(f"  Database: {settings.db_url}", flush=True)
+        if demo:
+            _start_demo(platform)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    app = create_app(platform, on_ready=ready)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=http_port,
+        log_level=settings.log_level,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.log_level == "debug",
+    )
+    await uvicorn.Server(config).serve()
+
+
+def _start_demo(platform: Platform) -> None:
+    from fieldhub.cli import DEMO_NATIVE_DEVICES, DEMO_RATE_HZ, DEMO_READINGS_GATEWAYS
+    from fieldhub.sim.fleet import start_sim_in_background
+
+    threads: list[tuple[threading.Thread, threading.Event]] = []
+    for profile, count in (("native", DEMO_NATIVE_DEVICES), ("readings", DEMO_READINGS_GATEWAYS)):
+        threads.append(
+            start_sim_in_background(
+                endpoint=platform.mqtt_endpoint, profile=profile, devices=count, rate_hz=DEMO_RATE_HZ
+            )
+        )
+    print(
+        f"  Demo: {DEMO_NATIVE_DEVICES} native devices and {DEMO_READINGS_GATEWAYS} readings-profile "
+        "gateways publishing",
+        flush=True,
+    )
+
+    def stop_demo() -> None:
+        for thread, stop in threads:
+            stop.set()
+        for thread, _ in threads:
+            thread.join(timeout=5)
+
+    platform.on_stop.append(stop_demo)

@@ -1,0 +1,217 @@
+"""The storage interface every engine implements, and the rows it speaks.
+
+Times are integer epoch microseconds everywhere in the store: exact, cheap to index, and the same
+in SQLite and PostgreSQL. The API formats them as ISO 8601.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fieldhub.protocol.messages import AttributeValue, Decoded
+
+PresenceState = Literal["online", "offline", "stale", "unknown"]
+Aggregate = Literal["avg", "min", "max", "sum", "count", "first", "last"]
+AGGREGATES: tuple[Aggregate, ...] = ("avg", "min", "max", "sum", "count", "first", "last")
+
+
+class StoreError(RuntimeError):
+    """The database refused or failed an operation; the message says what to check."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message, kept with its raw bytes so nothing is silently dropped."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_us: int
+    device_id: str | None = None
+    profile: str | None = None
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one ingest batch stores, committed in one transaction.
+
+    `retained_digests` records, per topic, the digest of the last payload stored from a topic whose
+    devices publish retained, so a re-delivery after a reconnect is recognised and not stored again.
+    """
+
+    decoded: list[Decoded] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    retained_digests: dict[str, bytes] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.decoded) + len(self.dead_letters)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A device's presence changed in a committed batch."""
+
+    device_id: str
+    state: Literal["online", "offline"]
+    at_us: int
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a committed batch did."""
+
+    readings_written: int = 0
+    readings_duplicate: int = 0
+    dead_letters: int = 0
+    new_devices: list[str] = field(default_factory=list)
+    presence_changes: list[PresenceChange] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A registered device as the API shows it."""
+
+    device_id: str
+    profile: str
+    first_seen_us: int
+    last_seen_us: int
+    presence: PresenceState
+    presence_changed_us: int | None
+    attributes: dict[str, AttributeValue]
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSummary:
+    """One metric of a device with its latest value."""
+
+    name: str
+    last_ts_us: int
+    last_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    """One stored reading."""
+
+    metric: str
+    ts_us: int
+    value: float
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One aggregated bucket: its start time, the aggregate and how many readings it covers."""
+
+    ts_us: int
+    value: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A stored dead letter."""
+
+    id: int
+    received_us: int
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    size: int
+    device_id: str | None
+    profile: str | None
+
+
+class Store(abc.ABC):
+    """The storage interface. Writes come from one writer (ingest); reads from anywhere."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; pending writes are finished first."""
+
+    @abc.abstractmethod
+    async def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """Store a batch in one transaction. Readings already stored (same device, metric and
+        time) are counted as duplicates and left as they were."""
+
+    @abc.abstractmethod
+    async def retained_digests(self) -> dict[str, bytes]:
+        """Topic -> digest of the last retained-topic payload stored (loaded at ingest start)."""
+
+    @abc.abstractmethod
+    async def list_devices(
+        self,
+        *,
+        profile: str | None,
+        presence: PresenceState | None,
+        search: str | None,
+        limit: int,
+        after: str | None,
+        now_us: int,
+    ) -> list[DeviceRow]:
+        """Devices ordered by id, after the cursor id, filtered."""
+
+    @abc.abstractmethod
+    async def count_devices(
+        self, *, profile: str | None, presence: PresenceState | None, search: str | None, now_us: int
+    ) -> int:
+        """How many devices match the filters."""
+
+    @abc.abstractmethod
+    async def get_device(self, device_id: str, *, now_us: int) -> DeviceRow | None:
+        """One device by canonical id."""
+
+    @abc.abstractmethod
+    async def device_metrics(self, device_id: str) -> list[MetricSummary]:
+        """The metrics a device has reported, with their latest values."""
+
+    @abc.abstractmethod
+    async def query_readings(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+        after: tuple[str, int] | None,
+        descending: bool,
+    ) -> list[ReadingRow]:
+        """Raw readings ordered by metric then time; `after` is the (metric, ts) cursor."""
+
+    @abc.abstractmethod
+    async def query_series(
+        self,
+        device_id: str,
+        metric: str,
+        *,
+        start_us: int,
+        end_us: int,
+        interval_us: int,
+        agg: Aggregate,
+    ) -> list[SeriesPoint]:
+        """Readings aggregated into buckets aligned to multiples of the interval since the epoch."""
+
+    @abc.abstractmethod
+    async def list_dead_letters(
+        self,
+        *,
+        limit: int,
+        before_id: int | None,
+        reason: str | None,
+        device_id: str | None,
+    ) -> list[DeadLetterRow]:
+        """Dead letters, newest first."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError when the database cannot answer a trivial query."""

@@ -1,0 +1,75 @@
+"""SQLite schema as numbered migrations.
+
+A small versioned migrator instead of Alembic: the two engines need different DDL (WITHOUT ROWID
+here, time partitions in PostgreSQL), there are no ORM models to autogenerate from, and each
+migration is a few statements a reviewer reads as SQL. `schema_migrations` records what ran.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "devices, metrics, readings, dead letters, presence history, retained digests",
+        """
+        CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            profile TEXT NOT NULL,
+            first_seen_us INTEGER NOT NULL,
+            last_seen_us INTEGER NOT NULL,
+            presence TEXT NOT NULL DEFAULT 'unknown',
+            presence_changed_us INTEGER,
+            stale_after_s INTEGER NOT NULL,
+            attributes TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE metrics (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        );
+        -- The narrow time-series table: (device, metric, ts) is the identity of a reading, so a
+        -- redelivered message with its own time lands once. WITHOUT ROWID stores rows in the
+        -- primary-key B-tree itself: one index instead of two.
+        CREATE TABLE readings (
+            device_id INTEGER NOT NULL,
+            metric_id INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            value REAL NOT NULL,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (device_id, metric_id, ts)
+        ) WITHOUT ROWID;
+        -- Latest value per device and metric, maintained by the writer: the device page and the
+        -- fleet list read it instead of scanning readings.
+        CREATE TABLE device_metrics (
+            device_id INTEGER NOT NULL,
+            metric_id INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL,
+            last_value REAL NOT NULL,
+            PRIMARY KEY (device_id, metric_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            received_at INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            device_uid TEXT,
+            profile TEXT
+        );
+        CREATE INDEX dead_letters_reason ON dead_letters (reason, id);
+        CREATE INDEX dead_letters_device ON dead_letters (device_uid, id);
+        CREATE TABLE presence_events (
+            device_id INTEGER NOT NULL,
+            ts INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (device_id, ts)
+        ) WITHOUT ROWID;
+        CREATE TABLE retained_digests (
+            topic TEXT PRIMARY KEY,
+            digest BLOB NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+]

@@ -1,0 +1,91 @@
+"""Fixtures shared by the whole test suite.
+
+Sections: helpers, then one section per external system (Mosquitto, ...).
+Integration tests use the real thing; nothing here mocks a broker or database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from fieldhub.broker import BrokerStartError, MosquittoProcess
+from fieldhub.net import free_port
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def new_topic_prefix() -> str:
+    """Return a topic prefix no other test (or test run) uses.
+
+    Tests that share a broker subscribe below their own prefix, so they never
+    see each other's messages, retained ones included.
+    """
+    return f"fieldhub-test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def unique_topic_prefix() -> str:
+    """A topic prefix unique to this test, e.g. `fieldhub-test/3f2a9c01b7de`."""
+    return new_topic_prefix()
+
+
+# ---------------------------------------------------------------------------
+# Mosquitto
+# ---------------------------------------------------------------------------
+
+# free_port() cannot reserve the port: another process may take it before the
+# broker binds. Retrying on a fresh port makes that race harmless.
+BROKER_START_ATTEMPTS = 3
+
+
+def start_mosquitto(data_dir: Path, *, port: int | None = None) -> MosquittoProcess:
+    """Start a MosquittoProcess in `data_dir` on `port` (default: a free one)."""
+    attempts = 1 if port is not None else BROKER_START_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        broker = MosquittoProcess(data_dir=data_dir, port=port or free_port())
+        try:
+            broker.start()
+        except BrokerStartError:
+            if attempt == attempts:
+                raise
+            continue
+        return broker
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class MosquittoFactory(Protocol):
+    """Signature of the `mosquitto_factory` fixture."""
+
+    def __call__(self, *, data_dir: Path | None = None, port: int | None = None) -> MosquittoProcess:
+        """Start a fresh broker; reuse `data_dir` to restart on saved state."""
+        ...
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    """One broker for the whole session; use `unique_topic_prefix` on it."""
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto-session"))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
+    """Start private brokers (each on a free port); all are stopped at teardown."""
+    started: list[MosquittoProcess] = []
+
+    def make(*, data_dir: Path | None = None, port: int | None = None) -> MosquittoProcess:
+        broker = start_mosquitto(data_dir or tmp_path / f"broker-{len(started)}", port=port)
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
