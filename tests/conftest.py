@@ -63,7 +63,9 @@ def start_mosquitto(data_dir: Path, *, port: int | None = None) -> MosquittoProc
 class MosquittoFactory(Protocol):
     """Signature of the `mosquitto_factory` fixture."""
 
-    def __call__(self, *, data_dir: Path | None = None, port: int | None = None) -> MosquittoProcess:
+    def __call__(
+        self, *, data_dir: Path | None = None, port: int | None = None
+    ) -> MosquittoProcess:
         """Start a fresh broker; reuse `data_dir` to restart on saved state."""
         ...
 
