@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import logging
 
 import uvicorn
 
@@ -43,13 +43,17 @@ def _start_demo(platform: Platform) -> None:
     from fieldhub.cli import DEMO_NATIVE_DEVICES, DEMO_RATE_HZ, DEMO_READINGS_GATEWAYS
     from fieldhub.sim.fleet import start_sim_in_background
 
-    threads: list[tuple[threading.Thread, threading.Event]] = []
-    for profile, count in (("native", DEMO_NATIVE_DEVICES), ("readings", DEMO_READINGS_GATEWAYS)):
-        threads.append(
-            start_sim_in_background(
-                endpoint=platform.mqtt_endpoint, profile=profile, devices=count, rate_hz=DEMO_RATE_HZ
-            )
-        )
+    quiet = logging.getLogger("fieldhub.sim").debug
+    threads = [
+        start_sim_in_background(
+            endpoint=platform.mqtt_endpoint, profile="native", devices=DEMO_NATIVE_DEVICES,
+            rate_hz=DEMO_RATE_HZ, log=quiet,
+        ),
+        start_sim_in_background(
+            endpoint=platform.mqtt_endpoint, profile="readings", devices=DEMO_READINGS_GATEWAYS,
+            rate_hz=DEMO_RATE_HZ, log=quiet,
+        ),
+    ]  # fmt: skip
     print(
         f"  Demo: {DEMO_NATIVE_DEVICES} native devices and {DEMO_READINGS_GATEWAYS} readings-profile "
         "gateways publishing",

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Path, Request
 
 from fieldhub.api.errors import InvalidParameter
-from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
+from fieldhub.protocol.ids import (
+    DEVICE_ID_PATTERN,
+    MAX_DEVICE_ID_CHARS,
+    InvalidDeviceId,
+    canonical_device_id,
+)
 from fieldhub.store.base import Store
 
 if TYPE_CHECKING:
@@ -27,7 +32,14 @@ def get_store(request: Request) -> Store:
 
 
 def device_id_param(
-    device_id: Annotated[str, Path(description="Device id; any MAC spelling finds the device", max_length=200)],
+    device_id: Annotated[
+        str,
+        Path(
+            description="Device id; any MAC spelling finds the device",
+            max_length=MAX_DEVICE_ID_CHARS,
+            pattern=DEVICE_ID_PATTERN,
+        ),
+    ],
 ) -> str:
     """The canonical device id from the path; 422 when it cannot be a device id."""
     try:

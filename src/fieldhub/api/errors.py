@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,9 +68,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _json(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+def _json(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     body = ErrorResponse(error=ErrorBody(code=code, message=message, details=details))
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -91,7 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
+        # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
+        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail), headers=exc.headers)
 
     async def store_error(request: Request, exc: Exception) -> JSONResponse:
         return _json(503, "store_unavailable", f"the database is not answering: {exc}")

@@ -12,12 +12,15 @@ import re
 # Long enough for a UUID, a hostname or `tenant.site.node-042`; short enough to index cheaply.
 MAX_DEVICE_ID_CHARS = 128
 
-_MAC_SEPARATED = re.compile(r"^[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
-_MAC_BARE = re.compile(r"^[0-9A-Fa-f]{12}$")
-_MAC_DOTTED = re.compile(r"^[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}$")
+# Matched with fullmatch: `$` would also match before a final newline, and `node\n` is no id.
+_MAC_SEPARATED = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+_MAC_BARE = re.compile(r"[0-9A-Fa-f]{12}")
+_MAC_DOTTED = re.compile(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")
 # Printable ASCII without MQTT wildcards, topic separators, quotes or whitespace: the id travels in
 # topics, URLs and log lines.
-_PLAIN_ID = re.compile(r"^[A-Za-z0-9_.:@~-]+$")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:@~-]+")
+# The same rule as a JSON-schema pattern, so the OpenAPI document states it.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.:@~-]+$"
 
 
 class InvalidDeviceId(ValueError):
@@ -26,7 +29,9 @@ class InvalidDeviceId(ValueError):
 
 def is_mac(raw: str) -> bool:
     """True when `raw` is a MAC address in one of the accepted spellings."""
-    return bool(_MAC_SEPARATED.match(raw) or _MAC_BARE.match(raw) or _MAC_DOTTED.match(raw))
+    return bool(
+        _MAC_SEPARATED.fullmatch(raw) or _MAC_BARE.fullmatch(raw) or _MAC_DOTTED.fullmatch(raw)
+    )
 
 
 def canonical_device_id(raw: str) -> str:
@@ -41,8 +46,10 @@ def canonical_device_id(raw: str) -> str:
     if not raw:
         raise InvalidDeviceId("device id is empty")
     if len(raw) > MAX_DEVICE_ID_CHARS:
-        raise InvalidDeviceId(f"device id is {len(raw)} characters long, the limit is {MAX_DEVICE_ID_CHARS}")
-    if not _PLAIN_ID.match(raw):
+        raise InvalidDeviceId(
+            f"device id is {len(raw)} characters long, the limit is {MAX_DEVICE_ID_CHARS}"
+        )
+    if not _PLAIN_ID.fullmatch(raw):
         raise InvalidDeviceId(
             f"device id {raw!r} has characters outside letters, digits and _ . : @ ~ -"
         )

@@ -54,14 +54,14 @@ async def list_devices(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> DevicesPublic:
     """Devices ordered by id, filtered by profile, presence or a search string; paginated."""
-    if online is not None and presence is not None:
-        raise InvalidParameter("give either online or presence, not both")
     after = decode_cursor(cursor, str)[0] if cursor else None
     states: list[PresenceState | None]
     if online is None:
         states = [presence]
     else:
-        states = ["online"] if online else ["offline", "stale"]
+        # Both filters given: the devices that satisfy both.
+        wanted: list[PresenceState] = ["online"] if online else ["offline", "stale"]
+        states = [s for s in wanted if presence is None or s == presence]
     rows: list[DeviceRow] = []
     count = 0
     for state in states:

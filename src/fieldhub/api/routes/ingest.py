@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -12,9 +13,13 @@ from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFo
 from fieldhub.api.models import IngestAccepted
 from fieldhub.protocol.messages import Decoded, Ignored, Rejected
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
+from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+
+# The built-in profiles; one that is not enabled in this process answers 404.
+ProfileName = Enum("ProfileName", {name: name for name in BUILTIN_PROFILES}, type=str)  # type: ignore[misc]
 
 
 @router.post(
@@ -33,7 +38,7 @@ router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
     },
 )
 async def ingest(
-    profile: str,
+    profile: ProfileName,
     request: Request,
     platform: PlatformDep,
     topic: Annotated[
@@ -50,12 +55,13 @@ async def ingest(
     A payload the decoder rejects is kept in dead letters and answered with 422 and its reason.
     """
     enabled = {p.name: p for p in platform.decoder.table.profiles}
-    if profile not in enabled:
-        raise NotFound(f"profile {profile!r} is not enabled; enabled: {', '.join(sorted(enabled))}")
-    if not any(filter_matches(sub, topic) for sub in enabled[profile].subscriptions):
+    name = str(profile.value)
+    if name not in enabled:
+        raise NotFound(f"profile {name!r} is not enabled; enabled: {', '.join(sorted(enabled))}")
+    if not any(filter_matches(sub, topic) for sub in enabled[name].subscriptions):
         return _rejected(
             422, "topic_not_in_profile",
-            f"topic {topic!r} is outside the {profile} profile ({', '.join(enabled[profile].subscriptions)})",
+            f"topic {topic!r} is outside the {name} profile ({', '.join(enabled[name].subscriptions)})",
         )  # fmt: skip
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD_BYTES:

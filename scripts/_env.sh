@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Sourced by the scripts in this folder: installs what fieldhub needs, then sets ROOT and VENV.
+# Idempotent: a second run only checks (a stamp records the pyproject.toml it installed from).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+export ROOT VENV
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "need root to run: $* (install it yourself or run as root)"; fi
+}
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "missing $*; this script installs with apt-get (Debian/Ubuntu); install $* with your package manager"
+    say "installing $* with apt-get"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Python 3.11+: the interpreter named by $PYTHON, else python3.11, else python3 if new enough.
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"; return 0
+        fi
+    done
+    return 1
+}
+
+PY="$(find_python)" || { apt_install python3 python3-venv; PY="$(find_python)" || die "Python 3.11 or newer is required"; }
+
+# Debian keeps mosquitto in /usr/sbin, which is not on a normal user's PATH.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    apt_install mosquitto mosquitto-clients
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    say "creating virtual environment in .venv"
+    "$PY" -m venv "$VENV" || { apt_install python3-venv; rm -rf "$VENV"; "$PY" -m venv "$VENV"; }
+fi
+
+stamp="$VENV/.fieldhub-installed"
+want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing fieldhub and its test tools into .venv (first run takes a minute)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Helpers for tests that run fieldhub for real (processes, publishers, polling)."""

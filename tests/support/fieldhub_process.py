@@ -1,0 +1,118 @@
+"""Run `fieldhub up` as a real subprocess, as a user would, and talk to it over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from fieldhub.net import free_port
+
+T = TypeVar("T")
+FIELDHUB = Path(sys.executable).with_name("fieldhub")
+START_TIMEOUT_S = 30.0
+
+
+def wait_until(condition: Callable[[], T], *, timeout_s: float = 20.0, interval_s: float = 0.05,
+               what: str = "condition") -> T:  # fmt: skip
+    """Poll `condition` until it returns a truthy value; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+
+
+class FieldhubProcess:
+    """`fieldhub up` on free ports, with an external broker URL or its embedded one."""
+
+    def __init__(self, *, data_dir: Path, mqtt_url: str | None = None, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:  # fmt: skip
+        self.data_dir = data_dir
+        self.mqtt_url = mqtt_url
+        self.http_port = free_port()
+        self.mqtt_port = None if mqtt_url else free_port()
+        self.env = env or {}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "fieldhub.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fieldhub.db"
+
+    def start(self, *, wait_connected: bool = True) -> FieldhubProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(FIELDHUB), "up", "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)]
+        args += ["--mqtt-url", self.mqtt_url] if self.mqtt_url else ["--mqtt-port", str(self.mqtt_port)]
+        env = {**os.environ, **self.env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fieldhub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            health = self.health()
+            if health is not None and (health.get("mqtt_connected") or not wait_connected):
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"fieldhub did not become healthy in {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            response = httpx.get(f"{self.base_url}/healthz", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code in (200, 503) else None
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(f"{self.base_url}{path}", params=params, timeout=10.0)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's value from /metrics (0 when absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(f"{self.base_url}/metrics", timeout=5.0).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                    total += sample.value
+        return total
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"fieldhub ignored signal {sig}:\n{self.log_tail()}") from None
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
