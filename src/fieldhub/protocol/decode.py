@@ -25,7 +25,9 @@ class MessageDecoder:
         for profile in profiles:
             for route in profile.routes:
                 if route.decoder not in DECODERS:
-                    raise ValueError(f"route {route.pattern!r} names unknown decoder {route.decoder!r}")
+                    raise ValueError(
+                        f"route {route.pattern!r} names unknown decoder {route.decoder!r}"
+                    )
 
     @property
     def subscriptions(self) -> list[str]:
@@ -33,7 +35,7 @@ class MessageDecoder:
         return self.table.subscriptions
 
     def publishes_retained(self, topic: str) -> bool:
-        """True when devices publish `topic` with the retain flag (so re-deliveries are expected)."""
+        """True when devices publish `topic` with the retain flag (re-deliveries are expected)."""
         match = self.table.match(topic)
         return match is not None and match.route.publishes_retained
 

@@ -64,21 +64,27 @@ def _object_readings(data: dict[str, Any], ctx: DecodeContext, result: Decoded) 
         if verdict.kind == "time" and verdict.ts_us is not None:
             ts_us = verdict.ts_us
             result.device_time = True
-    skip = ENVELOPE_KEYS if time_key is None or not result.device_time else ENVELOPE_KEYS | {time_key}
+    skip = ENVELOPE_KEYS
+    if time_key is not None and result.device_time:
+        skip = ENVELOPE_KEYS | {time_key}
     flat = flatten(data, skip=skip)
     for key in ENVELOPE_KEYS & data.keys():
-        result.attributes[key] = data[key] if isinstance(data[key], str | int | float) else str(data[key])
-    result.readings.extend(Reading(ctx.name(name), ts_us, value) for name, value in flat.numbers.items())
+        tag = data[key]
+        result.attributes[key] = tag if isinstance(tag, str | int | float) else str(tag)
+    result.readings.extend(
+        Reading(ctx.name(name), ts_us, value) for name, value in flat.numbers.items()
+    )
     for name, value in flat.attributes.items():
         result.attributes[ctx.name(name)] = value
 
 
 def _backfill_entry(entry: Any, ctx: DecodeContext, result: Decoded) -> None:
     """One `{"ts": <epoch ms>, "values": {...}}` entry a device sends late from its buffer."""
-    if not isinstance(entry, dict) or "ts" not in entry or not isinstance(entry.get("values"), dict):
+    if not (isinstance(entry, dict) and "ts" in entry and isinstance(entry.get("values"), dict)):
         raise PayloadError(
             RejectReason.NOT_AN_OBJECT,
-            'a JSON array is accepted only as a list of {"ts": <epoch ms>, "values": {...}} entries',
+            'a JSON array is accepted only as a list of {"ts": <epoch ms>, "values": {...}}'
+            " entries",
         )
     verdict = parse_device_time(entry["ts"], ctx.received_us)
     if verdict.kind != "time" or verdict.ts_us is None:
@@ -88,7 +94,8 @@ def _backfill_entry(entry: Any, ctx: DecodeContext, result: Decoded) -> None:
         name = next(iter(flat.attributes))
         raise PayloadError(
             RejectReason.EXPECTED_NUMBER,
-            f"values.{name} is {flat.attributes[name]!r}; buffered values must be numbers or booleans",
+            f"values.{name} is {flat.attributes[name]!r};"
+            " buffered values must be numbers or booleans",
         )
     result.readings.extend(
         Reading(ctx.name(name), verdict.ts_us, value) for name, value in flat.numbers.items()
@@ -112,7 +119,8 @@ def decode_json_telemetry(payload: bytes, ctx: DecodeContext) -> Decoded:
             _object_readings(data, ctx, result)
     else:
         raise PayloadError(
-            RejectReason.NOT_AN_OBJECT, f"payload is a JSON {type(data).__name__}, expected an object"
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is a JSON {type(data).__name__}, expected an object",
         )
     if not result.readings and not result.attributes:
         raise PayloadError(RejectReason.NO_READINGS, "payload holds no numbers and no attributes")
@@ -127,7 +135,8 @@ def decode_readings(payload: bytes, ctx: DecodeContext) -> Decoded:
     data = parse_json(payload)
     if not isinstance(data, dict):
         raise PayloadError(
-            RejectReason.NOT_AN_OBJECT, f"payload is a JSON {type(data).__name__}, expected an object"
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is a JSON {type(data).__name__}, expected an object",
         )
     for name in (*ctx.route.required, "timestamp"):
         if name not in data:

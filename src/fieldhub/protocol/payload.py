@@ -37,6 +37,15 @@ def _refuse_constant(name: str) -> float:
     raise PayloadError(RejectReason.NON_FINITE_NUMBER, f"{name} is not a number JSON can carry")
 
 
+def _refuse_infinite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise PayloadError(
+            RejectReason.NON_FINITE_NUMBER, f"{text[:40]} is too large for a 64-bit float"
+        )
+    return number
+
+
 def check_size(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> None:
     """Reject empty and oversize payloads before any parsing work."""
     if not payload:
@@ -53,15 +62,18 @@ def decode_text(payload: bytes) -> str:
         return payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PayloadError(
-            RejectReason.NOT_UTF8, f"payload is not UTF-8: byte {exc.start} is {payload[exc.start]:#04x}"
+            RejectReason.NOT_UTF8,
+            f"payload is not UTF-8: byte {exc.start} is {payload[exc.start]:#04x}",
         ) from None
 
 
 def parse_json(payload: bytes) -> Any:
     """Parse JSON with the checks a device payload needs.
 
-    orjson is fast but reports NaN/Infinity as a generic syntax error; the slow path below runs only
-    for payloads that already failed, to give the device author the specific reason.
+    orjson is fast but reports NaN/Infinity (and numbers beyond a double, like 1e400) as a generic
+    syntax error; the slow path below runs only for payloads that already failed, to give the
+    device author the specific reason. Nesting deeper than orjson's limit stays malformed_json
+    (the stdlib parser would hit RecursionError on it).
     """
     check_size(payload)
     try:
@@ -69,12 +81,19 @@ def parse_json(payload: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         decode_text(payload)
         try:
-            json.loads(payload, parse_constant=_refuse_constant)
+            json.loads(
+                payload,
+                parse_constant=_refuse_constant,
+                parse_float=_refuse_infinite,
+                parse_int=_refuse_infinite,
+            )
         except PayloadError:
             raise
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
-        raise PayloadError(RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {exc}") from None
+        raise PayloadError(
+            RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {exc}"
+        ) from None
 
 
 def number_of(value: Any) -> float | None:
@@ -102,13 +121,15 @@ def _leaves(obj: Any, path: tuple[str, ...], out: list[tuple[tuple[str, ...], An
         for key, value in obj.items():
             _leaves(value, (*path, str(key)), out)
     elif isinstance(obj, list):
+        # An index is no name: `{"temp": [21.5, 22.0]}` gives `temp.0`, `temp.1`, never `0`, `1`.
         for index, value in enumerate(obj):
-            _leaves(value, (*path, str(index)), out)
+            _leaves(value, (*path[:-1], f"{path[-1]}.{index}" if path else str(index)), out)
     else:
         out.append((path, obj))
     if len(out) > MAX_FIELDS_PER_MESSAGE:
         raise PayloadError(
-            RejectReason.TOO_MANY_FIELDS, f"more than {MAX_FIELDS_PER_MESSAGE} fields in one message"
+            RejectReason.TOO_MANY_FIELDS,
+            f"more than {MAX_FIELDS_PER_MESSAGE} fields in one message",
         )
 
 
@@ -136,6 +157,10 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
     result = Flattened()
     for path, value in leaves:
         name = _check_name(path[-1] if name_counts[path[-1]] == 1 else ".".join(path))
+        if name in result.numbers or name in result.attributes:
+            # `{"a.b": 1, "a": {"b": 2}, "c": {"b": 3}}`: a key with a dot equals a dotted path.
+            # Keeping either value would silently drop the other.
+            raise PayloadError(RejectReason.BAD_FIELD_NAME, f"two fields are both named {name!r}")
         number = number_of(value)
         if number is not None:
             result.numbers[name] = number

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 US_PER_S = 1_000_000
@@ -32,6 +32,8 @@ _SECONDS_FLOOR = 1e9  # 2001-09-09 in seconds
 _MILLIS_FLOOR = 1e12
 _MICROS_FLOOR = 1e15
 _NANOS_FLOOR = 1e18
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
 
 
 class AbsurdTimestamp(ValueError):
@@ -47,6 +49,15 @@ class DeviceTime:
 
     kind: TimeKind
     ts_us: int | None = None
+
+
+def _datetime_us(parsed: datetime) -> int:
+    """Epoch microseconds of an aware datetime, exactly.
+
+    `int(parsed.timestamp())` would truncate towards zero (1969-12-31T23:59:59.5 became +0.5 s) and
+    the float loses the microseconds of distant dates (a .999999 rounds up into the next second).
+    """
+    return (parsed - _EPOCH) // _ONE_US
 
 
 def _check_range(ts_us: int, received_us: int, shown: object) -> int:
@@ -65,14 +76,15 @@ def parse_device_time(value: object, received_us: int) -> DeviceTime:
     if isinstance(value, bool):
         return DeviceTime("uptime")
     if isinstance(value, int | float):
-        return _from_number(float(value), value, received_us)
+        return _from_number(value, value, received_us)
     if isinstance(value, str):
         return _from_string(value, received_us)
     raise AbsurdTimestamp(f"timestamp {value!r} is neither a number nor a string")
 
 
-def _from_number(number: float, shown: object, received_us: int) -> DeviceTime:
-    if not math.isfinite(number) or number < 0:
+def _from_number(number: int | float, shown: object, received_us: int) -> DeviceTime:
+    # Integers stay integers: a float holds epoch nanoseconds only to ~256 ns.
+    if (isinstance(number, float) and not math.isfinite(number)) or number < 0:
         raise AbsurdTimestamp(f"timestamp {shown!r} is negative or not finite")
     if number < _SECONDS_FLOOR:
         return DeviceTime("uptime")
@@ -86,6 +98,8 @@ def _from_number(number: float, shown: object, received_us: int) -> DeviceTime:
         ts_us = round(number * 1_000)
     elif number < _NANOS_FLOOR:
         ts_us = round(number)
+    elif isinstance(number, int):
+        ts_us = (number + 500) // 1_000
     else:
         ts_us = round(number / 1_000)
     return DeviceTime("time", _check_range(ts_us, received_us, shown))
@@ -93,7 +107,8 @@ def _from_number(number: float, shown: object, received_us: int) -> DeviceTime:
 
 def _from_string(text: str, received_us: int) -> DeviceTime:
     stripped = text.strip()
-    if stripped.isdigit():
+    # isdigit() alone is true for "²" and other digits float() refuses.
+    if stripped.isascii() and stripped.isdigit():
         return _from_number(float(stripped), text, received_us)
     # fromisoformat (3.11) reads "2026-11-23 14:00:00", "...T14:00:00.123+01:00" and a final "Z".
     # Strings that are not a full date ("14:00:00", "unknown") stay text.
@@ -105,8 +120,7 @@ def _from_string(text: str, received_us: int) -> DeviceTime:
         return DeviceTime("text")
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    ts_us = int(parsed.timestamp()) * US_PER_S + parsed.microsecond
-    return DeviceTime("time", _check_range(ts_us, received_us, text))
+    return DeviceTime("time", _check_range(_datetime_us(parsed), received_us, text))
 
 
 def parse_time_param(text: str) -> int:
@@ -139,7 +153,7 @@ def parse_time_param(text: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return int(parsed.timestamp()) * US_PER_S + parsed.microsecond
+        return _datetime_us(parsed)
     except (OverflowError, OSError, ValueError):
         raise ValueError(f"{text!r} is out of the supported time range") from None
 

@@ -9,9 +9,14 @@ from fieldhub.protocol.profiles import Profile, Route
 
 
 def filter_matches(topic_filter: str, topic: str) -> bool:
-    """True when `topic` matches the MQTT subscription filter (`+` one level, `#` the rest)."""
+    """True when `topic` matches the MQTT subscription filter (`+` one level, `#` the rest).
+
+    As in MQTT, a filter starting with a wildcard does not match `$` topics (`$SYS/...`).
+    """
     filter_levels = topic_filter.split("/")
     topic_levels = topic.split("/")
+    if topic.startswith("$") and filter_levels[0] in ("+", "#"):
+        return False
     for index, level in enumerate(filter_levels):
         if level == "#":
             return True
@@ -48,7 +53,9 @@ class RouteTable:
                 key = tuple(route.pattern.split("/"))
                 if key in self._routes:
                     other = self._routes[key][0].name
-                    raise ValueError(f"route {route.pattern!r} is claimed by {other} and {profile.name}")
+                    raise ValueError(
+                        f"route {route.pattern!r} is claimed by {other} and {profile.name}"
+                    )
                 self._routes[key] = (profile, route)
                 positions = self._id_levels.setdefault(len(key), [])
                 if route.id_level not in positions:
