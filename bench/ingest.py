@@ -1,0 +1,853 @@
+"""Ingest benchmark: QoS 1 MQTT publishes from many devices -> rows committed by ``fieldhub up``.
+
+The bar (from the issue): >= 10,000 msg/s sustained for 60 s, QoS 1, 1,000 devices, zero loss,
+publisher on the same 2-core machine; goal 20,000 msg/s. Run ``./scripts/bench ingest`` (or
+``--quick`` to smoke-test the benchmark itself); the result goes to ``bench/results/ingest.json``.
+
+Phases:
+
+1. Generator capacity: a bare Mosquitto with no subscriber and ``bench.loadgen --max``. The
+   generator must be able to offer at least twice the rate fieldhub is measured to store, or the
+   measurement could be the generator's limit rather than fieldhub's.
+2. ``--repeats`` measured runs, each against a fresh ``fieldhub up`` (fresh data dir, free ports):
+   paced load at ``--rate`` for ``--duration`` seconds from ``--devices`` connections, CPU and RSS
+   of fieldhub and of its Mosquitto sampled once a second, then wait until the row count stops
+   growing, stop fieldhub with SIGINT, and count what was stored in its SQLite file.
+3. Medians across runs, the pass checks, and the JSON.
+
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.common import (
+    BenchError,
+    Sampler,
+    background_busy,
+    bare_mosquitto,
+    bucket_delta,
+    descendants,
+    free_port,
+    histogram_buckets,
+    histogram_quantile,
+    is_mosquitto,
+    machine_info,
+    median_of,
+    read_loadgen_result,
+    sample_sum,
+    say,
+    scrape,
+    start_fieldhub,
+    start_loadgen,
+    stop_fieldhub,
+    stop_process,
+    tail,
+    wait_healthy,
+    write_result,
+)
+from bench.loadgen import DEFAULT_WINDOW, device_uid, id_width
+
+# --- the bar -----------------------------------------------------------------------------------
+
+BAR_RATE = 10_000.0
+GOAL_RATE = 20_000.0
+BAR_DURATION_S = 60.0
+BAR_DEVICES = 1000
+# The issue asks that the generator be shown able to offer twice what is measured.
+CAPACITY_FACTOR = 2.0
+# "Sustained" = the generator kept its schedule and fieldhub kept up with it. The offered rate may
+# sag 1 % (tick rounding, a GC pause) before we call the schedule missed.
+SCHEDULE_TOLERANCE = 0.99
+# Kept up = everything was committed within this long after the last publish. fieldhub's batch
+# linger is milliseconds (at most ~1 s in any design we considered); 5 s allows a few hiccups,
+# while a backlog that grew through a 60 s run at 10k msg/s would show up as tens of seconds.
+KEPT_UP_DRAIN_S = 5.0
+# Other processes using more than this (machine busy % before we start; % of one core during a
+# run) make the figures suspect on a 2-core box: we say so in the result, we do not refuse.
+BACKGROUND_BUSY_WARN_PERCENT = 10.0
+OTHERS_CPU_WARN_PERCENT = 20.0
+
+# --- timing ------------------------------------------------------------------------------------
+
+# Quiet time between healthy and the first publish: lets the ingest subscription settle so the
+# load does not race the subscriber's startup.
+WARMUP_S = 2.0
+# Sample CPU/RSS once a second; print progress (and count rows) every 5 s during the load.
+SAMPLE_EVERY_S = 1.0
+PROGRESS_EVERY_S = 5.0
+# After the load, poll the row count faster: the time it stops growing is the last commit, and
+# the poll interval is the resolution of the stored rate.
+SETTLE_POLL_S = 0.5
+# The count has stopped growing once it stayed the same this long: longer than any batch linger
+# fieldhub might use (<= 1 s), so a pending batch is not mistaken for the end.
+SETTLE_QUIET_S = 3.0
+SETTLE_TIMEOUT_S = 60.0
+# The loadgen must be done within its duration plus this (connect + drain + disconnect).
+LOADGEN_OVERRUN_S = 120.0
+
+# --- what we read from fieldhub ---------------------------------------------------------------
+
+LAG_HISTOGRAM = "fieldhub_ingest_lag_seconds"
+DUPLICATE_COUNTER_SAMPLE = "fieldhub_readings_duplicate_total"
+SEQ_METRIC = "seq"
+# The loadgen payload carries four numbers (seq, temperature, humidity, rssi) besides ts.
+EXPECTED_ROWS_PER_MESSAGE = 4
+
+QUICK = {"rate": 2000.0, "duration": 10.0, "devices": 100, "repeats": 1, "capacity_duration": 5.0}
+
+# The per-run figures we take medians of (dotted paths into a run's dict).
+MEDIAN_KEYS = (
+    "offered",
+    "offered_rate",
+    "acked",
+    "stored",
+    "lost",
+    "duplicates",
+    "stored_rate",
+    "received_rate",
+    "drain_s",
+    "latency.p50_s",
+    "latency.p99_s",
+    "cpu.fieldhub.cpu_mean_percent",
+    "cpu.fieldhub.cpu_max_percent",
+    "cpu.fieldhub.rss_max_mb",
+    "cpu.mosquitto.cpu_mean_percent",
+    "cpu.mosquitto.cpu_max_percent",
+    "cpu.mosquitto.rss_max_mb",
+    "cpu.loadgen.cpu_mean_percent",
+    "cpu.machine_busy_mean_percent",
+    "cpu.others_cpu_mean_percent",
+    "startup_s",
+)
+
+METHODS = {
+    "offered": "publishes the load generator wrote to its sockets (QoS 1, one TCP connection "
+    "per device, ts = epoch ms at publish, seq = per-device counter from 0)",
+    "acked": "publishes the broker acknowledged with PUBACK (accepted by Mosquitto, not yet by "
+    "fieldhub)",
+    "stored": "rows of metric 'seq' for the benchmark's devices in readings (one per message), "
+    "read from <data-dir>/fieldhub.db opened read-only after fieldhub exited",
+    "lost": "acked (device, seq) pairs with no stored row: an exact per-device check that "
+    "seq 0..acked-1 are all present, not just a difference of totals",
+    "duplicates": "stored 'seq' rows beyond the distinct (device, seq) pairs; the primary key "
+    "(device, metric, ts) should make this 0. duplicate_counter_delta is fieldhub's own "
+    f"{DUPLICATE_COUNTER_SAMPLE} over the run (redeliveries the key absorbed, not data errors)",
+    "stored_rate": "stored / (last commit - first publish). The last commit is the first poll "
+    f"of the row count that saw its final value; polls run every {SAMPLE_EVERY_S:g} s during "
+    f"the load and every {SETTLE_POLL_S:g} s after it, so this is a lower bound by at most one "
+    "poll interval. With a paced load it cannot exceed the offered rate: see drain_s",
+    "received_rate": "stored / (max(received_at) - first publish): when fieldhub had received "
+    "(not committed) the last message",
+    "drain_s": "last commit - last publish: how far behind the load fieldhub was when it ended",
+    "latency": f"publish -> commit from fieldhub's {LAG_HISTOGRAM} histogram (commit time minus "
+    "the reading's ts, stamped by the loadgen at publish on the same clock): bucket deltas "
+    "between a scrape before the load and one after the count settled, quantiles by linear "
+    "interpolation inside the bucket (as PromQL histogram_quantile); the true value lies in "
+    "'bucket_s', whose width is the resolution",
+    "cpu": "per-process CPU time deltas once a second over the load window (first to last "
+    "publish); 100 = one full core. fieldhub = the `fieldhub up` process and its descendants "
+    "except Mosquitto; mosquitto = its Mosquitto child; loadgen = the generator process; "
+    "machine_busy: 100 = all cores busy, whoever used them; others_cpu = machine busy minus "
+    "those three, in % of one core (neighbours, the kernel's own threads, this orchestrator)",
+    "medians": "each figure is the median across repeats (runs that failed to produce it are "
+    "skipped)",
+    "generator_capacity": "bench.loadgen --max against a bare Mosquitto (no subscriber) on this "
+    "machine: PUBACKs received within the duration / duration",
+}
+
+
+# --- the SQLite store -------------------------------------------------------------------------
+
+
+def _connect_ro(db: Path) -> sqlite3.Connection:
+    # Read-only and a fresh connection per poll: we must never hold a read transaction open
+    # against fieldhub's writer (it would stall WAL checkpoints and grow the WAL).
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
+
+
+class RowCounter:
+    """Cheap progress count of ``readings`` rows while fieldhub writes.
+
+    ``max(rowid)`` is an O(log n) lookup and, with inserts only, equals the row count; a
+    WITHOUT ROWID table has no rowid, so we fall back to ``count(*)`` (~25 ms at 2.4M rows,
+    measured, i.e. ~2.5 % of a core at one poll per second: CPU taken from the system under test).
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.query = "SELECT max(rowid) FROM readings"
+
+    def rows(self) -> int | None:
+        if not self.db.exists():
+            return None
+        try:
+            con = _connect_ro(self.db)
+            try:
+                try:
+                    (n,) = con.execute(self.query).fetchone()
+                except sqlite3.OperationalError as exc:
+                    if "rowid" not in str(exc):
+                        raise
+                    self.query = "SELECT count(*) FROM readings"
+                    (n,) = con.execute(self.query).fetchone()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            return None  # table not created yet, or locked for longer than the timeout
+        return int(n or 0)
+
+
+def count_stored(
+    db: Path, device_prefix: str, per_device_acked: list[int], per_device_sent: list[int]
+) -> dict[str, Any]:
+    """Exact per-device accounting of what fieldhub stored for the benchmark's devices."""
+    if not db.exists():
+        raise BenchError(f"{db} does not exist: did fieldhub use another file name?")
+    con = _connect_ro(db)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"devices", "metrics", "readings"} <= tables:
+            raise BenchError(
+                f"{db} lacks devices/metrics/readings (has {sorted(tables)}): schema changed?"
+            )
+        width = id_width(len(per_device_acked))
+        index_by_uid = {
+            device_uid(device_prefix, i, width).lower(): i for i in range(len(per_device_acked))
+        }
+        dev_index: dict[int, int] = {}
+        for dev_id, uid in con.execute("SELECT id, uid FROM devices"):
+            i = index_by_uid.get(str(uid).lower())
+            if i is not None:
+                dev_index[dev_id] = i
+        row = con.execute("SELECT id FROM metrics WHERE name = ?", (SEQ_METRIC,)).fetchone()
+        seqs: list[set[int]] = [set() for _ in per_device_acked]
+        stored = 0
+        unexpected = 0
+        if row is not None:
+            for dev_id, value in con.execute(
+                "SELECT device_id, value FROM readings WHERE metric_id = ?", (row[0],)
+            ):
+                i = dev_index.get(dev_id)
+                if i is None:
+                    continue
+                stored += 1
+                v = float(value)
+                if v.is_integer() and 0 <= v < per_device_sent[i]:
+                    seqs[i].add(int(v))
+                else:
+                    unexpected += 1
+        rows_by_metric: dict[str, int] = {}
+        ids = ",".join(str(d) for d in dev_index) or "NULL"
+        for name, n in con.execute(
+            "SELECT m.name, count(*) FROM readings r JOIN metrics m ON m.id = r.metric_id "
+            f"WHERE r.device_id IN ({ids}) GROUP BY m.name"
+        ):
+            rows_by_metric[str(name)] = int(n)
+        received = con.execute(
+            f"SELECT min(received_at), max(received_at) FROM readings WHERE device_id IN ({ids})"
+        ).fetchone()
+    finally:
+        con.close()
+
+    missing = 0
+    devices_missing = 0
+    examples: list[str] = []
+    stored_unacked = 0
+    for i, acked in enumerate(per_device_acked):
+        have = seqs[i]
+        present = sum(1 for v in have if v < acked)
+        stored_unacked += len(have) - present
+        if present < acked:
+            devices_missing += 1
+            missing += acked - present
+            if len(examples) < 5:
+                gone = [s for s in range(acked) if s not in have][:5]
+                examples.append(f"{device_uid(device_prefix, i, width)} seq {gone}")
+    distinct = sum(len(s) for s in seqs)
+    total_rows = sum(rows_by_metric.values())
+    return {
+        "devices_found": len(dev_index),
+        "stored": stored,
+        "distinct": distinct,
+        "duplicates": stored - distinct - unexpected,
+        "unexpected_seq_rows": unexpected,
+        "lost": missing,
+        "devices_with_loss": devices_missing,
+        "loss_examples": examples,
+        "stored_unacked": stored_unacked,
+        "rows_by_metric": rows_by_metric,
+        "rows_per_message": round(total_rows / stored, 3) if stored else None,
+        # received_at is epoch microseconds (fieldhub's schema).
+        "received_first_epoch": received[0] / 1e6 if received and received[0] else None,
+        "received_last_epoch": received[1] / 1e6 if received and received[1] else None,
+    }
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+def measure_capacity(devices: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    """Generator capacity: loadgen --max against a bare Mosquitto with no subscriber."""
+    say(f"phase 1: generator capacity, loadgen --max, {devices} devices, {duration_s:g}s")
+    out, log = workdir / "capacity-load.json", workdir / "capacity-load.log"
+    with bare_mosquitto() as broker:
+        sampler = Sampler()
+        mq = psutil.Process(broker.proc.pid)
+        sampler.add("mosquitto", lambda: [mq])
+        proc = start_loadgen(
+            port=broker.port,
+            devices=devices,
+            duration_s=duration_s,
+            out=out,
+            log=log,
+            max_mode=True,
+        )
+        lg = psutil.Process(proc.pid)
+        sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
+        sampler.sample()
+        deadline = time.monotonic() + duration_s + LOADGEN_OVERRUN_S
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"capacity loadgen overran its deadline:\n{tail(log)}")
+                time.sleep(SAMPLE_EVERY_S)
+                sampler.sample()
+        finally:
+            # It runs in its own session (a Ctrl-C here does not reach it): stop it ourselves.
+            stop_process(proc)
+        result = read_loadgen_result(proc, out, log)
+    cpu = sampler.summary(result["first_publish_epoch"], result["first_publish_epoch"] + duration_s)
+    capacity = result["acked_rate_within_duration"]
+    say(
+        f"  generator capacity: {capacity:,.0f} msg/s "
+        f"(loadgen {cpu['loadgen']['cpu_mean_percent']}% cpu, "
+        f"mosquitto {cpu['mosquitto']['cpu_mean_percent']}% cpu)"
+    )
+    return {
+        "msg_per_s": capacity,
+        "duration_s": duration_s,
+        "devices": devices,
+        "window": result["window"],
+        "broker": "bare mosquitto, no subscriber",
+        "loadgen": {
+            k: result[k]
+            for k in (
+                "sent",
+                "acked",
+                "offered_rate",
+                "acked_rate",
+                "acked_rate_within_duration",
+                "puback_rtt_p50_ms",
+                "puback_rtt_p99_ms",
+                "disconnects",
+                "cpu_percent",
+                "connect_s",
+            )
+        },
+        "cpu": cpu,
+    }
+
+
+def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """One fresh `fieldhub up`, one paced load, one accounting. Errors go into the dict."""
+    tag = f"run {k}/{n}"
+    rundir = workdir / f"run-{k}"
+    data_dir = rundir / "data"
+    data_dir.mkdir(parents=True)
+    # fieldhub's Mosquitto may drop to user `mosquitto` (when we are root): let it read the dir.
+    for d in (workdir, rundir, data_dir):
+        d.chmod(0o755)
+    mqtt_port, http_port = free_port(), free_port()
+    while http_port == mqtt_port:
+        http_port = free_port()
+    fh_log, lg_log, lg_out = rundir / "fieldhub.log", rundir / "load.log", rundir / "load.json"
+    run: dict[str, Any] = {"run": k, "errors": [], "notes": []}
+    say(f"phase 2: {tag}: fieldhub up (mqtt {mqtt_port}, http {http_port})")
+    proc = start_fieldhub(args.fieldhub, data_dir, mqtt_port, http_port, fh_log, args.fieldhub_arg)
+    loadgen: subprocess.Popen[bytes] | None = None
+    mosq_pids: list[int] = []
+    try:
+        ready = wait_healthy(proc, fh_log, http_port, mqtt_port)
+        http_port, mqtt_port = ready["http_port"], ready["mqtt_port"]
+        run.update(startup_s=ready["startup_s"], ports={"mqtt": mqtt_port, "http": http_port})
+        say(f"  {tag}: healthy after {ready['startup_s']}s")
+        root = psutil.Process(proc.pid)
+        mosq_pids = [p.pid for p in descendants(root) if is_mosquitto(p)]
+        if not mosq_pids:
+            run["notes"].append("no mosquitto child process found: mosquitto cpu not sampled")
+        time.sleep(WARMUP_S)
+        metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+        before = _scrape_or_note(metrics_url, run)
+
+        db = data_dir / "fieldhub.db"
+        counter = RowCounter(db)
+        sampler = Sampler()
+        sampler.add(
+            "fieldhub", lambda: [root, *(p for p in descendants(root) if not is_mosquitto(p))]
+        )
+        sampler.add("mosquitto", lambda: [p for p in descendants(root) if is_mosquitto(p)])
+        # [seconds since load start, rows or None, fieldhub cpu %, mosquitto cpu %] per sample.
+        timeline: list[list[Any]] = []
+        # (epoch, rows) of every row count we took: the last commit is read off these.
+        polls: list[tuple[float, int]] = []
+
+        def count_rows() -> int | None:
+            rows = counter.rows()
+            if rows is not None:
+                polls.append((time.time(), rows))
+            return rows
+
+        def sample(phase: str, rows: int | None, show: bool) -> None:
+            s = sampler.sample()
+            elapsed = s["t"] - t_load
+            timeline.append([round(elapsed, 2), rows, s["fieldhub"]["cpu"], s["mosquitto"]["cpu"]])
+            if show:
+                say(
+                    f"  {tag} {phase} {elapsed:5.1f}s  rows={rows}  "
+                    f"fieldhub {s['fieldhub']['cpu']}% cpu {s['fieldhub']['rss'] / 2**20:.0f} MiB  "
+                    f"mosquitto {s['mosquitto']['cpu']}% cpu  machine {s['machine_busy']}% busy"
+                )
+
+        sampler.sample()
+        say(
+            f"  {tag}: load {args.rate:,.0f} msg/s x {args.duration:g}s from {args.devices} devices"
+        )
+        t_load = time.time()
+        loadgen = start_loadgen(
+            port=mqtt_port,
+            devices=args.devices,
+            duration_s=args.duration,
+            out=lg_out,
+            log=lg_log,
+            rate=args.rate,
+            extra=["--window", str(args.window)],
+        )
+        lg = psutil.Process(loadgen.pid)
+        sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
+        t0 = time.monotonic()
+        overrun_at = t0 + args.duration + LOADGEN_OVERRUN_S
+        # From a second before the schedule can end, count rows every SETTLE_POLL_S: the first
+        # count that sees the final value dates the last commit, whether or not the loadgen has
+        # finished its own drain and exit yet.
+        fast_from = t0 + args.duration - 1.0
+        next_sample = t0 + SAMPLE_EVERY_S
+        next_show = t0 + PROGRESS_EVERY_S
+        load: dict[str, Any] | None = None
+        settle_deadline = math.inf
+        last_rows: int | None = None
+        last_change = t0
+        while True:
+            time.sleep(SETTLE_POLL_S)
+            now_m = time.monotonic()
+            if load is None and loadgen.poll() is not None:
+                load = read_loadgen_result(loadgen, lg_out, lg_log)
+                if loadgen.returncode != 0:
+                    run["errors"].append(
+                        f"loadgen exited {loadgen.returncode}:\n{tail(lg_log, 10)}"
+                    )
+                say(
+                    f"  {tag}: load done (sent {load['sent']:,}, acked {load['acked']:,}); "
+                    "waiting for the row count to settle"
+                )
+                settle_deadline = now_m + SETTLE_TIMEOUT_S
+            if load is None and now_m > overrun_at:
+                raise BenchError(f"loadgen overran its deadline:\n{tail(lg_log)}")
+            is_sample = now_m >= next_sample
+            show = is_sample and now_m >= next_show
+            # The row count scans the table (~45 ms at 2.4M rows, WITHOUT ROWID): until the
+            # end is near take it only with the progress line, so we steal ~1 % of a core.
+            rows = count_rows() if show or now_m >= fast_from else None
+            if rows is not None and rows != last_rows:
+                last_rows, last_change = rows, now_m
+            if is_sample:
+                next_sample += SAMPLE_EVERY_S
+                if show:
+                    next_show += PROGRESS_EVERY_S
+                sample("load" if load is None else "settle", rows, show)
+            if load is not None:
+                if now_m - last_change >= SETTLE_QUIET_S:
+                    break
+                if now_m > settle_deadline:
+                    run["errors"].append(
+                        f"row count still growing {SETTLE_TIMEOUT_S:.0f}s after the load ended"
+                    )
+                    break
+        assert load is not None  # the loop only ends once the loadgen's result is in
+        final_rows = last_rows
+        t_last_commit = next((t for t, r in polls if r == final_rows), time.time())
+        say(f"  {tag}: settled at rows={final_rows}")
+        after = _scrape_or_note(metrics_url, run)
+    except (BenchError, RuntimeError) as exc:
+        run["errors"].append(str(exc))
+        return _finish_failed(run, proc, loadgen, mosq_pids, rundir)
+    except BaseException:
+        # Ctrl-C or a bug in this file: never leave fieldhub and its broker running.
+        run["errors"].append("interrupted")
+        _finish_failed(run, proc, loadgen, mosq_pids, rundir)
+        raise
+
+    run["shutdown"] = stop_fieldhub(proc, mosq_pids)
+    run["errors"] += run["shutdown"].pop("errors")
+    say(
+        f"  {tag}: fieldhub stopped (exit {run['shutdown']['exit_code']} "
+        f"in {run['shutdown']['exit_s']}s)"
+    )
+
+    try:
+        counts = count_stored(
+            db, args.device_prefix, load["per_device_acked"], load["per_device_sent"]
+        )
+    except (BenchError, sqlite3.Error) as exc:
+        run["errors"].append(f"counting stored rows: {exc}")
+        counts = {}
+    rows_at_exit = RowCounter(db).rows()
+    if rows_at_exit is not None and final_rows is not None and rows_at_exit > final_rows:
+        run["notes"].append(
+            f"{rows_at_exit - final_rows} rows were committed at shutdown, after the count had "
+            "settled: the last commit time is taken as the shutdown time"
+        )
+        t_last_commit = time.time()
+
+    first_pub = load["first_publish_epoch"]
+    stored = counts.get("stored")
+    run.update(
+        offered=load["sent"],
+        offered_rate=load["offered_rate"],
+        acked=load["acked"],
+        unacked=load["unacked"],
+        stored=stored,
+        lost=counts.get("lost"),
+        acked_minus_stored=load["acked"] - stored if stored is not None else None,
+        duplicates=counts.get("duplicates"),
+        duplicate_counter_delta=_delta(before, after, DUPLICATE_COUNTER_SAMPLE),
+        stored_rate=round(stored / (t_last_commit - first_pub), 1) if stored else None,
+        received_rate=(
+            round(stored / (counts["received_last_epoch"] - first_pub), 1)
+            if stored and counts.get("received_last_epoch")
+            else None
+        ),
+        drain_s=round(t_last_commit - load["last_publish_epoch"], 2),
+        last_commit_epoch=t_last_commit,
+        latency=_latency(before, after),
+        cpu=sampler.summary(first_pub, load["last_publish_epoch"]),
+        cpu_after_load=sampler.summary(load["last_publish_epoch"], t_last_commit),
+        store=counts,
+        load={k: v for k, v in load.items() if not k.startswith("per_device")},
+        timeline=timeline,
+    )
+    if counts and counts["rows_per_message"] not in (None, EXPECTED_ROWS_PER_MESSAGE):
+        run["notes"].append(
+            f"{counts['rows_per_message']} rows per message, expected "
+            f"{EXPECTED_ROWS_PER_MESSAGE} (seq, temperature, humidity, rssi)"
+        )
+    others = run["cpu"].get("others_cpu_mean_percent")
+    if others is not None and others > OTHERS_CPU_WARN_PERCENT:
+        run["notes"].append(
+            f"other processes used {others}% of a core during the load: figures are perturbed"
+        )
+    if counts and counts["devices_found"] < args.devices:
+        run["errors"].append(
+            f"only {counts['devices_found']} of {args.devices} devices in the devices table"
+        )
+    lat = run["latency"] or {}
+    say(
+        f"  {tag}: stored {stored} of {load['acked']} acked, lost {run['lost']}, "
+        f"dup {run['duplicates']}, stored rate {run['stored_rate']} msg/s, "
+        f"p50 {lat.get('p50_s')} s, p99 {lat.get('p99_s')} s"
+    )
+    if not run["errors"] and not args.keep:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return run
+
+
+def _finish_failed(
+    run: dict[str, Any],
+    proc: subprocess.Popen[bytes],
+    loadgen: subprocess.Popen[bytes] | None,
+    mosq_pids: list[int],
+    rundir: Path,
+) -> dict[str, Any]:
+    if loadgen is not None and loadgen.poll() is None:
+        stop_process(loadgen)
+    shutdown = stop_fieldhub(proc, mosq_pids)
+    run["errors"] += [e for e in shutdown.pop("errors") if "already exited" not in e]
+    run["shutdown"] = shutdown
+    run["logs"] = str(rundir)
+    say(f"  run {run['run']} failed: {run['errors'][0].splitlines()[0]} (logs in {rundir})")
+    return run
+
+
+def _scrape_or_note(url: str, run: dict[str, Any]) -> str | None:
+    try:
+        return scrape(url)
+    except (OSError, RuntimeError, ValueError) as exc:
+        run["notes"].append(f"cannot scrape {url}: {exc}")
+        return None
+
+
+def _delta(before: str | None, after: str | None, sample: str) -> float | None:
+    if before is None or after is None:
+        return None
+    a, b = sample_sum(after, sample), sample_sum(before, sample)
+    if a is None:
+        return None
+    return a - (b or 0.0)
+
+
+def _latency(before: str | None, after: str | None) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    delta = bucket_delta(
+        histogram_buckets(before, LAG_HISTOGRAM), histogram_buckets(after, LAG_HISTOGRAM)
+    )
+    if not delta:
+        return {"error": f"no {LAG_HISTOGRAM} histogram in /metrics"}
+    p50, p99 = histogram_quantile(delta, 0.50), histogram_quantile(delta, 0.99)
+    return {
+        "p50_s": round(p50["value_s"], 6) if p50 else None,
+        "p99_s": round(p99["value_s"], 6) if p99 else None,
+        "p50_bucket_s": p50["bucket_s"] if p50 else None,
+        "p99_bucket_s": p99["bucket_s"] if p99 else None,
+        "p99_above_last_bucket": bool(p99 and p99["above_last_bucket"]),
+        "observations": max(delta.values()) if delta else 0,
+        "bucket_bounds_s": [le for le in delta if le != float("inf")],
+    }
+
+
+# --- verdict ----------------------------------------------------------------------------------
+
+
+def checks_for(
+    bar_rate: float,
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    median: dict[str, Any],
+    capacity: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Each condition of the bar with the value it was judged on."""
+    ok_runs = [r for r in runs if not r["errors"]]
+    stored_rate = median.get("stored_rate")
+    cap = capacity["msg_per_s"] if capacity else None
+    return {
+        "config_meets_bar": {
+            "ok": args.rate >= bar_rate
+            and args.duration >= BAR_DURATION_S
+            and args.devices >= BAR_DEVICES,
+            "value": {"rate": args.rate, "duration_s": args.duration, "devices": args.devices},
+        },
+        "all_runs_completed": {
+            "ok": bool(runs) and len(ok_runs) == len(runs),
+            "value": f"{len(ok_runs)}/{len(runs)}",
+        },
+        "generator_kept_schedule": {
+            "ok": median.get("offered_rate") is not None
+            and median["offered_rate"] >= SCHEDULE_TOLERANCE * args.rate,
+            "value": median.get("offered_rate"),
+        },
+        "zero_loss": {
+            "ok": bool(runs) and all(r.get("lost") == 0 for r in runs),
+            "value": [r.get("lost") for r in runs],
+        },
+        "zero_duplicates": {
+            "ok": bool(runs) and all(r.get("duplicates") == 0 for r in runs),
+            "value": [r.get("duplicates") for r in runs],
+        },
+        "kept_up": {
+            "ok": median.get("drain_s") is not None and median["drain_s"] <= KEPT_UP_DRAIN_S,
+            "value": median.get("drain_s"),
+            "limit_s": KEPT_UP_DRAIN_S,
+        },
+        "generator_capacity_2x": {
+            "ok": cap is not None
+            and stored_rate is not None
+            and cap >= CAPACITY_FACTOR * stored_rate,
+            "value": round(cap / stored_rate, 2) if cap and stored_rate else None,
+        },
+    }
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.ingest",
+        description="MQTT ingest benchmark of `fieldhub up`; writes bench/results/ingest.json.",
+    )
+    p.add_argument("--rate", type=float, default=BAR_RATE, help="msg/s offered (default 10000)")
+    p.add_argument("--duration", type=float, default=BAR_DURATION_S, help="seconds of load")
+    p.add_argument("--devices", type=int, default=BAR_DEVICES, help="simulated devices")
+    p.add_argument("--repeats", type=int, default=3, help="measured runs (medians are reported)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke-test the bench: rate 2000, 10 s, 100 devices, 1 run",
+    )
+    p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="unacked QoS 1 per device")
+    p.add_argument(
+        "--capacity-duration",
+        type=float,
+        default=10.0,
+        help="seconds of loadgen --max for the capacity check",
+    )
+    p.add_argument("--skip-capacity", action="store_true", help="skip phase 1")
+    p.add_argument("--capacity-only", action="store_true", help="only phase 1 (no fieldhub)")
+    p.add_argument(
+        "--fieldhub",
+        default=str(Path(sys.executable).parent / "fieldhub"),
+        help="the fieldhub executable (default: the venv's)",
+    )
+    p.add_argument(
+        "--fieldhub-arg",
+        action="append",
+        default=[],
+        help="extra argument for `fieldhub up` (repeatable)",
+    )
+    p.add_argument("--device-prefix", default="bench", help=argparse.SUPPRESS)
+    p.add_argument("--keep", action="store_true", help="keep data dirs and logs of good runs")
+    p.add_argument("--output", type=Path, default=None, help="result file (default results/)")
+    p.add_argument("--require-pass", action="store_true", help="exit 1 unless passed_10k (for CI)")
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ingest benchmark and write bench/results/ingest.json."""
+    args = _parse_args(argv)
+    # fieldhub's Mosquitto inherits our limits: 1,000 devices need 1,000+ descriptors there.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    started = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    background = background_busy()
+    notes: list[str] = []
+    if background > BACKGROUND_BUSY_WARN_PERCENT:
+        notes.append(
+            f"the machine was {background:.0f}% busy before the bench started: other processes "
+            "compete with fieldhub and the generator for the 2 cores; rerun on a quiet machine"
+        )
+        say(f"warning: {notes[-1]}")
+    say(
+        f"ingest bench: rate {args.rate:,.0f} msg/s, {args.duration:g}s, {args.devices} devices, "
+        f"{args.repeats} repeat(s){' (quick)' if args.quick else ''}; work dir {workdir}"
+    )
+    errors: list[str] = []
+    capacity: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = []
+    try:
+        if not args.skip_capacity:
+            try:
+                capacity = measure_capacity(args.devices, args.capacity_duration, workdir)
+            except (BenchError, RuntimeError, OSError) as exc:
+                errors.append(f"capacity check: {exc}")
+                say(f"capacity check failed: {exc}")
+        if not args.capacity_only:
+            if not Path(args.fieldhub).exists() and shutil.which(args.fieldhub) is None:
+                errors.append(f"{args.fieldhub} not found: pip install -e . in the venv first")
+            else:
+                for k in range(1, args.repeats + 1):
+                    runs.append(measured_run(k, args.repeats, args, workdir))
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+        say("interrupted: writing what we have")
+
+    median = median_of(runs, MEDIAN_KEYS)
+    checks = checks_for(BAR_RATE, args, runs, median, capacity)
+    goal_checks = checks_for(GOAL_RATE, args, runs, median, capacity)
+    if capacity is not None:
+        cap = capacity["msg_per_s"]
+        stored = median.get("stored_rate")
+        capacity["ratio_to_median_stored_rate"] = round(cap / stored, 2) if stored else None
+        capacity["ratio_to_target_rate"] = round(cap / args.rate, 2)
+        capacity["at_least_2x_measured"] = checks["generator_capacity_2x"]["ok"]
+    result: dict[str, Any] = {
+        "bench": "ingest",
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "devices": args.devices,
+            "repeats": args.repeats,
+            "quick": args.quick,
+            "qos": 1,
+            "window": args.window,
+            "payload": '{"ts":<epoch ms>,"seq":<n>,"temperature":21.53,"humidity":45.1,'
+            '"rssi":-61} on devices/bench-NNNN/telemetry',
+            "fieldhub": args.fieldhub,
+            "fieldhub_args": args.fieldhub_arg,
+            "machine": {**machine_info(), "background_busy_percent": background},
+        },
+        "generator_capacity": capacity,
+        "median": median,
+        "checks": checks,
+        "passed_10k": all(c["ok"] for c in checks.values()),
+        "passed_20k": all(c["ok"] for c in goal_checks.values()),
+        "runs": runs,
+        "methods": METHODS,
+        "notes": notes + [f"run {r['run']}: {n}" for r in runs for n in r["notes"]],
+        "errors": errors + [f"run {r['run']}: {e}" for r in runs for e in r["errors"]],
+    }
+    path = write_result("ingest", result) if args.output is None else _write_to(args.output, result)
+    say(f"wrote {path}")
+    _print_summary(result)
+    if not result["errors"] and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        say(f"logs kept in {workdir}")
+    if result["errors"]:
+        return 2
+    return 1 if args.require_pass and not result["passed_10k"] else 0
+
+
+def _write_to(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    m, cap = result["median"], result["generator_capacity"]
+    if cap:
+        say(
+            f"generator capacity {cap['msg_per_s']:,.0f} msg/s "
+            f"(x{cap.get('ratio_to_median_stored_rate')} the median stored rate)"
+        )
+    if result["runs"]:
+        say(
+            f"median: offered {m['offered_rate']} msg/s, stored {m['stored_rate']} msg/s, "
+            f"lost {m['lost']}, dup {m['duplicates']}, drain {m['drain_s']} s, "
+            f"p50 {m['latency.p50_s']} s, p99 {m['latency.p99_s']} s, "
+            f"fieldhub {m['cpu.fieldhub.cpu_mean_percent']}% cpu "
+            f"{m['cpu.fieldhub.rss_max_mb']} MiB, "
+            f"mosquitto {m['cpu.mosquitto.cpu_mean_percent']}% cpu"
+        )
+    for name, c in result["checks"].items():
+        say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
+    say(f"passed_10k: {result['passed_10k']}  passed_20k: {result['passed_20k']}")
+    for e in result["errors"]:
+        say(f"error: {e.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
