@@ -51,7 +51,7 @@ def _start_demo(platform: Platform) -> None:
         ),
         start_sim_in_background(
             endpoint=platform.mqtt_endpoint, profile="readings", devices=DEMO_READINGS_GATEWAYS,
-            rate_hz=DEMO_RATE_HZ, log=quiet,
+            rate_hz=DEMO_RATE_HZ, log=quiet, readings_temperature=True,
         ),
     ]  # fmt: skip
     print(

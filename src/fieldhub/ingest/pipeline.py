@@ -93,6 +93,7 @@ class Ingest:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup = asyncio.Event()
         self._wake_scheduled = False
+        self._idle = False
         self._digests: dict[str, bytes] = {}
         self._high_water = 0
         self._stopping = False
@@ -145,8 +146,11 @@ class Ingest:
         depth = len(self._queue)
         if depth > self._high_water:
             self._high_water = depth
-        # One wake-up per burst, not per message: call_soon_threadsafe costs a syscall.
-        if not self._wake_scheduled and self._loop is not None:
+        # Wake the writer only when it sleeps for lack of work: a busy writer looks at the queue
+        # again when it is done, and a wake-up per message (a syscall and a GIL hand-off to the
+        # event loop each) costs more than decoding the message. `_idle` is set before the writer
+        # looks at the queue, so an append it did not see always finds `_idle` true.
+        if self._idle and not self._wake_scheduled and self._loop is not None:
             self._wake_scheduled = True
             self._loop.call_soon_threadsafe(self._wake)
 
@@ -161,8 +165,11 @@ class Ingest:
         self._loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._wakeup.wait()
+                self._idle = True
+                if not self._queue:
+                    await self._wakeup.wait()
                 self._wakeup.clear()
+                self._idle = False
                 if len(self._queue) < self.batch_max and self.linger_s > 0:
                     await asyncio.sleep(self.linger_s)
                 while self._queue:

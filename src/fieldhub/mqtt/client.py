@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
@@ -48,6 +49,8 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 # Publisher in-flight window: paho keys outgoing QoS>0 messages by 16-bit id, so an unbounded
 # queue silently loses messages beyond 65535 (NOTES.md trap 3). The semaphore blocks callers.
 PUBLISH_MAX_INFLIGHT = 1_000
+# One recv() of this size serves hundreds of small MQTT packets (see _BufferedSocket).
+READ_CHUNK_BYTES = 64 * 1024
 
 
 class MqttUrlError(ValueError):
@@ -99,18 +102,92 @@ class Will:
     retain: bool = True
 
 
-def _set_nodelay(client: paho.Client, userdata: object, sock: object) -> None:
-    # Without TCP_NODELAY every request/ack round trip waits 40-200 ms for Nagle and delayed ACK
-    # (NOTES.md trap 2); paho does not set it.
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _BufferedSocket:
+    """A socket whose small reads are served from one large read.
+
+    paho reads every packet with three or more recv() calls (the type byte, each length byte,
+    then the body). Each is a syscall that releases and retakes the GIL, and with the ingest
+    writer busy in another thread every retake waits: at 10k msg/s that hand-off, not parsing,
+    limited ingest. `pending()` is the hook paho's loop already has for TLS sockets: while bytes
+    are buffered it reads again without waiting in select().
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(READ_CHUNK_BYTES)
+            if not data:
+                return data
+            self._buf, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + bufsize, len(self._buf))
+        return self._buf[start : self._pos]
+
+    def pending(self) -> int:
+        return len(self._buf) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(paho.Client):
+    """paho's client with TCP_NODELAY, buffered reads and batched acknowledgements.
+
+    The overrides use paho internals (`_create_socket`, `_send_puback`, `_sockpairW`); the
+    dependency is pinned below 2.3 for that reason and the integration tests exercise them.
+    """
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        # paho matches every message against per-topic callbacks under two locks before calling
+        # on_message; fieldhub registers none, and the lookup cost ~4 us per message.
+        callback = self.on_message
+        if callback is None:
+            return
+        try:
+            callback(self, self._userdata, message)
+        except Exception:
+            # Never kill the network thread: the message stays unacknowledged and the broker
+            # sends it again after the next reconnect.
+            log.exception("handling a message on %r failed", message.topic)
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """PUBACK several messages with one wake-up of the network thread.
+
+        paho's ack() writes a byte to its wake-up socket pair for every packet, a syscall per
+        message on the writer's thread; one byte after the whole batch does the same job.
+        """
+        wake = self._sockpairW
+        self._sockpairW = None
+        try:
+            for mid in mids:
+                self._send_puback(mid)
+        finally:
+            self._sockpairW = wake
+        if wake is not None:
+            try:
+                wake.send(b"0")
+            except BlockingIOError:
+                pass  # the pair is full of wake-ups already: the thread will wake
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        if isinstance(sock, socket.socket):
+            # Without TCP_NODELAY every request/ack round trip waits 40-200 ms for Nagle and
+            # delayed ACK (NOTES.md trap 2); paho does not set it.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _BufferedSocket(sock)
+        return sock
 
 
 def _new_client(
     *, client_id: str, endpoint: MqttEndpoint, protocol: int, clean: bool, manual_ack: bool = False
-) -> paho.Client:
+) -> _Client:
     proto = paho.MQTTv5 if protocol == 5 else paho.MQTTv311
-    client = paho.Client(
+    client = _Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=proto,
@@ -119,7 +196,6 @@ def _new_client(
     )
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
-    client.on_socket_open = _set_nodelay
     client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
     return client
 
@@ -194,11 +270,9 @@ class MqttSubscriber:
         """Acknowledge stored messages; tokens from an earlier connection are dropped."""
         with self._ack_lock:
             generation = self._generation
-            for token_generation, mid in tokens:
-                if token_generation == generation:
-                    self._client.ack(mid, 1)
-                else:
-                    self.acks_dropped += 1
+            current = [mid for token_generation, mid in tokens if token_generation == generation]
+            self.acks_dropped += len(tokens) - len(current)
+            self._client.ack_many(current)
 
     def _handle_pre_connect(self, client: paho.Client, userdata: object) -> None:
         # Runs inside reconnect() after paho cleared its outgoing packets and before CONNECT: from
@@ -352,7 +426,7 @@ class MqttPublisher:
         else:
             self._client.loop_stop()
             sock = self._client.socket()
-            if isinstance(sock, socket.socket):
+            if sock is not None:
                 sock.close()
         self._connected.clear()
         with self._pending_lock:

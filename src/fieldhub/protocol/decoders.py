@@ -29,7 +29,7 @@ ENVELOPE_KEYS = frozenset({"v"})
 PRESENCE_WORDS = {"online": "online", "offline": "offline"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DecodeContext:
     """What a decoder knows besides the payload."""
 

@@ -147,6 +147,10 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
 
     Keys in `skip` at the top level are envelope fields handled by the caller.
     """
+    if len(obj) <= MAX_FIELDS_PER_MESSAGE and not any(
+        isinstance(value, dict | list) for value in obj.values()
+    ):
+        return _flatten_flat(obj, skip)
     leaves: list[tuple[tuple[str, ...], Any]] = []
     for key, value in obj.items():
         if key not in skip:
@@ -164,6 +168,23 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
         number = number_of(value)
         if number is not None:
             result.numbers[name] = number
+        elif isinstance(value, str) or value is None:
+            result.attributes[name] = value
+    return result
+
+
+def _flatten_flat(obj: dict[str, Any], skip: frozenset[str]) -> Flattened:
+    """`flatten` for an object without nested groups (nearly every device payload): names are
+    the keys, no clash is possible, no paths to build."""
+    result = Flattened()
+    numbers = result.numbers
+    for key, value in obj.items():
+        if key in skip:
+            continue
+        name = _check_name(key)
+        number = number_of(value)
+        if number is not None:
+            numbers[name] = number
         elif isinstance(value, str) or value is None:
             result.attributes[name] = value
     return result

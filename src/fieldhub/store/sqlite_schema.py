@@ -38,13 +38,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             received_at INTEGER NOT NULL,
             PRIMARY KEY (device_id, metric_id, ts)
         ) WITHOUT ROWID;
-        -- Latest value per device and metric, maintained by the writer: the device page and the
-        -- fleet list read it instead of scanning readings.
+        -- Which metrics each device has reported. The writer inserts a pair only the first time
+        -- it sees it. Latest values are read from readings by primary-key seek, not maintained
+        -- per batch: an upsert per series per batch cost as much as the readings themselves.
         CREATE TABLE device_metrics (
             device_id INTEGER NOT NULL,
             metric_id INTEGER NOT NULL,
-            last_ts INTEGER NOT NULL,
-            last_value REAL NOT NULL,
             PRIMARY KEY (device_id, metric_id)
         ) WITHOUT ROWID;
         CREATE TABLE dead_letters (
