@@ -45,7 +45,7 @@ class IngestMetrics:
         )  # fmt: skip
         self.commit_delay = Histogram(
             "fieldhub_ingest_commit_delay_seconds",
-            "Commit time minus receive time, per message",
+            "Commit time minus receive time of the oldest message in each batch",
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )

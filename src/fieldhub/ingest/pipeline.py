@@ -254,11 +254,12 @@ class Ingest:
         m.readings_written.inc(written.readings_written)
         m.readings_duplicate.inc(written.readings_duplicate)
         stored = dead = ignored = redelivered = 0
-        delay_observe = m.commit_delay.observe
         lag_observe = m.lag.observe
+        # The oldest message of the batch waited longest: one observation per batch.
+        oldest_us = min(work.message.received_us for work in works)
+        m.commit_delay.observe((committed_us - oldest_us) / 1e6)
         for work in works:
             result = work.result
-            delay_observe((committed_us - work.message.received_us) / 1e6)
             if isinstance(result, Decoded):
                 stored += 1
                 if result.device_time and result.readings and work.token is not None:

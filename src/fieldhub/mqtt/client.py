@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -140,6 +140,17 @@ class _Client(paho.Client):
     The overrides use paho internals (`_create_socket`, `_send_puback`, `_sockpairW`); the
     dependency is pinned below 2.3 for that reason and the integration tests exercise them.
     """
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho reads one packet per select() when it has nothing in flight itself; drain what
+        # _BufferedSocket already holds instead of a select() syscall per message.
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        while rc == paho.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and sock.pending():
+            rc = super().loop_read(max_packets)
+            if self._sock is not sock:
+                break
+        return rc
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
         # paho matches every message against per-topic callbacks under two locks before calling

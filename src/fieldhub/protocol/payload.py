@@ -147,10 +147,10 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
 
     Keys in `skip` at the top level are envelope fields handled by the caller.
     """
-    if len(obj) <= MAX_FIELDS_PER_MESSAGE and not any(
-        isinstance(value, dict | list) for value in obj.values()
-    ):
-        return _flatten_flat(obj, skip)
+    if len(obj) <= MAX_FIELDS_PER_MESSAGE:
+        flat = _flatten_flat(obj, skip)
+        if flat is not None:
+            return flat
     leaves: list[tuple[tuple[str, ...], Any]] = []
     for key, value in obj.items():
         if key not in skip:
@@ -173,14 +173,16 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
     return result
 
 
-def _flatten_flat(obj: dict[str, Any], skip: frozenset[str]) -> Flattened:
+def _flatten_flat(obj: dict[str, Any], skip: frozenset[str]) -> Flattened | None:
     """`flatten` for an object without nested groups (nearly every device payload): names are
-    the keys, no clash is possible, no paths to build."""
+    the keys, no clash is possible, no paths to build. None when a value is a group."""
     result = Flattened()
     numbers = result.numbers
     for key, value in obj.items():
         if key in skip:
             continue
+        if isinstance(value, dict | list):
+            return None
         name = _check_name(key)
         number = number_of(value)
         if number is not None:
