@@ -43,15 +43,20 @@ def _settings(**flags: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in exc.errors()
+            f"  {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
         ]
-        raise _fail("invalid settings (flags or FIELDHUB_* variables):\n" + "\n".join(lines)) from None
+        raise _fail(
+            "invalid settings (flags or FIELDHUB_* variables):\n" + "\n".join(lines)
+        ) from None
 
 
 def _choose_port(explicit: int | None, preferred: int, what: str, flag: str) -> int:
     if explicit is not None:
         if not port_is_free("127.0.0.1", explicit):
-            raise _fail(f"{what} port {explicit} is already in use; pick another with {flag} or omit it")
+            raise _fail(
+                f"{what} port {explicit} is already in use; pick another with {flag} or omit it"
+            )
         return explicit
     if port_is_free("127.0.0.1", preferred):
         return preferred
@@ -70,22 +75,37 @@ def _configure_logging(level: str) -> None:
 
 @app.command()
 def up(
-    demo: Annotated[bool, typer.Option(help="Also run simulated devices so there is data to see")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Database and broker state [FIELDHUB_DATA_DIR]")] = None,
-    db: Annotated[str | None, typer.Option(help="Database URL, e.g. sqlite:///data/fieldhub.db")] = None,
+    demo: Annotated[
+        bool, typer.Option(help="Also run simulated devices so there is data to see")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database and broker state [FIELDHUB_DATA_DIR]")
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Database URL, e.g. sqlite:///data/fieldhub.db")
+    ] = None,
     mqtt_url: Annotated[
         str | None, typer.Option(help="Use this external broker instead of the embedded one")
     ] = None,
-    mqtt_port: Annotated[int | None, typer.Option(help="Port of the embedded broker (default 1883 or free)")] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="Port of the embedded broker (default 1883 or free)")
+    ] = None,
     http_host: Annotated[str | None, typer.Option(help="Address the HTTP API listens on")] = None,
-    http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8000 or a free one)")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (default 8000 or a free one)")
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
 ) -> None:
     """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API."""
     settings = _settings(
-        data_dir=data_dir, db=db, mqtt_url=mqtt_url, mqtt_port=mqtt_port, http_host=http_host,
-        http_port=http_port, log_level=log_level,
-    )  # fmt: skip
+        data_dir=data_dir,
+        db=db,
+        mqtt_url=mqtt_url,
+        mqtt_port=mqtt_port,
+        http_host=http_host,
+        http_port=http_port,
+        log_level=log_level,
+    )
     _configure_logging(settings.log_level)
     embedded_port = None
     if settings.mqtt_url is None:
@@ -108,10 +128,16 @@ def up(
 @app.command()
 def sim(
     mqtt_url: Annotated[str, typer.Option(help="Broker to publish to")] = "mqtt://127.0.0.1:1883",
-    devices: Annotated[int, typer.Option(min=1, max=10_000, help="Number of simulated devices")] = 5,
-    rate: Annotated[float, typer.Option(min=0.001, max=100.0, help="Messages per second per device")] = 1.0,
+    devices: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Number of simulated devices")
+    ] = 5,
+    rate: Annotated[
+        float, typer.Option(min=0.001, max=100.0, help="Messages per second per device")
+    ] = 1.0,
     profile: Annotated[str, typer.Option(help="native, readings or mixed")] = "native",
-    duration: Annotated[float | None, typer.Option(min=0.1, help="Stop after this many seconds")] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.1, help="Stop after this many seconds")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the sensor models")] = 0,
 ) -> None:
     """Simulated devices publishing like real firmware (demos and functional tests; load
@@ -130,9 +156,15 @@ def sim(
     kind: Literal["native", "readings", "mixed"] = profile  # type: ignore[assignment]
     try:
         stats = run_sim(
-            endpoint=endpoint, profile=kind, devices=devices, rate_hz=rate, duration_s=duration,
-            stop=stop, seed=seed, log=typer.echo,
-        )  # fmt: skip
+            endpoint=endpoint,
+            profile=kind,
+            devices=devices,
+            rate_hz=rate,
+            duration_s=duration,
+            stop=stop,
+            seed=seed,
+            log=typer.echo,
+        )
     except KeyboardInterrupt:
         stop.set()
         return

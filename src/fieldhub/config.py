@@ -10,8 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fieldhub.mqtt.client import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
-from fieldhub.store.open import sqlite_path
 from fieldhub.store.base import StoreError
+from fieldhub.store.open import sqlite_path
 
 # Preferred ports when none is given; when taken (another broker or app), a free one is chosen
 # and printed rather than failing, because `fieldhub up` must just work on a busy machine.
@@ -24,10 +24,15 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FIELDHUB_", extra="forbid", validate_default=True)
 
-    data_dir: Path = Field(Path("fieldhub-data"), description="Directory for the database and broker state")
-    db: str | None = Field(None, description="Database URL; default sqlite:///<data_dir>/fieldhub.db")
+    data_dir: Path = Field(
+        Path("fieldhub-data"), description="Directory for the database and broker state"
+    )
+    db: str | None = Field(
+        None, description="Database URL; default sqlite:///<data_dir>/fieldhub.db"
+    )
     mqtt_url: str | None = Field(
-        None, description="External broker, mqtt://[user:pass@]host:port; unset = embedded Mosquitto"
+        None,
+        description="External broker, mqtt://[user:pass@]host:port; unset = embedded Mosquitto",
     )
     mqtt_port: int | None = Field(None, ge=1, le=65535, description="Port of the embedded broker")
     # Ingest speaks MQTT 3.1.1 by default: paho decodes MQTT 5 properties on every PUBLISH, which
@@ -72,7 +77,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _broker_choice(self) -> Settings:
         if self.mqtt_url is not None and self.mqtt_port is not None:
-            raise ValueError("give either mqtt_url (external broker) or mqtt_port (embedded), not both")
+            raise ValueError(
+                "give either mqtt_url (external broker) or mqtt_port (embedded), not both"
+            )
         return self
 
     @property

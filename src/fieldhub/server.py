@@ -46,22 +46,29 @@ def _start_demo(platform: Platform) -> None:
     quiet = logging.getLogger("fieldhub.sim").debug
     threads = [
         start_sim_in_background(
-            endpoint=platform.mqtt_endpoint, profile="native", devices=DEMO_NATIVE_DEVICES,
-            rate_hz=DEMO_RATE_HZ, log=quiet,
+            endpoint=platform.mqtt_endpoint,
+            profile="native",
+            devices=DEMO_NATIVE_DEVICES,
+            rate_hz=DEMO_RATE_HZ,
+            log=quiet,
         ),
         start_sim_in_background(
-            endpoint=platform.mqtt_endpoint, profile="readings", devices=DEMO_READINGS_GATEWAYS,
-            rate_hz=DEMO_RATE_HZ, log=quiet, readings_temperature=True,
+            endpoint=platform.mqtt_endpoint,
+            profile="readings",
+            devices=DEMO_READINGS_GATEWAYS,
+            rate_hz=DEMO_RATE_HZ,
+            log=quiet,
+            readings_temperature=True,
         ),
-    ]  # fmt: skip
+    ]
     print(
-        f"  Demo: {DEMO_NATIVE_DEVICES} native devices and {DEMO_READINGS_GATEWAYS} readings-profile "
-        "gateways publishing",
+        f"  Demo: {DEMO_NATIVE_DEVICES} native devices and {DEMO_READINGS_GATEWAYS} "
+        "readings-profile gateways publishing",
         flush=True,
     )
 
     def stop_demo() -> None:
-        for thread, stop in threads:
+        for _, stop in threads:
             stop.set()
         for thread, _ in threads:
             thread.join(timeout=5)

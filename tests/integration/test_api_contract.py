@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fieldhub.broker import MosquittoProcess
 from support.fieldhub_process import FieldhubProcess
 from support.mqtt import connected_publisher, publish_all
-
-from fieldhub.broker import MosquittoProcess
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 # Enough examples per operation to hit boundaries and garbage; the run takes ~20-40 s.
@@ -27,21 +26,36 @@ def test_api_conforms_to_its_openapi(mosquitto: MosquittoProcess, tmp_path: Path
     """Every documented operation answers within its schema; no 5xx for any generated input."""
     fh = FieldhubProcess(data_dir=tmp_path / "fh", mqtt_url=mosquitto.url).start()
     publisher = connected_publisher(mosquitto.url)
-    publish_all(publisher, [
-        ("devices/contract-1/telemetry", b'{"temperature": 21.5, "status": "ok"}'),
-        ("devices/contract-1/status", b"online"),
-        ("devices/contract-2/telemetry", b"{broken"),
-    ])  # fmt: skip
+    publish_all(
+        publisher,
+        [
+            ("devices/contract-1/telemetry", b'{"temperature": 21.5, "status": "ok"}'),
+            ("devices/contract-1/status", b"online"),
+            ("devices/contract-2/telemetry", b"{broken"),
+        ],
+    )
     publisher.stop()
     result = subprocess.run(
         [
-            str(SCHEMATHESIS), "run", f"{fh.base_url}/openapi.json",
-            "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-            "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", "1",
-            "--report-dir", str(tmp_path / "schemathesis"),
+            str(SCHEMATHESIS),
+            "run",
+            f"{fh.base_url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            str(EXAMPLES_PER_OPERATION),
+            "--seed",
+            "1",
+            "--report-dir",
+            str(tmp_path / "schemathesis"),
         ],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert fh.stop() == 0
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "passed" in result.stdout

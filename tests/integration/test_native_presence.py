@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from support.fieldhub_process import FieldhubProcess, wait_until
-
 from fieldhub.broker import MosquittoProcess
 from fieldhub.mqtt import parse_mqtt_url
 from fieldhub.sim.native import NativeDevice
+from support.fieldhub_process import FieldhubProcess, wait_until
 
 
-def test_native_device_appears_and_will_marks_it_offline(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
+def test_native_device_appears_and_will_marks_it_offline(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
     """First message registers the device; dropping the connection fires the will: offline."""
     fh = FieldhubProcess(data_dir=tmp_path / "fh", mqtt_url=mosquitto.url).start()
     device_id = f"node-{uuid.uuid4().hex[:8]}"
@@ -29,8 +30,10 @@ def test_native_device_appears_and_will_marks_it_offline(mosquitto: MosquittoPro
     body = wait_until(detail, what="the device to register with metrics")
     assert body["profile"] == "native"
     assert {"temperature", "humidity", "rssi", "seq"} <= {m["name"] for m in body["metrics"]}  # type: ignore[union-attr]
-    wait_until(lambda: fh.get(f"/api/v1/devices/{device_id}").json()["presence"] == "online",
-               what="presence online")  # fmt: skip
+    wait_until(
+        lambda: fh.get(f"/api/v1/devices/{device_id}").json()["presence"] == "online",
+        what="presence online",
+    )
     listed = fh.get("/api/v1/devices", online="true", search=device_id).json()
     assert [d["id"] for d in listed["data"]] == [device_id]
 

@@ -6,12 +6,11 @@ import random
 import time
 from pathlib import Path
 
-from support.fieldhub_process import FieldhubProcess, wait_until
-
 from fieldhub.broker import MosquittoProcess
 from fieldhub.mqtt import parse_mqtt_url
 from fieldhub.protocol.timestamps import parse_time_param
 from fieldhub.sim.readings import ReadingsGateway
+from support.fieldhub_process import FieldhubProcess, wait_until
 
 
 def _random_mac() -> str:
@@ -35,8 +34,10 @@ def test_firmware_message_stored_once_per_publish_and_not_again_on_reconnect(
         assert gateway.publish_once(), "the gateway's publish was not acknowledged"
     # Any MAC spelling finds the device.
     spelled = mac.lower().replace(":", "-")
-    rows = wait_until(lambda: len(_rssi_readings(fh, spelled)) == 3 and _rssi_readings(fh, spelled),
-                      what="three rssi readings")  # fmt: skip
+    rows = wait_until(
+        lambda: len(_rssi_readings(fh, spelled)) == 3 and _rssi_readings(fh, spelled),
+        what="three rssi readings",
+    )
     device = fh.get(f"/api/v1/devices/{mac.replace(':', '')}").json()
     assert device["id"] == mac
     assert device["profile"] == "readings"
@@ -52,10 +53,17 @@ def test_firmware_message_stored_once_per_publish_and_not_again_on_reconnect(
     # A new session (another client id) makes the broker send its retained copy with the retain
     # flag; fieldhub recognises it and stores nothing.
     assert fh.stop() == 0
-    fresh = FieldhubProcess(data_dir=fh.data_dir, mqtt_url=mosquitto.url,
-                            env={"FIELDHUB_MQTT_CLIENT_ID": f"fieldhub-other-{mac[-2:]}"}).start()  # fmt: skip
-    wait_until(lambda: fresh.metric("fieldhub_ingest_messages_total", {"outcome": "retained_redelivery"}) >= 1,
-               what="the retained copy to be recognised")  # fmt: skip
+    fresh = FieldhubProcess(
+        data_dir=fh.data_dir,
+        mqtt_url=mosquitto.url,
+        env={"FIELDHUB_MQTT_CLIENT_ID": f"fieldhub-other-{mac[-2:]}"},
+    ).start()
+    wait_until(
+        lambda: (
+            fresh.metric("fieldhub_ingest_messages_total", {"outcome": "retained_redelivery"}) >= 1
+        ),
+        what="the retained copy to be recognised",
+    )
     assert len(_rssi_readings(fresh, mac)) == 3
     # A fourth real publish is still stored.
     assert gateway.publish_once()

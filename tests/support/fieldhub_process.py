@@ -20,8 +20,13 @@ FIELDHUB = Path(sys.executable).with_name("fieldhub")
 START_TIMEOUT_S = 30.0
 
 
-def wait_until(condition: Callable[[], T], *, timeout_s: float = 20.0, interval_s: float = 0.05,
-               what: str = "condition") -> T:  # fmt: skip
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float = 20.0,
+    interval_s: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Poll `condition` until it returns a truthy value; fail with `what` after the deadline."""
     deadline = time.monotonic() + timeout_s
     last: T | None = None
@@ -36,8 +41,14 @@ def wait_until(condition: Callable[[], T], *, timeout_s: float = 20.0, interval_
 class FieldhubProcess:
     """`fieldhub up` on free ports, with an external broker URL or its embedded one."""
 
-    def __init__(self, *, data_dir: Path, mqtt_url: str | None = None, env: dict[str, str] | None = None,
-                 extra_args: list[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        mqtt_url: str | None = None,
+        env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.mqtt_url = mqtt_url
         self.http_port = free_port()
@@ -57,20 +68,35 @@ class FieldhubProcess:
 
     def start(self, *, wait_connected: bool = True) -> FieldhubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(FIELDHUB), "up", "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)]
-        args += ["--mqtt-url", self.mqtt_url] if self.mqtt_url else ["--mqtt-port", str(self.mqtt_port)]
+        args = [
+            str(FIELDHUB),
+            "up",
+            "--data-dir",
+            str(self.data_dir),
+            "--http-port",
+            str(self.http_port),
+        ]
+        args += (
+            ["--mqtt-url", self.mqtt_url] if self.mqtt_url else ["--mqtt-port", str(self.mqtt_port)]
+        )
         env = {**os.environ, **self.env}
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(
+            args + self.extra_args, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"fieldhub exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"fieldhub exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             health = self.health()
             if health is not None and (health.get("mqtt_connected") or not wait_connected):
                 return self
             time.sleep(0.1)
-        raise AssertionError(f"fieldhub did not become healthy in {START_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise AssertionError(
+            f"fieldhub did not become healthy in {START_TIMEOUT_S} s:\n{self.log_tail()}"
+        )
 
     def health(self) -> dict[str, Any] | None:
         try:
@@ -90,7 +116,9 @@ class FieldhubProcess:
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
                     total += sample.value
         return total
 

@@ -13,16 +13,25 @@ from fieldhub.mqtt import MqttPublisher, parse_mqtt_url
 
 def connected_publisher(url: str, *, client_id: str | None = None) -> MqttPublisher:
     """A started, connected publisher (fails the test after 10 s)."""
-    publisher = MqttPublisher(endpoint=parse_mqtt_url(url), client_id=client_id or f"t-{uuid.uuid4().hex[:10]}")
+    publisher = MqttPublisher(
+        endpoint=parse_mqtt_url(url), client_id=client_id or f"t-{uuid.uuid4().hex[:10]}"
+    )
     publisher.start()
     assert publisher.wait_connected(10), f"publisher could not connect to {url}"
     return publisher
 
 
-def publish_all(publisher: MqttPublisher, messages: list[tuple[str, bytes]], *, retain: bool = False,
-                timeout_s: float = 60) -> None:  # fmt: skip
+def publish_all(
+    publisher: MqttPublisher,
+    messages: list[tuple[str, bytes]],
+    *,
+    retain: bool = False,
+    timeout_s: float = 60,
+) -> None:
     """Publish QoS 1 and wait until the broker acknowledged every message."""
-    futures: list[Future[None]] = [publisher.publish(t, p, qos=1, retain=retain) for t, p in messages]
+    futures: list[Future[None]] = [
+        publisher.publish(t, p, qos=1, retain=retain) for t, p in messages
+    ]
     done, pending = wait(futures, timeout=timeout_s)
     assert not pending, f"{len(pending)} publishes not acknowledged within {timeout_s} s"
     for future in done:

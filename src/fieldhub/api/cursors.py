@@ -26,7 +26,11 @@ def decode_cursor(cursor: str, *types: type) -> list[Any]:
     if (
         not isinstance(parts, list)
         or len(parts) != len(types)
-        or not all(isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=True))
+        or not all(
+            isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=True)
+        )
     ):
-        raise InvalidParameter("cursor is not valid: pass next_cursor from a previous page unchanged")
+        raise InvalidParameter(
+            "cursor is not valid: pass next_cursor from a previous page unchanged"
+        )
     return parts

@@ -99,7 +99,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
-        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail), headers=exc.headers)
+        return _json(
+            exc.status_code, f"http_{exc.status_code}", str(exc.detail), headers=exc.headers
+        )
 
     async def store_error(request: Request, exc: Exception) -> JSONResponse:
         return _json(503, "store_unavailable", f"the database is not answering: {exc}")

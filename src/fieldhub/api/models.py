@@ -74,7 +74,10 @@ class ReadingPublic(BaseModel):
     @classmethod
     def of(cls, row: ReadingRow) -> ReadingPublic:
         return cls(
-            metric=row.metric, ts=format_us(row.ts_us), value=row.value, received_at=format_us(row.received_us)
+            metric=row.metric,
+            ts=format_us(row.ts_us),
+            value=row.value,
+            received_at=format_us(row.received_us),
         )
 
 

@@ -14,10 +14,35 @@ MAX_SERIES_BUCKETS = 10_000
 DEFAULT_SERIES_WINDOW_US = 24 * 3600 * US_PER_S
 # Automatic interval picks about this many buckets, rounded up to a step a person reads easily.
 AUTO_BUCKETS = 300
-NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+NICE_STEPS_S = (
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+)
 
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_US = {"ms": 1_000, "s": US_PER_S, "m": 60 * US_PER_S, "h": 3600 * US_PER_S, "d": 86400 * US_PER_S}
+_UNIT_US = {
+    "ms": 1_000,
+    "s": US_PER_S,
+    "m": 60 * US_PER_S,
+    "h": 3600 * US_PER_S,
+    "d": 86400 * US_PER_S,
+}
 
 
 def parse_time(name: str, value: str | None) -> int | None:

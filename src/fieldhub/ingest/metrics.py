@@ -7,9 +7,30 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 # Latency buckets from 1 ms to 1 min: commits take milliseconds when healthy, seconds when the
 # disk stalls, and a minute means something is wrong. Fine steps below 100 ms where targets live.
 LATENCY_BUCKETS_S = (
-    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
-    0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -24,9 +45,11 @@ class IngestMetrics:
             registry=registry,
         )
         self.dead_letters = Counter(
-            "fieldhub_dead_letters", "Messages sent to dead letters, by reason", ["reason"],
+            "fieldhub_dead_letters",
+            "Messages sent to dead letters, by reason",
+            ["reason"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.readings_written = Counter(
             "fieldhub_readings_written", "Readings inserted", registry=registry
         )
@@ -36,13 +59,17 @@ class IngestMetrics:
             registry=registry,
         )
         self.batch_size = Histogram(
-            "fieldhub_ingest_batch_size", "Messages per committed batch", buckets=BATCH_BUCKETS,
+            "fieldhub_ingest_batch_size",
+            "Messages per committed batch",
+            buckets=BATCH_BUCKETS,
             registry=registry,
-        )  # fmt: skip
+        )
         self.commit_seconds = Histogram(
-            "fieldhub_ingest_commit_seconds", "Time to write and commit one batch",
-            buckets=LATENCY_BUCKETS_S, registry=registry,
-        )  # fmt: skip
+            "fieldhub_ingest_commit_seconds",
+            "Time to write and commit one batch",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
         self.commit_delay = Histogram(
             "fieldhub_ingest_commit_delay_seconds",
             "Commit time minus receive time of the oldest message in each batch",
@@ -57,9 +84,10 @@ class IngestMetrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "fieldhub_ingest_queue_depth", "Messages decoded and waiting for the writer",
+            "fieldhub_ingest_queue_depth",
+            "Messages decoded and waiting for the writer",
             registry=registry,
-        )  # fmt: skip
+        )
         self.queue_high_water = Gauge(
             "fieldhub_ingest_queue_high_water", "Largest queue depth seen", registry=registry
         )
@@ -69,13 +97,17 @@ class IngestMetrics:
             registry=registry,
         )
         self.write_errors = Counter(
-            "fieldhub_ingest_write_errors", "Batch writes that failed and were retried",
+            "fieldhub_ingest_write_errors",
+            "Batch writes that failed and were retried",
             registry=registry,
-        )  # fmt: skip
+        )
         self.mqtt_connected = Gauge(
-            "fieldhub_mqtt_connected", "1 while ingest is connected to the broker", registry=registry
+            "fieldhub_mqtt_connected",
+            "1 while ingest is connected to the broker",
+            registry=registry,
         )
         self.mqtt_connects = Counter(
-            "fieldhub_mqtt_connects", "Successful connections of ingest to the broker",
+            "fieldhub_mqtt_connects",
+            "Successful connections of ingest to the broker",
             registry=registry,
-        )  # fmt: skip
+        )

@@ -115,9 +115,11 @@ class Ingest:
         """Transport callback (network thread): decode and queue. Never raises for bad input."""
         result = self.decoder.decode(message.topic, message.payload, message.received_us)
         work = _Work(result, message, token)
-        if message.retain or (
-            isinstance(result, Decoded) and self.decoder.publishes_retained(message.topic)
-        ) or message.topic in self._digests:
+        if (
+            message.retain
+            or (isinstance(result, Decoded) and self.decoder.publishes_retained(message.topic))
+            or message.topic in self._digests
+        ):
             digest = hashlib.blake2b(message.payload, digest_size=DIGEST_BYTES).digest()
             if message.retain and self._digests.get(message.topic) == digest:
                 # The broker handing over its retained copy of a message we already stored.
@@ -221,7 +223,9 @@ class Ingest:
             self.acker(tokens)
         for work in works:
             if work.future is not None and not work.future.done():
-                work.future.set_result(IngestOutcome(work.result, written.readings_written, written.readings_duplicate))
+                work.future.set_result(
+                    IngestOutcome(work.result, written.readings_written, written.readings_duplicate)
+                )
         self.batches_committed += 1
         for listener in self.listeners:
             listener(batch, written)

@@ -347,7 +347,9 @@ class MqttSubscriber:
             # Brokers enforce UTF-8 topics; keep the message visible as a dead letter regardless.
             topic = msg._topic.decode("utf-8", "replace")
         token = (self._generation, msg.mid) if msg.qos > 0 else None
-        self._on_message(InboundMessage(topic, bytes(msg.payload), received_us, msg.retain, msg.qos), token)
+        self._on_message(
+            InboundMessage(topic, bytes(msg.payload), received_us, msg.retain, msg.qos), token
+        )
 
 
 class MqttPublisher:
@@ -394,7 +396,9 @@ class MqttPublisher:
             self.endpoint.host,
             self.endpoint.port,
             keepalive=KEEPALIVE_S,
-            clean_start=True if self.protocol == 5 and self._clean else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=True
+            if self.protocol == 5 and self._clean
+            else paho.MQTT_CLEAN_START_FIRST_ONLY,
         )
         self._client.loop_start()
 
@@ -402,7 +406,9 @@ class MqttPublisher:
         """Block until connected or the timeout passes; returns whether connected."""
         return self._connected.wait(timeout_s)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> Future[None]:
         """Queue a publish; the future completes when the broker acknowledged it (QoS>0) or sent.
 
         Blocks while `max_inflight` publishes are unacknowledged.

@@ -161,6 +161,9 @@ def parse_time_param(text: str) -> int:
 def format_us(ts_us: int) -> str:
     """Epoch microseconds as an ISO 8601 UTC string with a Z."""
     seconds, micros = divmod(ts_us, US_PER_S)
-    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micros).isoformat().replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(seconds, tz=UTC)
+        .replace(microsecond=micros)
+        .isoformat()
+        .replace("+00:00", "Z")
     )

@@ -162,7 +162,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_devices(
-        self, *, profile: str | None, presence: PresenceState | None, search: str | None, now_us: int
+        self,
+        *,
+        profile: str | None,
+        presence: PresenceState | None,
+        search: str | None,
+        now_us: int,
     ) -> int:
         """How many devices match the filters."""
 

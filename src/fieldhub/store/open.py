@@ -12,7 +12,9 @@ def sqlite_path(url: str) -> Path:
     """The file of a `sqlite:///relative/path` or `sqlite:////absolute/path` URL."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
-        raise StoreError(f"{url!r}: write sqlite:///relative/file.db or sqlite:////absolute/file.db")
+        raise StoreError(
+            f"{url!r}: write sqlite:///relative/file.db or sqlite:////absolute/file.db"
+        )
     return Path(url[len(prefix) :])
 
 

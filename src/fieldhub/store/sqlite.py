@@ -165,7 +165,9 @@ class SqliteStore(Store):
         self._presence = dict(conn.execute("SELECT id, presence FROM devices").fetchall())
         self._metric_ids = dict(conn.execute("SELECT name, id FROM metrics").fetchall())
         self._metric_names = {v: k for k, v in self._metric_ids.items()}
-        self._series = set(conn.execute("SELECT device_id, metric_id FROM device_metrics").fetchall())
+        self._series = set(
+            conn.execute("SELECT device_id, metric_id FROM device_metrics").fetchall()
+        )
         self._writer = conn
 
     async def close(self) -> None:

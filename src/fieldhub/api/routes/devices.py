@@ -48,8 +48,12 @@ async def list_devices(
     now: NowDep,
     profile: Annotated[str | None, Query(max_length=64)] = None,
     presence: Literal["online", "offline", "stale"] | None = None,
-    online: Annotated[bool | None, Query(description="true = online; false = offline or stale")] = None,
-    search: Annotated[str | None, Query(max_length=100, description="Substring of id or attributes")] = None,
+    online: Annotated[
+        bool | None, Query(description="true = online; false = offline or stale")
+    ] = None,
+    search: Annotated[
+        str | None, Query(max_length=100, description="Substring of id or attributes")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> DevicesPublic:
@@ -68,11 +72,15 @@ async def list_devices(
         rows += await store.list_devices(
             profile=profile, presence=state, search=search, limit=limit + 1, after=after, now_us=now
         )
-        count += await store.count_devices(profile=profile, presence=state, search=search, now_us=now)
+        count += await store.count_devices(
+            profile=profile, presence=state, search=search, now_us=now
+        )
     rows.sort(key=lambda r: r.device_id)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1].device_id) if len(rows) > limit else None
-    return DevicesPublic(data=[DevicePublic.of(r) for r in page], count=count, next_cursor=next_cursor)
+    return DevicesPublic(
+        data=[DevicePublic.of(r) for r in page], count=count, next_cursor=next_cursor
+    )
 
 
 @router.get("/{device_id}", response_model=DeviceDetail)
@@ -90,7 +98,9 @@ async def get_readings(
     store: StoreDep,
     device_id: DeviceIdDep,
     now: NowDep,
-    metric: Annotated[list[str] | None, Query(max_length=50, description="Repeat for several")] = None,
+    metric: Annotated[
+        list[str] | None, Query(max_length=50, description="Repeat for several")
+    ] = None,
     start: TimeParam = None,
     end: TimeParam = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
@@ -129,7 +139,8 @@ async def get_series(
     start: TimeParam = None,
     end: TimeParam = None,
     interval: Annotated[
-        str | None, Query(max_length=32, description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets")
+        str | None,
+        Query(max_length=32, description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets"),
     ] = None,
     agg: Aggregate = "avg",
 ) -> SeriesPublic:
@@ -157,5 +168,7 @@ async def get_series(
         interval_s=interval_us / US_PER_S,
         start=format_us(start_us),
         end=format_us(end_us),
-        points=[SeriesPointPublic(ts=format_us(p.ts_us), value=p.value, count=p.count) for p in points],
+        points=[
+            SeriesPointPublic(ts=format_us(p.ts_us), value=p.value, count=p.count) for p in points
+        ],
     )

@@ -60,9 +60,11 @@ async def ingest(
         raise NotFound(f"profile {name!r} is not enabled; enabled: {', '.join(sorted(enabled))}")
     if not any(filter_matches(sub, topic) for sub in enabled[name].subscriptions):
         return _rejected(
-            422, "topic_not_in_profile",
-            f"topic {topic!r} is outside the {name} profile ({', '.join(enabled[name].subscriptions)})",
-        )  # fmt: skip
+            422,
+            "topic_not_in_profile",
+            f"topic {topic!r} is outside the {name} profile "
+            f"({', '.join(enabled[name].subscriptions)})",
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(f"body is {declared} bytes, the limit is {MAX_PAYLOAD_BYTES}")
