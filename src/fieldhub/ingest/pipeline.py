@@ -20,8 +20,15 @@ from dataclasses import dataclass
 
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.protocol.decode import MessageDecoder
-from fieldhub.protocol.messages import Decoded, DecodeResult, Ignored, InboundMessage, Rejected
-from fieldhub.store.base import DeadLetter, Store, StoreError, WriteBatch, WriteResult
+from fieldhub.protocol.messages import (
+    Decoded,
+    DecodeResult,
+    Ignored,
+    InboundMessage,
+    Rejected,
+    RejectReason,
+)
+from fieldhub.store.base import DeadLetter, Store, WriteBatch, WriteResult
 
 log = logging.getLogger("fieldhub.ingest")
 
@@ -43,6 +50,9 @@ QUEUE_MAX_MESSAGES = 50_000
 # is held, unacknowledged, so the broker keeps the messages until the write succeeds.
 WRITE_RETRY_MIN_S = 0.5
 WRITE_RETRY_MAX_S = 30.0
+# Failed attempts before the batch is written message by message to find one the database
+# refuses (see Ingest._write_with_retry). Low, because the isolating pass costs little.
+ISOLATE_AFTER_FAILURES = 2
 DIGEST_BYTES = 16
 
 
@@ -62,6 +72,30 @@ class IngestOutcome:
     result: DecodeResult
     readings_written: int
     readings_duplicate: int
+
+
+def _batch_of(works: Sequence[_Work]) -> WriteBatch:
+    """The store batch holding `works`: data, dead letters and retained-topic digests."""
+    batch = WriteBatch()
+    for work in works:
+        result = work.result
+        if isinstance(result, Decoded):
+            batch.decoded.append(result)
+        elif isinstance(result, Rejected):
+            batch.dead_letters.append(
+                DeadLetter(
+                    topic=work.message.topic,
+                    payload=work.message.payload,
+                    reason=result.reason.value,
+                    detail=result.detail,
+                    received_us=work.message.received_us,
+                    device_id=result.device_id,
+                    profile=result.profile,
+                )
+            )
+        if work.digest is not None:
+            batch.retained_digests[work.message.topic] = work.digest
+    return batch
 
 
 def _now_us() -> int:
@@ -194,27 +228,9 @@ class Ingest:
             self._space.set()
         self.metrics.queue_depth.set(len(queue))
         self.metrics.queue_high_water.set(self._high_water)
-        batch = WriteBatch()
-        for work in works:
-            result = work.result
-            if isinstance(result, Decoded):
-                batch.decoded.append(result)
-            elif isinstance(result, Rejected):
-                batch.dead_letters.append(
-                    DeadLetter(
-                        topic=work.message.topic,
-                        payload=work.message.payload,
-                        reason=result.reason.value,
-                        detail=result.detail,
-                        received_us=work.message.received_us,
-                        device_id=result.device_id,
-                        profile=result.profile,
-                    )
-                )
-            if work.digest is not None:
-                batch.retained_digests[work.message.topic] = work.digest
+        batch = _batch_of(works)
         started = time.perf_counter()
-        written = await self._write_with_retry(batch)
+        written, batch = await self._write_with_retry(works, batch)
         committed_us = _now_us()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self._account(works, written, committed_us)
@@ -230,18 +246,29 @@ class Ingest:
         for listener in self.listeners:
             listener(batch, written)
 
-    async def _write_with_retry(self, batch: WriteBatch) -> WriteResult:
+    async def _write_with_retry(
+        self, works: list[_Work], batch: WriteBatch
+    ) -> tuple[WriteResult, WriteBatch]:
+        """Write the batch; on repeated failure find out whether one message is to blame.
+
+        A failing write keeps its messages unacknowledged, so the broker still holds them. After
+        ISOLATE_AFTER_FAILURES attempts the messages are written one by one: one the database
+        refuses on its own becomes a dead letter instead of stalling ingest forever; if even
+        that fails, the database itself is down and the whole batch waits with backoff.
+        """
         delay = WRITE_RETRY_MIN_S
+        failures = 0
         while True:
             try:
-                return await self.store.write_batch(batch)
-            except StoreError as exc:
+                return await self.store.write_batch(batch), batch
+            except Exception as exc:  # StoreError, OSError, driver errors: hold, never drop
                 error: Exception = exc
-            except OSError as exc:
-                error = exc
-            except Exception as exc:  # sqlite3/asyncpg errors: hold the batch, never drop it
-                error = exc
+            failures += 1
             self.metrics.write_errors.inc()
+            if failures >= ISOLATE_AFTER_FAILURES:
+                isolated = await self._write_one_by_one(works)
+                if isolated is not None:
+                    return isolated
             log.error(
                 "writing a batch of %d messages failed (%s); retrying in %.1f s, messages stay "
                 "unacknowledged on the broker",
@@ -251,6 +278,39 @@ class Ingest:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
+
+    async def _write_one_by_one(self, works: list[_Work]) -> tuple[WriteResult, WriteBatch] | None:
+        total = WriteResult()
+        merged = WriteBatch()
+        for index, work in enumerate(works):
+            single = _batch_of([work])
+            try:
+                written = await self.store.write_batch(single)
+            except Exception as exc:
+                if not isinstance(work.result, Decoded):
+                    return None
+                rejected = Rejected(
+                    RejectReason.STORE_REJECTED,
+                    f"the database refused this message: {exc}",
+                    work.result.device_id,
+                    work.result.profile,
+                )
+                works[index] = _Work(rejected, work.message, work.token, work.digest, work.future)
+                single = _batch_of([works[index]])
+                try:
+                    written = await self.store.write_batch(single)
+                except Exception:
+                    return None  # not the message: the database is failing
+                log.error("message on %s refused by the database: %s", work.message.topic, exc)
+            total.readings_written += written.readings_written
+            total.readings_duplicate += written.readings_duplicate
+            total.dead_letters += written.dead_letters
+            total.new_devices += written.new_devices
+            total.presence_changes += written.presence_changes
+            merged.decoded += single.decoded
+            merged.dead_letters += single.dead_letters
+            merged.retained_digests.update(single.retained_digests)
+        return total, merged
 
     def _account(self, works: list[_Work], written: WriteResult, committed_us: int) -> None:
         m = self.metrics

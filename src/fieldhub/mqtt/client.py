@@ -245,10 +245,12 @@ class MqttSubscriber:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
         self._client.on_pre_connect = self._handle_pre_connect
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._last_us = 0
+        # True once the broker routes our subscriptions to us (SUBACK or a resumed session).
         self.connected = False
         self._stopping = False
         self.connects = 0
@@ -303,7 +305,6 @@ class MqttSubscriber:
             log.warning("broker %s refused the connection: %s", self.endpoint.url, reason_code)
             return
         self.connects += 1
-        self.connected = True
         log.info(
             "connected to %s as %s (session %s)",
             self.endpoint.url,
@@ -318,6 +319,28 @@ class MqttSubscriber:
                 client.subscribe([(topic, options) for topic in self.filters])
             else:
                 client.subscribe([(topic, 1) for topic in self.filters])
+            # `connected` waits for the SUBACK: before it, messages are not yet routed to us.
+            return
+        self._mark_ready()
+
+    def _handle_subscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [
+            (topic, code) for topic, code in zip(self.filters, reason_codes, strict=False)
+            if code.is_failure
+        ]  # fmt: skip
+        if refused:
+            log.error("broker %s refused subscriptions: %s", self.endpoint.url, refused)
+        self._mark_ready()
+
+    def _mark_ready(self) -> None:
+        self.connected = True
         if self._on_connection_change:
             self._on_connection_change(True)
 

@@ -29,6 +29,7 @@ class RejectReason(StrEnum):
     BAD_DEVICE_ID = "bad_device_id"
     BAD_STATUS = "bad_status"
     INTERNAL_ERROR = "internal_error"
+    STORE_REJECTED = "store_rejected"
 
 
 class InboundMessage(NamedTuple):
