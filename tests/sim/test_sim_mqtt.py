@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
 
 import orjson
 import psutil  # type: ignore[import-untyped]  # stubs are not a test dependency
@@ -32,29 +31,15 @@ from fieldhub.sim import (
     run_sim,
     start_sim_in_background,
 )
-
-T = TypeVar("T")
+from support.waiting import wait_until
 
 # Loopback MQTT round trips take about a millisecond; these only bound how long a broken test
 # hangs before it fails with a message.
 DEADLINE_S = 10.0
-POLL_INTERVAL_S = 0.01
 # The firmware's logged uptime (NOTES.md); a frozen clock makes the gateway's bytes predictable.
 FIRMWARE_UPTIME_MS = 1_835_587
 FROZEN_CLOCK_MS = 50_000_000
 GATEWAY_LAYOUT = re.compile(rb'^\{"macAddress":"[0-9A-F:]{17}", "timestamp":\d+, "rssi":\d+\}$')
-
-
-def wait_until(condition: Callable[[], T], *, what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `condition` until it returns something truthy; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def unique_suffix() -> str:

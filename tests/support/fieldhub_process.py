@@ -7,35 +7,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from fieldhub.net import free_port
+from support.waiting import wait_until
 
-T = TypeVar("T")
+__all__ = ["FieldhubProcess", "wait_until"]
+
 FIELDHUB = Path(sys.executable).with_name("fieldhub")
 START_TIMEOUT_S = 30.0
-
-
-def wait_until(
-    condition: Callable[[], T],
-    *,
-    timeout_s: float = 20.0,
-    interval_s: float = 0.05,
-    what: str = "condition",
-) -> T:
-    """Poll `condition` until it returns a truthy value; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
 
 
 class FieldhubProcess:

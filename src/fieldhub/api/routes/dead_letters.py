@@ -19,9 +19,9 @@ router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], respons
 async def list_dead_letters(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    reason: Annotated[str | None, Query(max_length=64)] = None,
-    device: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    reason: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    device: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> DeadLettersPublic:
     """Rejected messages, newest first, optionally by reason or device."""
     before = decode_cursor(cursor, int)[0] if cursor else None

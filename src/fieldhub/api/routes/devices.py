@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import StringConstraints
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DeviceIdDep, NowDep, StoreDep
@@ -31,8 +32,10 @@ from fieldhub.store.base import Aggregate, DeviceRow, PresenceState, Store
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
 
-Limit = Annotated[int, Query(ge=1, le=1000, strict=True)]
-TimeParam = Annotated[str | None, Query(max_length=64, description="ISO 8601 or epoch s/ms/us")]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+TimeParam = Annotated[
+    str | None, Query(min_length=1, max_length=64, description="ISO 8601 or epoch s/ms/us")
+]
 
 
 async def _device(store: Store, device_id: str, now: int) -> DeviceRow:
@@ -46,16 +49,16 @@ async def _device(store: Store, device_id: str, now: int) -> DeviceRow:
 async def list_devices(
     store: StoreDep,
     now: NowDep,
-    profile: Annotated[str | None, Query(max_length=64)] = None,
+    profile: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     presence: Literal["online", "offline", "stale"] | None = None,
     online: Annotated[
         bool | None, Query(description="true = online; false = offline or stale")
     ] = None,
     search: Annotated[
-        str | None, Query(max_length=100, description="Substring of id or attributes")
+        str | None, Query(min_length=1, max_length=100, description="Substring of id or attributes")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
 ) -> DevicesPublic:
     """Devices ordered by id, filtered by profile, presence or a search string; paginated."""
     after = decode_cursor(cursor, str)[0] if cursor else None
@@ -99,12 +102,12 @@ async def get_readings(
     device_id: DeviceIdDep,
     now: NowDep,
     metric: Annotated[
-        list[str] | None, Query(max_length=50, description="Repeat for several")
+        list[MetricName] | None, Query(max_length=50, description="Repeat for several")
     ] = None,
     start: TimeParam = None,
     end: TimeParam = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
     order: Literal["asc", "desc"] = "asc",
 ) -> ReadingsPublic:
     """Raw readings in [start, end), ordered by metric then time; follow next_cursor for more."""
@@ -140,7 +143,11 @@ async def get_series(
     end: TimeParam = None,
     interval: Annotated[
         str | None,
-        Query(max_length=32, description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets"),
+        Query(
+            min_length=1,
+            max_length=32,
+            description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets",
+        ),
     ] = None,
     agg: Aggregate = "avg",
 ) -> SeriesPublic:
