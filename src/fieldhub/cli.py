@@ -25,11 +25,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Demo fleet: enough devices to fill the fleet page, few enough for a laptop.
-DEMO_NATIVE_DEVICES = 8
-DEMO_READINGS_GATEWAYS = 2
-DEMO_RATE_HZ = 0.5
-
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

@@ -9,6 +9,11 @@ import uvicorn
 from fieldhub.app import Platform, create_app
 from fieldhub.config import Settings
 
+# Demo fleet: enough devices to fill the fleet page, few enough for a laptop.
+DEMO_NATIVE_DEVICES = 8
+DEMO_READINGS_GATEWAYS = 2
+DEMO_RATE_HZ = 0.5
+
 
 async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, demo: bool) -> None:
     """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown)."""
@@ -40,7 +45,6 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
 
 
 def _start_demo(platform: Platform) -> None:
-    from fieldhub.cli import DEMO_NATIVE_DEVICES, DEMO_RATE_HZ, DEMO_READINGS_GATEWAYS
     from fieldhub.sim.fleet import start_sim_in_background
 
     quiet = logging.getLogger("fieldhub.sim").debug

@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Mapping
 
 import pytest
 
-from fieldhub.protocol.messages import AttributeValue, Decoded, Presence
+from fieldhub.protocol.messages import Decoded, Presence
 from fieldhub.store import DeviceRow, Store, WriteBatch
 from fieldhub.store.base import PresenceState
-
-T0 = 1_700_000_000_000_000
-S = 1_000_000
-
-
-def msg(
-    device_id: str,
-    received_us: int = T0,
-    *,
-    profile: str = "native",
-    attributes: Mapping[str, AttributeValue] | None = None,
-    presence: Presence | None = None,
-) -> Decoded:
-    return Decoded(
-        device_id=device_id,
-        profile=profile,
-        channel="status",
-        received_us=received_us,
-        attributes=dict(attributes or {}),
-        presence=presence,
-    )
+from support.store_rows import T0, S, msg
 
 
 async def list_all(

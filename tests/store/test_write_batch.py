@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 
-from fieldhub.protocol.messages import AttributeValue, Decoded, Presence, Reading
+from fieldhub.protocol.messages import Decoded
 from fieldhub.store import ReadingRow, Store, WriteBatch, WriteResult
 from fieldhub.store.base import PresenceChange
-
-T0 = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z in epoch microseconds
-S = 1_000_000
+from support.store_rows import T0, S, msg
 
 Reopen = Callable[[Store], Awaitable[Store]]
-
-
-def msg(
-    device_id: str = "dev-1",
-    received_us: int = T0,
-    readings: Sequence[tuple[str, int, float]] = (),
-    *,
-    profile: str = "native",
-    attributes: Mapping[str, AttributeValue] | None = None,
-    presence: Presence | None = None,
-) -> Decoded:
-    """A decoded message; readings are (metric, ts_us, value)."""
-    return Decoded(
-        device_id=device_id,
-        profile=profile,
-        channel="telemetry",
-        received_us=received_us,
-        readings=[Reading(m, ts, v) for m, ts, v in readings],
-        attributes=dict(attributes or {}),
-        presence=presence,
-    )
 
 
 async def write(store: Store, *items: Decoded) -> WriteResult:
