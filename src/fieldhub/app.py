@@ -13,15 +13,19 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
-from fieldhub.api.routes import dead_letters, devices, health, ingest
+from fieldhub.api.routes import dead_letters, devices, health, ingest, live, system
 from fieldhub.broker.supervisor import BrokerSupervisor
 from fieldhub.config import Settings
+from fieldhub.events.bus import EventBus
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
+from fieldhub.live.hub import LiveHub
 from fieldhub.mqtt.client import MqttEndpoint, MqttSubscriber, parse_mqtt_url
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
+from fieldhub.status import StatusReporter
 from fieldhub.store.open import open_store
+from fieldhub.web import pages
 
 log = logging.getLogger("fieldhub")
 
@@ -34,11 +38,16 @@ class Platform:
         self.registry = CollectorRegistry()
         profiles = select_profiles(settings.profiles)
         self.decoder = MessageDecoder(profiles)
+        self.profile_names = [p.name for p in profiles]
         self.store = open_store(
             settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles}
         )
         self.metrics = IngestMetrics(self.registry)
         self.ingest = Ingest(store=self.store, decoder=self.decoder, metrics=self.metrics)
+        self.bus = EventBus(self.registry)
+        self.ingest.listeners.append(self.bus.on_commit)
+        self.status = StatusReporter(self)
+        self.live = LiveHub(self.bus, self.registry, stats=self._stats_frame)
         external = settings.external_broker
         self.broker: BrokerSupervisor | None = None
         if external is None:
@@ -61,7 +70,11 @@ class Platform:
         )
         self.ingest.acker = self.subscriber.ack
         self._writer: asyncio.Task[None] | None = None
+        self._live: asyncio.Task[None] | None = None
         self.on_stop: list[Callable[[], None]] = []
+
+    async def _stats_frame(self) -> dict[str, object]:
+        return (await self.status.snapshot()).model_dump()
 
     @property
     def mqtt_connected(self) -> bool:
@@ -81,6 +94,7 @@ class Platform:
         await self.store.open()
         await self.ingest.load_state()
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
+        self._live = asyncio.create_task(self.live.run(), name="live.hub")
         # The subscriber connects in the background and retries forever: the API serves stored
         # data even while the broker is unreachable.
         self.subscriber.start()
@@ -92,9 +106,10 @@ class Platform:
         await self.ingest.drain()
         await asyncio.to_thread(self.subscriber.stop)
         await self.ingest.drain()
-        if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.wait([self._writer])
+        for task in (self._writer, self._live):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         await self.store.close()
         if self.broker is not None:
             await self.broker.stop()
@@ -122,6 +137,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     )
     app.state.platform = platform
     install_error_handlers(app)
-    for module in (health, devices, dead_letters, ingest):
+    for module in (health, devices, dead_letters, ingest, system, live):
         app.include_router(module.router)
+    pages.mount(app)
     return app

@@ -34,6 +34,7 @@ class DevicePublic(BaseModel):
     presence_since: Time | None
     first_seen: Time
     last_seen: Time
+    stale_after_s: int = Field(description="Silence after which an online device counts as stale")
     attributes: dict[str, AttributeValue]
 
     @classmethod
@@ -45,6 +46,7 @@ class DevicePublic(BaseModel):
             presence_since=format_us(row.presence_changed_us) if row.presence_changed_us else None,
             first_seen=format_us(row.first_seen_us),
             last_seen=format_us(row.last_seen_us),
+            stale_after_s=row.stale_after_s,
             attributes=row.attributes,
         )
 
@@ -61,6 +63,20 @@ class DevicesPublic(BaseModel):
     data: list[DevicePublic]
     count: int = Field(description="Devices matching the filters, over all pages")
     next_cursor: str | None
+
+
+class PresenceEventPublic(BaseModel):
+    """A presence change."""
+
+    ts: Time
+    state: Literal["online", "offline"]
+
+
+class PresencePublic(BaseModel):
+    """A device's presence changes in a window, with the state the window opens in first."""
+
+    device_id: str
+    data: list[PresenceEventPublic]
 
 
 class ReadingPublic(BaseModel):

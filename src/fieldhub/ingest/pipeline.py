@@ -34,16 +34,22 @@ log = logging.getLogger("fieldhub.ingest")
 
 AckToken = tuple[int, int]
 Acker = Callable[[Sequence[AckToken]], None]
-CommitListener = Callable[[WriteBatch, WriteResult], None]
+# Called after each commit and ack with the batch, what it did and the commit time (epoch us).
+CommitListener = Callable[[WriteBatch, WriteResult, int], None]
 
 # Largest batch in messages. SQLite inserts get 3-4x cheaper per row from batches of 1,000 to
 # 10,000 (NOTES.md); beyond that a commit takes long enough to delay acks noticeably.
 BATCH_MAX_MESSAGES = 10_000
-# How long the writer waits after the first message for more to join the batch. Every commit
-# rewrites the WAL pages of every series it touches, so fewer, larger commits cost less CPU per
-# message: at 10k msg/s, 100 ms held the backlog (and latency) lower than 20 ms did. At low rates
-# it is the floor of publish -> commit latency.
+# How long the writer waits after the first message for more to join the batch, by load. Every
+# commit rewrites the WAL pages of every series it touches, so fewer, larger commits cost less CPU
+# per message: at 10k msg/s, 100 ms held the backlog (and latency) lower than 20 ms did. But the
+# linger is also the floor of publish -> commit -> live-view latency, and below a few thousand
+# messages a second the per-commit cost does not matter. So: a short linger while the measured
+# rate is under LINGER_RATE_THRESHOLD, the long one above it.
 FLUSH_LINGER_MS = 100
+FLUSH_LINGER_LOW_RATE_MS = 5
+LINGER_RATE_THRESHOLD = 5_000  # messages per second
+RATE_WINDOW_S = 1.0
 # Bound on decoded messages waiting for the writer. Over MQTT 5 the broker's window
 # (INGEST_RECEIVE_MAXIMUM) already bounds it; with 3.1.1 brokers the network thread blocks here
 # instead, which pushes back through TCP to the broker's own queue: slower, never lossy.
@@ -115,12 +121,17 @@ class Ingest:
         metrics: IngestMetrics,
         batch_max: int = BATCH_MAX_MESSAGES,
         linger_ms: float = FLUSH_LINGER_MS,
+        low_rate_linger_ms: float = FLUSH_LINGER_LOW_RATE_MS,
     ) -> None:
         self.store = store
         self.decoder = decoder
         self.metrics = metrics
         self.batch_max = batch_max
         self.linger_s = linger_ms / 1000
+        self.low_rate_linger_s = min(low_rate_linger_ms, linger_ms) / 1000
+        self.rate = 0.0  # messages per second taken by the writer over the last window
+        self._rate_count = 0
+        self._rate_since = time.monotonic()
         self.acker: Acker | None = None
         self.listeners: list[CommitListener] = []
         self._queue: deque[_Work] = deque()
@@ -208,13 +219,30 @@ class Ingest:
                     await self._wakeup.wait()
                 self._wakeup.clear()
                 self._idle = False
-                if len(self._queue) < self.batch_max and self.linger_s > 0:
-                    await asyncio.sleep(self.linger_s)
+                linger = self.current_linger_s()
+                if len(self._queue) < self.batch_max and linger > 0:
+                    await asyncio.sleep(linger)
                 while self._queue:
                     await self._flush_once()
         finally:
             self._stopping = True
             self._space.set()
+
+    def current_linger_s(self) -> float:
+        """The linger for the next batch: long only while the ingest rate is high."""
+        now = time.monotonic()
+        if now - self._rate_since > 3 * RATE_WINDOW_S:
+            self.rate = 0.0  # idle for a while: the old rate says nothing
+        return self.linger_s if self.rate >= LINGER_RATE_THRESHOLD else self.low_rate_linger_s
+
+    def _count_rate(self, messages: int) -> None:
+        self._rate_count += messages
+        now = time.monotonic()
+        elapsed = now - self._rate_since
+        if elapsed >= RATE_WINDOW_S:
+            self.rate = self._rate_count / elapsed
+            self._rate_count = 0
+            self._rate_since = now
 
     async def drain(self) -> None:
         """Write everything queued now (shutdown, tests)."""
@@ -226,6 +254,7 @@ class Ingest:
         queue = self._queue
         while queue and len(works) < self.batch_max:
             works.append(queue.popleft())
+        self._count_rate(len(works))
         if len(queue) < QUEUE_MAX_MESSAGES:
             self._space.set()
         self.metrics.queue_depth.set(len(queue))
@@ -246,7 +275,7 @@ class Ingest:
                 )
         self.batches_committed += 1
         for listener in self.listeners:
-            listener(batch, written)
+            listener(batch, written, committed_us)
 
     async def _write_with_retry(
         self, works: list[_Work], batch: WriteBatch

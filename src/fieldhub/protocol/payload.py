@@ -190,3 +190,23 @@ def _flatten_flat(obj: dict[str, Any], skip: frozenset[str]) -> Flattened | None
         elif isinstance(value, str) or value is None:
             result.attributes[name] = value
     return result
+
+
+PREVIEW_CHARS = 200
+
+
+def payload_preview(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
+    """A short human-readable view of a raw payload: its text when it is UTF-8, hex otherwise.
+
+    Dead-letter views show this; the full bytes stay in the store and the API.
+    """
+    head = payload[: limit * 4]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not merely a character cut at the end of `head`
+            hexed = payload[: limit // 3].hex(" ")
+            return f"hex: {hexed}" + (" …" if len(payload) > limit // 3 else "")
+        text = head[: exc.start].decode("utf-8")
+    more = len(text) > limit or len(payload) > len(head)
+    return text[:limit] + ("…" if more else "")

@@ -82,6 +82,7 @@ class DeviceRow:
     presence: PresenceState
     presence_changed_us: int | None
     attributes: dict[str, AttributeValue]
+    stale_after_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,14 @@ class MetricSummary:
     name: str
     last_ts_us: int
     last_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A stored presence change."""
+
+    ts_us: int
+    state: Literal["online", "offline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +188,17 @@ class Store(abc.ABC):
     async def device_metrics(self, device_id: str) -> list[MetricSummary]:
         """The metrics a device has reported, with their latest values."""
 
+    async def latest_values(self, device_ids: Sequence[str]) -> dict[str, list[MetricSummary]]:
+        """`device_metrics` for several devices at once (the fleet page's rows)."""
+        return {device_id: await self.device_metrics(device_id) for device_id in device_ids}
+
+    @abc.abstractmethod
+    async def presence_history(
+        self, device_id: str, *, start_us: int, end_us: int, limit: int
+    ) -> list[PresenceEvent]:
+        """Presence changes in [start, end), oldest first, plus the last one before `start`
+        (the state the window opens in) when there is one."""
+
     @abc.abstractmethod
     async def query_readings(
         self,
@@ -216,6 +236,10 @@ class Store(abc.ABC):
         device_id: str | None,
     ) -> list[DeadLetterRow]:
         """Dead letters, newest first."""
+
+    @abc.abstractmethod
+    async def count_dead_letters(self, *, since_us: int) -> int:
+        """Dead letters received at or after `since_us`."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

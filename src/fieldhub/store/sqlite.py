@@ -26,6 +26,7 @@ from fieldhub.store.base import (
     DeviceRow,
     MetricSummary,
     PresenceChange,
+    PresenceEvent,
     PresenceState,
     ReadingRow,
     SeriesPoint,
@@ -403,6 +404,7 @@ class SqliteStore(Store):
             presence=row["presence_now"],
             presence_changed_us=row["presence_changed_us"],
             attributes=orjson.loads(row["attributes"]),
+            stale_after_s=row["stale_after_s"],
         )
 
     async def list_devices(
@@ -464,6 +466,47 @@ class SqliteStore(Store):
         return await self._on_reader(
             lambda conn: [MetricSummary(r[0], r[1], r[2]) for r in conn.execute(sql, (device_id,))]
         )
+
+    async def latest_values(self, device_ids: Sequence[str]) -> dict[str, list[MetricSummary]]:
+        """Latest value of every metric of several devices, in one reader round trip."""
+        ids = list(device_ids)
+        sql = (
+            "SELECT d.uid, m.name, r.ts, r.value FROM device_metrics dm "
+            "JOIN devices d ON d.id = dm.device_id JOIN metrics m ON m.id = dm.metric_id "
+            "JOIN readings r ON r.device_id = dm.device_id AND r.metric_id = dm.metric_id "
+            "AND r.ts = (SELECT max(ts) FROM readings x "
+            "WHERE x.device_id = dm.device_id AND x.metric_id = dm.metric_id) "
+            f"WHERE d.uid IN ({','.join('?' * len(ids))}) ORDER BY d.uid, m.name"
+        )
+
+        def run(conn: sqlite3.Connection) -> dict[str, list[MetricSummary]]:
+            out: dict[str, list[MetricSummary]] = {device_id: [] for device_id in ids}
+            if ids:
+                for uid, name, ts, value in conn.execute(sql, ids):
+                    out[uid].append(MetricSummary(name, ts, value))
+            return out
+
+        return await self._on_reader(run)
+
+    async def presence_history(
+        self, device_id: str, *, start_us: int, end_us: int, limit: int
+    ) -> list[PresenceEvent]:
+        """Presence changes in the window, with the state it opens in (see the interface)."""
+        before = (
+            "SELECT p.ts, p.state FROM presence_events p JOIN devices d ON d.id = p.device_id "
+            "WHERE d.uid = ? AND p.ts < ? ORDER BY p.ts DESC LIMIT 1"
+        )
+        inside = (
+            "SELECT p.ts, p.state FROM presence_events p JOIN devices d ON d.id = p.device_id "
+            "WHERE d.uid = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts LIMIT ?"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[PresenceEvent]:
+            rows = conn.execute(before, (device_id, start_us)).fetchall()
+            rows += conn.execute(inside, (device_id, start_us, end_us, limit)).fetchall()
+            return [PresenceEvent(ts, state) for ts, state in rows]
+
+        return await self._on_reader(run)
 
     async def query_readings(
         self,
@@ -586,6 +629,11 @@ class SqliteStore(Store):
                 for r in conn.execute(sql, params)
             ]
         )
+
+    async def count_dead_letters(self, *, since_us: int) -> int:
+        """Dead letters received since `since_us` (index on received_at, migration 2)."""
+        sql = "SELECT count(*) FROM dead_letters WHERE received_at >= ?"
+        return await self._on_reader(lambda conn: int(conn.execute(sql, (since_us,)).fetchone()[0]))
 
     async def ping(self) -> None:
         """A trivial query through the reader pool."""

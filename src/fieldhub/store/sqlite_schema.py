@@ -71,4 +71,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "dead letters by time: the dashboard counts the last hour's",
+        """
+        CREATE INDEX dead_letters_received ON dead_letters (received_at);
+        """,
+    ),
 ]

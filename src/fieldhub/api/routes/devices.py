@@ -15,6 +15,8 @@ from fieldhub.api.models import (
     DevicePublic,
     DevicesPublic,
     MetricPublic,
+    PresenceEventPublic,
+    PresencePublic,
     ReadingPublic,
     ReadingsPublic,
     SeriesPointPublic,
@@ -93,6 +95,30 @@ async def get_device(store: StoreDep, device_id: DeviceIdDep, now: NowDep) -> De
     metrics = await store.device_metrics(device_id)
     return DeviceDetail(
         **DevicePublic.of(row).model_dump(), metrics=[MetricPublic.of(m) for m in metrics]
+    )
+
+
+@router.get("/{device_id}/presence", response_model=PresencePublic)
+async def get_presence(
+    store: StoreDep,
+    device_id: DeviceIdDep,
+    now: NowDep,
+    start: TimeParam = None,
+    end: TimeParam = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> PresencePublic:
+    """Presence changes in [start, end) (default: the last 24 h), oldest first; the first item
+    is the last change before `start` when there is one, so the window's opening state is known."""
+    start_us, end_us = parse_range(start, end)
+    end_us = end_us if end_us is not None else now + 1
+    start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
+    if start_us >= end_us:
+        raise InvalidParameter("start must be before end (end defaults to now)")
+    await _device(store, device_id, now)
+    events = await store.presence_history(device_id, start_us=start_us, end_us=end_us, limit=limit)
+    return PresencePublic(
+        device_id=device_id,
+        data=[PresenceEventPublic(ts=format_us(e.ts_us), state=e.state) for e in events],
     )
 
 

@@ -1,0 +1,1 @@
+"""Live updates for viewers: subscriptions, per-series coalescing and WebSocket fan-out."""

@@ -1,0 +1,170 @@
+"""The platform's vital signs in one snapshot: fleet counts, ingest rates, queues, drops, broker.
+
+Served at `GET /api/v1/system`, pushed once a second as the live `stats` frame, and rendered by
+the dashboard's system page and fleet counters. Rates are deltas of the Prometheus counters
+between snapshots, so every reader sees the same figures as `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from fieldhub.app import Platform
+
+# Snapshots closer together than this reuse the previous rates: a rate over a few milliseconds
+# is noise, and several viewers and API calls ask within the same second.
+MIN_RATE_WINDOW_S = 0.5
+HOUR_US = 3_600 * 1_000_000
+
+
+class FleetCounts(BaseModel):
+    devices: int
+    online: int
+    offline: int
+    stale: int
+
+
+class IngestStatus(BaseModel):
+    messages_per_s: float = Field(description="Messages handled (stored, dead, ignored) per second")
+    readings_per_s: float
+    batches_per_s: float
+    commit_ms_mean: float | None = Field(description="Mean commit time over the last window")
+    queue_depth: int
+    queue_high_water: int
+    linger_ms: float
+    backpressure_waits: int
+    write_errors: int
+    dead_letters_last_hour: int
+
+
+class LiveStatus(BaseModel):
+    viewers: int
+    subscriptions: int
+    dropped_frames: int = Field(description="Frames slow viewers lost since start")
+    bus_dropped_events: int = Field(description="Batches slow bus subscribers lost since start")
+    bus_backlog: int
+
+
+class BrokerStatus(BaseModel):
+    kind: Literal["embedded", "external"]
+    url: str
+    connected: bool = Field(description="Ingest's MQTT connection is up")
+    running: bool | None = Field(description="The embedded broker process is running")
+    restarts: int | None
+
+
+class SystemStatus(BaseModel):
+    """One snapshot of the platform's state."""
+
+    time_us: int
+    uptime_s: float
+    fleet: FleetCounts
+    ingest: IngestStatus
+    live: LiveStatus
+    broker: BrokerStatus
+
+
+@dataclass(slots=True)
+class _Totals:
+    at: float
+    messages: float
+    readings: float
+    batches: float
+    commit_sum: float
+
+
+class StatusReporter:
+    """Builds `SystemStatus` snapshots for one platform."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.started = time.monotonic()
+        self._previous: _Totals | None = None
+        self._rates: tuple[float, float, float, float | None] = (0.0, 0.0, 0.0, None)
+
+    def _sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.platform.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    def _totals(self) -> _Totals:
+        messages = sum(
+            self._sample("fieldhub_ingest_messages_total", {"outcome": outcome})
+            for outcome in ("stored", "dead_letter", "ignored", "retained_redelivery")
+        )
+        return _Totals(
+            at=time.monotonic(),
+            messages=messages,
+            readings=self._sample("fieldhub_readings_written_total"),
+            batches=self._sample("fieldhub_ingest_commit_seconds_count"),
+            commit_sum=self._sample("fieldhub_ingest_commit_seconds_sum"),
+        )
+
+    def _update_rates(self) -> tuple[float, float, float, float | None]:
+        now = self._totals()
+        before = self._previous
+        if before is None:
+            self._previous = now
+            return self._rates
+        elapsed = now.at - before.at
+        if elapsed < MIN_RATE_WINDOW_S:
+            return self._rates
+        batches = now.batches - before.batches
+        self._rates = (
+            (now.messages - before.messages) / elapsed,
+            (now.readings - before.readings) / elapsed,
+            batches / elapsed,
+            (now.commit_sum - before.commit_sum) / batches * 1000 if batches else None,
+        )
+        self._previous = now
+        return self._rates
+
+    async def snapshot(self) -> SystemStatus:
+        p = self.platform
+        store = p.store
+        now_us = time.time_ns() // 1_000
+        total = await store.count_devices(profile=None, presence=None, search=None, now_us=now_us)
+        by_state = {
+            state: await store.count_devices(
+                profile=None, presence=state, search=None, now_us=now_us
+            )
+            for state in ("online", "offline", "stale")
+        }
+        dead_hour = await store.count_dead_letters(since_us=now_us - HOUR_US)
+        messages_per_s, readings_per_s, batches_per_s, commit_ms = self._update_rates()
+        broker = p.broker
+        return SystemStatus(
+            time_us=now_us,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            fleet=FleetCounts(devices=total, **by_state),
+            ingest=IngestStatus(
+                messages_per_s=round(messages_per_s, 1),
+                readings_per_s=round(readings_per_s, 1),
+                batches_per_s=round(batches_per_s, 1),
+                commit_ms_mean=round(commit_ms, 2) if commit_ms is not None else None,
+                queue_depth=p.ingest.queue_depth,
+                queue_high_water=int(self._sample("fieldhub_ingest_queue_high_water")),
+                linger_ms=p.ingest.current_linger_s() * 1000,
+                backpressure_waits=int(self._sample("fieldhub_ingest_backpressure_waits_total")),
+                write_errors=int(self._sample("fieldhub_ingest_write_errors_total")),
+                dead_letters_last_hour=dead_hour,
+            ),
+            live=LiveStatus(
+                viewers=p.live.viewers,
+                subscriptions=int(self._sample("fieldhub_live_groups")),
+                dropped_frames=int(self._sample("fieldhub_live_dropped_frames_total")),
+                bus_dropped_events=p.bus.dropped_events,
+                bus_backlog=p.live.bus_backlog,
+            ),
+            broker=BrokerStatus(
+                kind="embedded" if broker is not None else "external",
+                url=p.mqtt_endpoint.url,
+                connected=p.mqtt_connected,
+                running=broker.is_running if broker is not None else None,
+                restarts=broker.restarts if broker is not None else None,
+            ),
+        )

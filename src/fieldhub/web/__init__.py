@@ -1,0 +1,1 @@
+"""The dashboard: Jinja2 templates, one ES module, vendored pinned front-end libraries."""
