@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CollectorRegistry
 
 from fieldhub import __version__
@@ -133,7 +132,6 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         version=__version__,
         description="Telemetry, devices and dead letters of an ESP32 fleet.",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.platform = platform
     install_error_handlers(app)

@@ -23,6 +23,7 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
     def ready() -> None:
         broker = "embedded Mosquitto" if platform.broker is not None else "external"
         print("fieldhub is running", flush=True)
+        print(f"  Dashboard: {http_url}/", flush=True)
         print(f"  HTTP API: {http_url}  (OpenAPI docs at {http_url}/docs)", flush=True)
         print(f"  MQTT broker: {platform.mqtt_endpoint.url}  ({broker})", flush=True)
         print(f"  Database: {settings.db_url}", flush=True)

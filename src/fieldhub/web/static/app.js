@@ -542,7 +542,8 @@ function deadLettersPage() {
           row.querySelector("td.topic code").textContent = item.topic;
           if (item.device) {
             const a = document.createElement("a");
-            a.href = `/devices/${encodeURIComponent(item.device)}`;
+            a.href = `/dead-letters?device=${encodeURIComponent(item.device)}`;
+            a.title = "Dead letters of this device";
             a.textContent = item.device;
             row.querySelector("td.device").append(a);
           }
@@ -579,7 +580,8 @@ async function systemPage() {
       width: Math.max(200, box.clientWidth),
       height: 180,
       legend: { show: false },
-      scales: { x: { time: true } },
+      // A fixed five-minute window, so the first samples do not stretch across the whole width.
+      scales: { x: { time: true, range: (u, min, max) => [max - 300, max] } },
       axes: axes(css, 56),
       series: [{}, { label: "messages/s", stroke: css.getPropertyValue("--accent"), width: 2, points: { show: false } }],
     },
