@@ -34,6 +34,21 @@ Modes:
   the generator itself. Per-device ts uniqueness is kept by running ts ahead of the clock when a
   device publishes faster than 1/ms, so do not point ``--max`` at fieldhub to measure latency.
 
+Payloads (``--payload``):
+
+* ``seq`` (the default, above): for the ingest benchmark's exact accounting.
+* ``live``: five metrics and the device's time in epoch **microseconds**, taken when the packet is
+  written, for the live-view benchmark (``bench/live.py``), which measures publish -> WebSocket
+  receive from that ``ts``::
+
+      {"ts":1763900000123456,"temperature":21.53,"humidity":45.1,"pressure":1013.2,"battery":3.71,"rssi":-61}
+
+``--timeline`` adds ``per_second_sent`` to the result: publishes written in each second since the
+first one, so a caller can tell the rate it offered in any window of the run. SIGUSR1 ends the
+schedule early (the drain, the disconnects and the result follow as at the end of ``--duration``;
+``stopped_early_after_s`` says when), so a caller can give a generous ``--duration`` and stop the
+load when its own measurement is done.
+
 Run it in its own process (``python -m bench.loadgen ...``) so its CPU never counts as fieldhub's.
 """
 
@@ -45,6 +60,7 @@ import contextlib
 import json
 import math
 import resource
+import signal
 import socket
 import sys
 import time
@@ -195,6 +211,13 @@ _PAYLOAD_FMT = b'{"ts":%d,"seq":%d,"temperature":%s,"humidity":%s,"rssi":%d}'
 _TEMPERATURE = [b"%.2f" % (21.0 + 4.0 * math.sin(k / 20.0) + (k % 7) * 0.01) for k in range(256)]
 _HUMIDITY = [b"%.1f" % (45.0 + 10.0 * math.cos(k / 30.0)) for k in range(256)]
 _RSSI = [-45 - (k * 37 % 40) for k in range(256)]
+# The live payload: five metrics, ts in epoch microseconds (fieldhub reads >= 1e15 as us).
+_LIVE_PAYLOAD_FMT = (
+    b'{"ts":%d,"temperature":%s,"humidity":%s,' + b'"pressure":%s,"battery":%s,"rssi":%d}'
+)
+_PRESSURE = [b"%.1f" % (1013.0 + 6.0 * math.sin(k / 40.0)) for k in range(256)]
+_BATTERY = [b"%.2f" % (3.6 + 0.3 * math.cos(k / 50.0)) for k in range(256)]
+PAYLOADS = ("seq", "live")
 
 
 class LoadgenError(Exception):
@@ -229,6 +252,7 @@ class _Device:
         "index",
         "inflight",
         "last_ts_ms",
+        "last_ts_us",
         "next_pid",
         "rtt_sent_at",
         "sent_since_ping",
@@ -248,6 +272,7 @@ class _Device:
         self.transport: asyncio.Transport | None = None
         self.seq = 0
         self.last_ts_ms = 0
+        self.last_ts_us = 0
         self.next_pid = 1
         self.inflight = 0
         self.backlog = 0
@@ -278,6 +303,43 @@ class _Device:
             seq += 1
             pid = pid + 1 if pid < 65535 else 1
         self.last_ts_ms, self.seq, self.next_pid = ts, seq, pid
+        self.inflight += n
+        self.sent_since_ping = True
+        self.transport.write(out[0] if n == 1 else b"".join(out))
+
+    def publish_live(self, n: int, now_us: int, now_perf: float) -> None:
+        """``publish`` with the live payload: five metrics, ts in epoch us, strictly increasing.
+
+        A copy of ``publish`` rather than a shared helper with a payload callback, so the
+        default payload's hot path stays exactly as measured.
+        """
+        assert self.transport is not None
+        out: list[bytes] = []
+        ts, seq, pid = self.last_ts_us, self.seq, self.next_pid
+        topic_field, topic_len, k0 = self.topic_field, self.topic_len, self.index
+        for _ in range(n):
+            ts = now_us if now_us > ts else ts + 1
+            k = (seq + k0) & 0xFF
+            payload = _LIVE_PAYLOAD_FMT % (
+                ts,
+                _TEMPERATURE[k],
+                _HUMIDITY[k],
+                _PRESSURE[k],
+                _BATTERY[k],
+                _RSSI[k],
+            )
+            out.append(
+                _PUBLISH_QOS1_BYTE
+                + _RL_TABLE[topic_len + len(payload)]
+                + topic_field
+                + _PID_TABLE[pid]
+                + payload
+            )
+            if not pid & RTT_SAMPLE_MASK:
+                self.rtt_sent_at[pid] = now_perf
+            seq += 1
+            pid = pid + 1 if pid < 65535 else 1
+        self.last_ts_us, self.seq, self.next_pid = ts, seq, pid
         self.inflight += n
         self.sent_since_ping = True
         self.transport.write(out[0] if n == 1 else b"".join(out))
@@ -319,26 +381,46 @@ class LoadResult:
     cpu_percent: float  # cpu_s / wall time * 100 (100 = one full core)
     per_device_sent: list[int] = field(default_factory=list)
     per_device_acked: list[int] = field(default_factory=list)
+    payload: str = "seq"  # see PAYLOADS
+    # Seconds after the first publish at which SIGUSR1 ended the schedule; None: it ran in full.
+    # Rates above are then over this time instead of ``duration_s``.
+    stopped_early_after_s: float | None = None
+    # Publishes written in each second since the first publish (``--timeline`` only).
+    per_second_sent: list[int] | None = None
 
     def summary(self) -> dict[str, Any]:
-        """Everything except the per-device lists (for printing)."""
+        """Everything except the per-device and per-second lists (for printing)."""
         d = asdict(self)
         d.pop("per_device_sent")
         d.pop("per_device_acked")
+        d.pop("per_second_sent")
         return d
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, including per-device counts (for the benchmark's seq checks)."""
-        return asdict(self)
+        d = asdict(self)
+        if d["per_second_sent"] is None:
+            del d["per_second_sent"]
+        return d
 
 
 class _Load:
     """Shared state of one run: devices, totals, and the drain condition."""
 
-    def __init__(self, devices: list[_Device], *, window: int, max_mode: bool) -> None:
+    def __init__(
+        self,
+        devices: list[_Device],
+        *,
+        window: int,
+        max_mode: bool,
+        payload: str = "seq",
+        timeline: bool = False,
+    ) -> None:
         self.devices = devices
         self.window = window
         self.max_mode = max_mode
+        self.live_payload = payload == "live"
+        self.per_second_sent: list[int] | None = [] if timeline else None
         self.running = True  # max mode: keep refilling windows while True
         self.sent = 0
         self.acked = 0
@@ -357,11 +439,22 @@ class _Load:
         self.errors: list[str] = []
 
     def send(self, dev: _Device, n: int) -> None:
-        now = time.time()
-        dev.publish(n, int(now * 1000), time.perf_counter())
+        if self.live_payload:
+            now_ns = time.time_ns()
+            now = now_ns / 1e9
+            dev.publish_live(n, now_ns // 1000, time.perf_counter())
+        else:
+            now = time.time()
+            dev.publish(n, int(now * 1000), time.perf_counter())
         self.sent += n
         self.inflight_total += n
         self.last_publish_epoch = now
+        if self.per_second_sent is not None:
+            second = int(now - self.first_publish_epoch)
+            timeline = self.per_second_sent
+            while len(timeline) <= second:
+                timeline.append(0)
+            timeline[second] += n
 
     def offer(self, dev: _Device, count: int) -> None:
         """Publish ``count`` scheduled messages now, or queue what the window cannot take."""
@@ -574,14 +667,21 @@ async def run_load(
     topic_prefix: str = "devices",
     device_prefix: str = "bench",
     progress: Callable[[str], None] | None = None,
+    payload: str = "seq",
+    timeline: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> LoadResult:
     """Connect ``devices`` clients, publish for ``duration_s``, drain, disconnect, report.
 
     Paced mode publishes ``rate`` msg/s in total; ``max_mode`` keeps every window full instead.
-    ``progress`` receives a human-readable line every few seconds (None: silent).
+    ``progress`` receives a human-readable line every few seconds (None: silent). ``payload``
+    is one of ``PAYLOADS`` (module docstring); ``timeline`` records ``per_second_sent``; setting
+    ``stop`` ends the schedule before ``duration_s`` (the drain and the report follow).
     """
     if devices < 1 or duration_s <= 0 or window < 1 or tick_ms <= 0:
         raise LoadgenError("devices, duration, window and tick must be positive")
+    if payload not in PAYLOADS:
+        raise LoadgenError(f"unknown payload {payload!r}; choose from {', '.join(PAYLOADS)}")
     if not max_mode:
         if rate <= 0:
             raise LoadgenError("rate must be positive")
@@ -597,7 +697,8 @@ async def run_load(
         for i in range(devices)
         for uid in (device_uid(device_prefix, i, width),)
     ]
-    load = _Load(devs, window=window, max_mode=max_mode)
+    load = _Load(devs, window=window, max_mode=max_mode, payload=payload, timeline=timeline)
+    stop = stop if stop is not None else asyncio.Event()
 
     t_connect = time.perf_counter()
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -636,7 +737,9 @@ async def run_load(
     if max_mode:
         for dev in devs:
             load.send(dev, window)
-        await asyncio.sleep(duration_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration_s):
+                await stop.wait()
         load.running = False
         acked_within_duration = load.acked
     else:
@@ -644,7 +747,7 @@ async def run_load(
         scheduled = 0
         cursor = 0
         next_tick = t0
-        while scheduled < total:
+        while scheduled < total and not stop.is_set():
             now = time.perf_counter()
             max_tick_late_s = max(max_tick_late_s, now - next_tick)
             # Message k is due at t0 + k / rate: computing from elapsed time (not by counting
@@ -673,6 +776,13 @@ async def run_load(
 
         acked_within_duration = load.acked
 
+    # The schedule's length: the duration, or less when ``stop`` cut it short.
+    stopped_early_after_s: float | None = None
+    schedule_s = duration_s
+    if stop.is_set():
+        stopped_early_after_s = min(duration_s, time.perf_counter() - t0)
+        schedule_s = max(stopped_early_after_s, 1e-3)
+
     # Drain: let backlogs go out and PUBACKs come back, bounded.
     load.draining = True
     load._check_drained()
@@ -680,7 +790,7 @@ async def run_load(
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             await load.drained.wait()
     if not max_mode:
-        schedule_end_epoch = load.first_publish_epoch + duration_s
+        schedule_end_epoch = load.first_publish_epoch + schedule_s
         behind_schedule_s = max(0.0, load.last_publish_epoch - schedule_end_epoch)
     wall_s = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -723,10 +833,10 @@ async def run_load(
         acked=load.acked,
         unacked=unacked,
         unsent=unsent,
-        offered_rate=round(load.sent / max(duration_s, span_pub), 1),
-        acked_rate=round(load.acked / max(duration_s, span_ack), 1),
+        offered_rate=round(load.sent / max(schedule_s, span_pub), 1),
+        acked_rate=round(load.acked / max(schedule_s, span_ack), 1),
         acked_within_duration=acked_within_duration,
-        acked_rate_within_duration=round(acked_within_duration / duration_s, 1),
+        acked_rate_within_duration=round(acked_within_duration / schedule_s, 1),
         max_backlog=load.max_backlog,
         max_tick_late_ms=round(max_tick_late_s * 1000, 2),
         behind_schedule_s=round(behind_schedule_s, 3),
@@ -737,6 +847,11 @@ async def run_load(
         cpu_percent=round(100.0 * cpu_s / wall_s, 1),
         per_device_sent=[d.seq for d in devs],
         per_device_acked=[d.acked for d in devs],
+        payload=payload,
+        stopped_early_after_s=(
+            round(stopped_early_after_s, 3) if stopped_early_after_s is not None else None
+        ),
+        per_second_sent=load.per_second_sent,
     )
 
 
@@ -758,17 +873,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="also write the full result (with per-device counts) here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    p.add_argument(
+        "--payload",
+        choices=PAYLOADS,
+        default="seq",
+        help="seq: ts in ms + seq + 3 metrics (ingest bench); live: ts in us at send + 5 metrics",
+    )
+    p.add_argument(
+        "--timeline", action="store_true", help="record publishes per second (per_second_sent)"
+    )
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: run one load and print its JSON summary on stdout (progress goes to stderr)."""
-    args = _parse_args(argv)
-
-    def emit(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    coro = run_load(
+async def _run_cli(args: argparse.Namespace, emit: Callable[[str], None] | None) -> LoadResult:
+    """``run_load`` with SIGUSR1 wired to end the schedule early."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, AttributeError):  # no signals on Windows
+        loop.add_signal_handler(signal.SIGUSR1, stop.set)
+    return await run_load(
         host=args.host,
         port=args.port,
         devices=args.devices,
@@ -779,8 +902,21 @@ def main(argv: list[str] | None = None) -> int:
         tick_ms=args.tick_ms,
         topic_prefix=args.topic_prefix,
         device_prefix=args.device_prefix,
-        progress=None if args.quiet else emit,
+        progress=emit,
+        payload=args.payload,
+        timeline=args.timeline,
+        stop=stop,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: run one load and print its JSON summary on stdout (progress goes to stderr)."""
+    args = _parse_args(argv)
+
+    def emit(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    coro = _run_cli(args, None if args.quiet else emit)
     try:
         result = asyncio.run(coro) if args.no_uvloop or not HAVE_UVLOOP else uvloop.run(coro)
     except LoadgenError as exc:

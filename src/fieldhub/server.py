@@ -32,6 +32,8 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
         print("Press Ctrl-C to stop.", flush=True)
 
     app = create_app(platform, on_ready=ready)
+    if settings.log_level != "debug":
+        logging.getLogger("uvicorn.error").addFilter(_quiet_websocket_chatter)
     config = uvicorn.Config(
         app,
         host=settings.http_host,
@@ -41,8 +43,22 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
         http="httptools",
         lifespan="on",
         access_log=settings.log_level == "debug",
+        # No permessage-deflate: it compresses each viewer's copy of a shared live frame
+        # separately, ~9 ms CPU per viewer-second at 10k readings/s (bench/live.py), which 50
+        # wall screens turn into half a core. Dashboards run on a LAN; bytes are cheap there.
+        ws_per_message_deflate=False,
     )
     await uvicorn.Server(config).serve()
+
+
+def _quiet_websocket_chatter(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's per-connection WebSocket lines: a wall of dashboards would fill the log.
+    They are access-log lines in all but name, and come back with --log-level debug."""
+    message = record.getMessage()
+    return not (
+        message in ("connection open", "connection closed")
+        or (message.endswith("[accepted]") and '"WebSocket ' in message)
+    )
 
 
 def _start_demo(platform: Platform) -> None:

@@ -35,6 +35,10 @@ OUTBOX_FRAMES = 256
 TICK_S = 0.05
 STATS_PERIOD_S = 1.0
 DEAD_LETTERS_PER_FRAME = 20
+# Updates per readings frame. Coalescing bounds a frame to one update per series, but a fleet of
+# 3,000 devices x 10 metrics after an ingest stall is 30,000 updates: split, so one send never
+# holds the event loop (and every other viewer) for long.
+UPDATES_PER_FRAME = 2_000
 DEAD_LETTER_WINDOW_US = 250_000
 # Bus events the hub may have waiting; it handles a batch in well under a millisecond per group.
 BUS_QUEUE_EVENTS = 1024
@@ -156,7 +160,9 @@ class Group:
     def flush(self, now_us: int) -> None:
         """Send what this batch (or tick) produced."""
         if self.out:
-            self.broadcast({"type": "readings", "data": self.out})
+            out = self.out
+            for start in range(0, len(out), UPDATES_PER_FRAME):
+                self.broadcast({"type": "readings", "data": out[start : start + UPDATES_PER_FRAME]})
             self.out = []
         window_over = now_us - self._dl_window_start >= DEAD_LETTER_WINDOW_US
         if self._dl_items or (self._dl_suppressed and window_over):
