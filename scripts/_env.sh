@@ -23,6 +23,14 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Debian's chromium for the browser tests (tests/e2e): Playwright drives it through
+# executable_path, because `playwright install` downloads its own browser builds, which this
+# project's machines cannot fetch. Only scripts/test calls this; running fieldhub needs no browser.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] || apt_install chromium
+    [ -x /usr/bin/chromium ] || die "apt-get installed chromium but /usr/bin/chromium is missing"
+}
+
 # Python 3.11+: the interpreter named by $PYTHON, else python3.11, else python3 if new enough.
 find_python() {
     local candidate

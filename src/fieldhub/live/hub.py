@@ -282,7 +282,19 @@ class LiveHub:
                         {"type": "attributes", "device": device, "attributes": decoded.attributes}
                     )
         if event.new_devices:
-            profiles = {d.device_id: (d.profile, d.received_us) for d in event.decoded}
+            new = set(event.new_devices)
+            profiles: dict[str, tuple[str, int]] = {}
+            # The readings of a new device's first messages: viewers could not have subscribed
+            # to it yet, so they come with the announcement (the newest per metric).
+            first_values: dict[str, dict[str, list[str | int | float]]] = {}
+            for d in event.decoded:
+                if d.device_id in new:
+                    profiles.setdefault(d.device_id, (d.profile, d.received_us))
+                    values = first_values.setdefault(d.device_id, {})
+                    for metric, ts_us, value in d.readings:
+                        held = values.get(metric)
+                        if held is None or ts_us >= held[1]:  # type: ignore[operator]
+                            values[metric] = [metric, ts_us, value]
             # Not filtered by the subscription's device list: a viewer cannot name a device
             # before it exists, and new devices are rare.
             announcing = [g for g in self._groups.values() if g.devices]
@@ -292,7 +304,12 @@ class LiveHub:
                     group.broadcast(
                         {
                             "type": "device",
-                            "device": {"id": device, "profile": profile, "first_seen": first_seen},
+                            "device": {
+                                "id": device,
+                                "profile": profile,
+                                "first_seen": first_seen,
+                                "values": list(first_values.get(device, {}).values()),
+                            },
                         }
                     )
         for change in event.presence_changes:

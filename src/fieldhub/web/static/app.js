@@ -86,6 +86,7 @@ class Live {
     this.subscription = null;
     this.delay = 500;
     this.connectedOnce = false;
+    this.resyncWhenSubscribed = false;
     this.connect();
   }
 
@@ -101,14 +102,20 @@ class Live {
     document.body.dataset.live = "connecting";
     ws.onopen = () => {
       this.delay = 500;
+      // After a reconnect, what happened while we were away is read back over HTTP once the
+      // new subscription is in place (a re-subscribe on an open socket needs no resync).
+      this.resyncWhenSubscribed = this.connectedOnce;
+      this.connectedOnce = true;
       if (this.subscription) ws.send(JSON.stringify(this.subscription));
     };
     ws.onmessage = (e) => {
       const frame = JSON.parse(e.data);
       if (frame.type === "subscribed") {
         document.body.dataset.live = "connected";
-        if (this.connectedOnce) this.onResync?.();
-        this.connectedOnce = true;
+        if (this.resyncWhenSubscribed) {
+          this.resyncWhenSubscribed = false;
+          this.onResync?.();
+        }
       } else if (frame.type === "lagged") {
         this.onResync?.();
       } else if (frame.type === "error") {
@@ -182,6 +189,13 @@ function fleetPage() {
     row.querySelector("td.seen time").dataset.us = String(device.first_seen);
     tbody().insertBefore(row, before || null);
     if (tbody().querySelectorAll("tr[data-device]").length > limit) tbody().lastElementChild.remove();
+    // The readings that came with the device's first message (sent before we could subscribe).
+    for (const [metric, ts, value] of device.values || []) setValue(row, metric, ts, value);
+    const matching = table.dataset.filtered === "1" ? null : document.querySelector(".matching");
+    if (matching) {
+      const n = tbody().querySelectorAll("tr[data-device]").length;
+      matching.textContent = `${Math.max(n, Number(document.getElementById("count-devices").textContent) || 0)} devices`;
+    }
     document.getElementById("fleet-empty")?.remove();
     refreshTimes(row);
     subscribe();
@@ -377,7 +391,22 @@ async function devicePage() {
     },
   };
 
+  // Live readings that arrive while history loads are held and applied after it, so one
+  // committed just after the history query is neither lost nor drawn twice.
+  let loading = null;
+
   async function load() {
+    const held = [];
+    loading = held;
+    try {
+      await loadHistory();
+    } finally {
+      loading = null;
+    }
+    if (held.length) applyReadings(held);
+  }
+
+  async function loadHistory() {
     window.fieldhub.ready = false;
     const now = Date.now() * 1000;
     if (view.range !== "custom") {
@@ -438,6 +467,22 @@ async function devicePage() {
     }
   }
 
+  function applyReadings(readings) {
+    const touched = new Set();
+    for (const [, metric, ts, value] of readings) {
+      addPoint(metric, ts, value);
+      showLatest(metric, ts, value);
+      touched.add(metric);
+      const seen = Math.min(ts, Date.now() * 1000);
+      if (seen > Number(head.dataset.lastSeen)) {
+        head.dataset.lastSeen = String(seen);
+        document.getElementById("last-seen").dataset.us = String(seen);
+      }
+    }
+    for (const m of touched) draw(m);
+    if (touched.size) exposed();
+  }
+
   function showLatest(metric, ts, value) {
     const cell = figureFor(metric).querySelector(".value");
     if (ts < Number(cell.dataset.ts || 0)) return;
@@ -467,20 +512,9 @@ async function devicePage() {
   const live = new Live(
     {
       readings(frame) {
-        const touched = new Set();
-        for (const [device, metric, ts, value] of frame.data) {
-          if (device !== deviceId) continue;
-          addPoint(metric, ts, value);
-          showLatest(metric, ts, value);
-          touched.add(metric);
-          const seen = Math.min(ts, Date.now() * 1000);
-          if (seen > Number(head.dataset.lastSeen)) {
-            head.dataset.lastSeen = String(seen);
-            document.getElementById("last-seen").dataset.us = String(seen);
-          }
-        }
-        for (const m of touched) draw(m);
-        if (touched.size) exposed();
+        const mine = frame.data.filter((r) => r[0] === deviceId);
+        if (loading) loading.push(...mine);
+        else applyReadings(mine);
       },
       presence(frame) {
         if (frame.device !== deviceId) return;
