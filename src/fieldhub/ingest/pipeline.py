@@ -275,7 +275,10 @@ class Ingest:
                 )
         self.batches_committed += 1
         for listener in self.listeners:
-            listener(batch, written, committed_us)
+            try:
+                listener(batch, written, committed_us)
+            except Exception:  # a consumer's bug must not stop ingest: the batch is stored
+                log.exception("commit listener %r failed; ingest goes on", listener)
 
     async def _write_with_retry(
         self, works: list[_Work], batch: WriteBatch

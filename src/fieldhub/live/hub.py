@@ -129,8 +129,7 @@ class Group:
         self.out: list[Update] = []
         self._dl_items: list[dict[str, Any]] = []
         self._dl_suppressed = 0
-        self._dl_window_start = 0
-        self._dl_sent_in_window = 0
+        self._dl_last_frame_us = 0
 
     def broadcast(self, frame: dict[str, Any]) -> None:
         text = encode(frame)
@@ -138,10 +137,7 @@ class Group:
             viewer.push(text)
 
     def add_dead_letter(self, item: DeadLetter, now_us: int) -> None:
-        if now_us - self._dl_window_start >= DEAD_LETTER_WINDOW_US:
-            self._dl_window_start = now_us
-            self._dl_sent_in_window = 0
-        if self._dl_sent_in_window + len(self._dl_items) >= DEAD_LETTERS_PER_FRAME:
+        if len(self._dl_items) >= DEAD_LETTERS_PER_FRAME:
             self._dl_suppressed += 1
             return
         self._dl_items.append(
@@ -164,12 +160,12 @@ class Group:
             for start in range(0, len(out), UPDATES_PER_FRAME):
                 self.broadcast({"type": "readings", "data": out[start : start + UPDATES_PER_FRAME]})
             self.out = []
-        window_over = now_us - self._dl_window_start >= DEAD_LETTER_WINDOW_US
-        if self._dl_items or (self._dl_suppressed and window_over):
-            if window_over:
-                self._dl_window_start = now_us
-                self._dl_sent_in_window = 0
-            self._dl_sent_in_window += len(self._dl_items)
+        # At most one dead-letter frame per window: the first goes out at once, the rest of a
+        # burst when the window ends (the tick calls flush every TICK_S).
+        if (self._dl_items or self._dl_suppressed) and (
+            now_us - self._dl_last_frame_us >= DEAD_LETTER_WINDOW_US
+        ):
+            self._dl_last_frame_us = now_us
             self.broadcast(
                 {"type": "dead_letters", "items": self._dl_items, "suppressed": self._dl_suppressed}
             )
@@ -308,7 +304,11 @@ class LiveHub:
                                 "id": device,
                                 "profile": profile,
                                 "first_seen": first_seen,
-                                "values": list(first_values.get(device, {}).values()),
+                                "values": [
+                                    v
+                                    for v in first_values.get(device, {}).values()
+                                    if group.metrics is None or v[0] in group.metrics
+                                ],
                             },
                         }
                     )

@@ -204,7 +204,8 @@ def payload_preview(payload: bytes, limit: int = PREVIEW_CHARS) -> str:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not merely a character cut at the end of `head`
+        # Only a character cut in two by the `head` slice itself is text; anything else is binary.
+        if not (len(payload) > len(head) and exc.reason == "unexpected end of data"):
             hexed = payload[: limit // 3].hex(" ")
             return f"hex: {hexed}" + (" …" if len(payload) > limit // 3 else "")
         text = head[: exc.start].decode("utf-8")

@@ -196,8 +196,9 @@ class Store(abc.ABC):
     async def presence_history(
         self, device_id: str, *, start_us: int, end_us: int, limit: int
     ) -> list[PresenceEvent]:
-        """Presence changes in [start, end), oldest first, plus the last one before `start`
-        (the state the window opens in) when there is one."""
+        """The newest `limit` presence changes in [start, end), oldest first, preceded by the
+        last change before `start` (the state the window opens in) when there is one and the
+        window's changes were not truncated."""
 
     @abc.abstractmethod
     async def query_readings(

@@ -498,12 +498,15 @@ class SqliteStore(Store):
         )
         inside = (
             "SELECT p.ts, p.state FROM presence_events p JOIN devices d ON d.id = p.device_id "
-            "WHERE d.uid = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts LIMIT ?"
+            "WHERE d.uid = ? AND p.ts >= ? AND p.ts < ? ORDER BY p.ts DESC LIMIT ?"
         )
 
         def run(conn: sqlite3.Connection) -> list[PresenceEvent]:
             rows = conn.execute(before, (device_id, start_us)).fetchall()
-            rows += conn.execute(inside, (device_id, start_us, end_us, limit)).fetchall()
+            newest = conn.execute(inside, (device_id, start_us, end_us, limit)).fetchall()
+            if len(newest) == limit:
+                rows = []  # truncated: the opening state is not the one before the oldest shown
+            rows += reversed(newest)
             return [PresenceEvent(ts, state) for ts, state in rows]
 
         return await self._on_reader(run)

@@ -107,8 +107,9 @@ async def get_presence(
     end: TimeParam = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> PresencePublic:
-    """Presence changes in [start, end) (default: the last 24 h), oldest first; the first item
-    is the last change before `start` when there is one, so the window's opening state is known."""
+    """The newest `limit` presence changes in [start, end) (default: the last 24 h), oldest
+    first. Unless truncated by `limit`, the first item is the last change before `start` when
+    there is one, so the window's opening state is known."""
     start_us, end_us = parse_range(start, end)
     end_us = end_us if end_us is not None else now + 1
     start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US

@@ -26,7 +26,8 @@ def _parse(raw: str | bytes | None) -> Subscribe | str:
     """The subscription in a client frame, or the error frame to answer with."""
     if raw is None:
         return _error("bad_frame", "send JSON text frames")
-    if len(raw) > MAX_CLIENT_FRAME_BYTES:
+    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    if size > MAX_CLIENT_FRAME_BYTES:
         return _error("frame_too_large", f"frames are at most {MAX_CLIENT_FRAME_BYTES} bytes")
     try:
         body = orjson.loads(raw)
