@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from fieldhub.broker import BrokerStartError, MosquittoProcess
+from fieldhub.events.bus import EventBus
 from fieldhub.net import free_port
 
 # ---------------------------------------------------------------------------
@@ -91,3 +93,15 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
     yield make
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh Prometheus registry: metrics of one test never leak into another's."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def bus(registry: CollectorRegistry) -> EventBus:
+    """An event bus with nobody subscribed yet."""
+    return EventBus(registry)

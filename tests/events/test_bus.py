@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from fieldhub.events import Committed, EventBus, Subscription
@@ -35,16 +34,6 @@ def dropped_metric(registry: CollectorRegistry, subscriber: str) -> float | None
     return registry.get_sample_value(
         "fieldhub_bus_dropped_events_total", {"subscriber": subscriber}
     )
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def bus(registry: CollectorRegistry) -> EventBus:
-    return EventBus(registry)
 
 
 def test_every_subscriber_gets_every_event_in_order(bus: EventBus) -> None:

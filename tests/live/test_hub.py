@@ -69,16 +69,6 @@ def letter(n: int, device: str | None = "node-1", payload: bytes = b'{"t": 1') -
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
-def bus(registry: CollectorRegistry) -> EventBus:
-    return EventBus(registry)
-
-
-@pytest.fixture
 def hub(bus: EventBus, registry: CollectorRegistry) -> LiveHub:
     return LiveHub(bus, registry)
 
