@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sqlite3
 import threading
 import time
@@ -38,6 +39,7 @@ from fieldhub.store.base import (
 from fieldhub.store.sqlite_schema import MIGRATIONS
 
 T = TypeVar("T")
+log = logging.getLogger("fieldhub.store")
 
 # Readers wait this long for the writer's lock instead of failing at once with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
@@ -52,10 +54,17 @@ DEFAULT_STALE_AFTER_S = 120
 # SQLite's default 2 MiB the leaves of a 1,000-device fleet do not stay cached and every batch
 # re-reads them. 64 MiB keeps ~16k leaf pages hot for the writer and for readers' repeated queries.
 CACHE_KIB = 64 * 1024
-# Checkpoint the WAL every this many pages (4 KiB each) instead of SQLite's 1,000. Ingest rewrites
-# the same leaf pages batch after batch; a page changed ten times between checkpoints is copied
-# to the database once. Cost: the WAL file grows to ~32 MiB before it is reused.
-WAL_AUTOCHECKPOINT_PAGES = 8_192
+# WAL checkpoints run on a connection and thread of their own (`_Checkpointer`), every
+# CHECKPOINT_INTERVAL_S, in PASSIVE mode, which never blocks the writer. In the writer's own
+# commit (SQLite's autocheckpoint) copying ~32 MiB of WAL back took ~150 ms: a pause every 2-3 s
+# in every commit, and so in every live update, at 10k readings/s (bench/live.py: p99 170 ms).
+CHECKPOINT_INTERVAL_S = 1.0
+# The writer still checkpoints by itself past this many WAL pages (4 KiB each): a backstop that
+# bounds the WAL file should the background checkpoints ever fall behind or fail.
+WAL_AUTOCHECKPOINT_PAGES = 65_536
+# The background checkpointer logs when a checkpoint leaves more than this many frames behind
+# (a long-running reader pins them): the WAL file grows until it can finish.
+CHECKPOINT_BEHIND_WARN_FRAMES = 32_768
 # Rows per multi-row statement (see _execute_rows): 5 columns x 1,000 rows stays far below
 # SQLite's 32,766 bound parameters, and larger statements stopped paying off in measurements.
 ROWS_PER_STATEMENT = 1_000
@@ -101,6 +110,46 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+class _Checkpointer:
+    """A thread that checkpoints the WAL in PASSIVE mode once per interval."""
+
+    def __init__(self, path: Path, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="store.sqlite.checkpoint", daemon=True
+        )
+        self.checkpoints = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    _, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # the writer's backstop checkpoint still runs
+                    log.warning("WAL checkpoint failed: %s", exc)
+                    continue
+                self.checkpoints += 1
+                if frames - done > CHECKPOINT_BEHIND_WARN_FRAMES:
+                    log.warning(
+                        "WAL checkpoint left %d of %d frames (a long read holds them); the WAL "
+                        "file grows until it finishes",
+                        frames - done,
+                        frames,
+                    )
+        finally:
+            conn.close()
+
+
 class SqliteStore(Store):
     """SQLite implementation of `Store` (see the module docstring)."""
 
@@ -119,12 +168,15 @@ class SqliteStore(Store):
         self._series: set[tuple[int, int]] = set()
         self._presence: dict[int, str] = {}
         self._closed = False
+        self._checkpointer: _Checkpointer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the file if needed, migrate, and load the id caches."""
+        """Create the file if needed, migrate, load the id caches, start checkpointing."""
         await self._on_writer(self._open_writer)
+        self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.start()
 
     def _open_writer(self) -> None:
         try:
@@ -177,6 +229,8 @@ class SqliteStore(Store):
             return
         # Set first: calls made from now on get StoreError instead of queueing behind the close.
         self._closed = True
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, self._close_writer)
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
