@@ -54,13 +54,19 @@ DEFAULT_STALE_AFTER_S = 120
 # SQLite's default 2 MiB the leaves of a 1,000-device fleet do not stay cached and every batch
 # re-reads them. 64 MiB keeps ~16k leaf pages hot for the writer and for readers' repeated queries.
 CACHE_KIB = 64 * 1024
-# WAL checkpoints run on a connection and thread of their own (`_Checkpointer`), every
-# CHECKPOINT_INTERVAL_S, in PASSIVE mode, which never blocks the writer. In the writer's own
-# commit (SQLite's autocheckpoint) copying ~32 MiB of WAL back took ~150 ms: a pause every 2-3 s
-# in every commit, and so in every live update, at 10k readings/s (bench/live.py: p99 170 ms).
+# Checkpoints copy WAL pages back into the database file. SQLite runs them inside the commit that
+# pushes the WAL past `wal_autocheckpoint` pages; copying ~32 MiB there took ~150 ms, a pause every
+# 2-3 s in every commit and so in every live update at 10k readings/s (bench/live.py: p99 170 ms
+# against a p50 of 13 ms). So a thread of our own (`_Checkpointer`) runs PASSIVE checkpoints,
+# which never block the writer, every CHECKPOINT_INTERVAL_S. Leaving the writer's checkpoint at
+# 8,192 pages beside it brought the pauses back (p99 70-139 ms): whatever the background had not
+# yet copied, the writer copied inside a commit.
 CHECKPOINT_INTERVAL_S = 1.0
-# The writer still checkpoints by itself past this many WAL pages (4 KiB each): a backstop that
-# bounds the WAL file should the background checkpoints ever fall behind or fail.
+# The writer still checkpoints by itself past this many WAL pages (4 KiB each). Under continuous
+# writes a background checkpoint always has newer frames behind it, so the WAL cannot restart
+# from its beginning and grows until this backstop, where the writer's checkpoint finds almost
+# everything copied and restarts it. The price: a WAL file of up to ~300 MiB under sustained heavy
+# ingest (measured: 280-330 MiB at 10k rows/s), in exchange for commits without pauses.
 WAL_AUTOCHECKPOINT_PAGES = 65_536
 # The background checkpointer logs when a checkpoint leaves more than this many frames behind
 # (a long-running reader pins them): the WAL file grows until it can finish.
