@@ -26,8 +26,9 @@ SimDeviceFactory = Callable[[str], SimDevice]
 # A page loads and its WebSocket subscribes within this (the server is local; chromium is slow
 # to start its first renderer on a loaded 2-core box).
 PAGE_MS = 15_000
-# A committed reading reaches an open page within this: ingest linger (100 ms) + the live
-# coalescing window (250 ms) + a WebSocket frame; the rest is headroom for a busy CI machine.
+# A committed reading reaches an open page within this: ingest linger (5 ms at low rates, 100 ms
+# above 5,000 msg/s) + at most the live coalescing window (250 ms) + a WebSocket frame; the rest
+# is headroom for a busy CI machine.
 LIVE_MS = 5_000
 # The product promise for presence: an unclean drop shows offline within 2 s of the will.
 WILL_MS = 2_000
