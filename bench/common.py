@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,44 @@ _T0 = time.monotonic()
 def say(msg: str) -> None:
     """A progress line with the seconds since the benchmark started: long runs are never silent."""
     print(f"[{time.monotonic() - _T0:7.1f}s] {msg}", flush=True)
+
+
+# Above this, the machine was too busy before a bench started for its figures to be fieldhub's.
+BACKGROUND_BUSY_WARN_PERCENT = 10.0
+
+
+@dataclass
+class BenchStart:
+    """What every benchmark sets up first: its work dir, start time and the machine's state."""
+
+    started: datetime
+    workdir: Path
+    background_percent: float
+    notes: list[str]
+
+
+def start_bench(name: str, competitors: str) -> BenchStart:
+    """Raise the descriptor limit, make a work dir, and note a busy machine.
+
+    fieldhub's Mosquitto inherits our limits: thousands of simulated devices need thousands of
+    descriptors there. `competitors` names what shares the cores with fieldhub, for the note.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    start = BenchStart(
+        started=datetime.now(UTC),
+        workdir=Path(tempfile.mkdtemp(prefix=f"bench-{name}-")),
+        background_percent=background_busy(),
+        notes=[],
+    )
+    if start.background_percent > BACKGROUND_BUSY_WARN_PERCENT:
+        start.notes.append(
+            f"the machine was {start.background_percent:.0f}% busy before the bench started: "
+            f"other processes compete with {competitors} for the cores; rerun on a quiet machine"
+        )
+        say(f"warning: {start.notes[-1]}")
+    return start
 
 
 def free_port(host: str = "127.0.0.1") -> int:

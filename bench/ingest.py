@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +37,6 @@ import psutil
 from bench.common import (
     BenchError,
     Sampler,
-    background_busy,
     bare_mosquitto,
     bucket_delta,
     descendants,
@@ -53,6 +50,7 @@ from bench.common import (
     sample_sum,
     say,
     scrape,
+    start_bench,
     start_fieldhub,
     start_loadgen,
     stop_fieldhub,
@@ -80,7 +78,6 @@ SCHEDULE_TOLERANCE = 0.99
 KEPT_UP_DRAIN_S = 5.0
 # Other processes using more than this (machine busy % before we start; % of one core during a
 # run) make the figures suspect on a 2-core box: we say so in the result, we do not refuse.
-BACKGROUND_BUSY_WARN_PERCENT = 10.0
 OTHERS_CPU_WARN_PERCENT = 20.0
 
 # --- timing ------------------------------------------------------------------------------------
@@ -733,20 +730,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the ingest benchmark and write bench/results/ingest.json."""
     args = _parse_args(argv)
-    # fieldhub's Mosquitto inherits our limits: 1,000 devices need 1,000+ descriptors there.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    started = datetime.now(UTC)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    background = background_busy()
-    notes: list[str] = []
-    if background > BACKGROUND_BUSY_WARN_PERCENT:
-        notes.append(
-            f"the machine was {background:.0f}% busy before the bench started: other processes "
-            "compete with fieldhub and the generator for the 2 cores; rerun on a quiet machine"
-        )
-        say(f"warning: {notes[-1]}")
+    bench = start_bench("ingest", "fieldhub and the generator")
+    started, workdir, notes = bench.started, bench.workdir, bench.notes
+    background = bench.background_percent
     say(
         f"ingest bench: rate {args.rate:,.0f} msg/s, {args.duration:g}s, {args.devices} devices, "
         f"{args.repeats} repeat(s){' (quick)' if args.quick else ''}; work dir {workdir}"

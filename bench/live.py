@@ -30,13 +30,11 @@ import contextlib
 import json
 import math
 import queue
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -50,7 +48,6 @@ from bench.common import (
     REPO_ROOT,
     BenchError,
     Sampler,
-    background_busy,
     bucket_delta,
     descendants,
     dig,
@@ -64,6 +61,7 @@ from bench.common import (
     sample_sum,
     say,
     scrape,
+    start_bench,
     start_fieldhub,
     start_loadgen,
     stop_fieldhub,
@@ -90,7 +88,6 @@ METRICS_PER_MESSAGE = 5
 DEVICE_MSG_PER_S = 1.0
 # Other processes using more than this (machine busy % before we start; % of one core during
 # a run) make the figures suspect on a 2-core box: we say so, we do not refuse. (As ingest.)
-BACKGROUND_BUSY_WARN_PERCENT = 10.0
 OTHERS_CPU_WARN_PERCENT = 20.0
 # A viewer process above this (% of one core) may be queueing frames itself.
 VIEWER_CPU_WARN_PERCENT = 80.0
@@ -1021,21 +1018,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the live-view benchmark and write bench/results/live.json."""
     args = _parse_args(argv)
-    # fieldhub's Mosquitto inherits our limits: 2,000 devices need 2,000+ descriptors there.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    started = datetime.now(UTC)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    background = background_busy()
-    notes: list[str] = []
-    if background > BACKGROUND_BUSY_WARN_PERCENT:
-        notes.append(
-            f"the machine was {background:.0f}% busy before the bench started: other processes "
-            "compete with fieldhub, the publisher and the viewers for the cores; rerun on a "
-            "quiet machine"
-        )
-        say(f"warning: {notes[-1]}")
+    bench = start_bench("live", "fieldhub, the publisher and the viewers")
+    started, workdir, notes = bench.started, bench.workdir, bench.notes
+    background = bench.background_percent
     cells = [(rate, n) for rate in args.rates for n in args.viewers]
     per_run_s = args.baseline + args.warmup + args.duration + 12
     total_runs = (len(cells) + (len(args.rates) if args.reference else 0)) * args.repeats
