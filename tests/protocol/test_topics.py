@@ -12,6 +12,7 @@ from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import (
     BUILTIN_PROFILES,
     DEFAULT_PROFILES,
+    IOT_NODE,
     NATIVE,
     READINGS,
     Profile,
@@ -158,10 +159,10 @@ def test_profile_of_and_route_for() -> None:
 
 def test_select_profiles() -> None:
     """Known names come back in order; an unknown one names the choices."""
-    assert select_profiles(DEFAULT_PROFILES) == [NATIVE, READINGS]
+    assert select_profiles(DEFAULT_PROFILES) == [NATIVE, READINGS, IOT_NODE]
     assert select_profiles(["readings"]) == [READINGS]
     with pytest.raises(
-        ValueError, match="unknown profile 'sensor'; known profiles: native, readings"
+        ValueError, match="unknown profile 'sensor'; known profiles: iot-node, native, readings"
     ):
         select_profiles(["native", "sensor"])
 

@@ -100,10 +100,31 @@ READINGS = Profile(
     renames=MappingProxyType({"rssi": "rssi_percent", "timestamp": "uptime_ms"}),
 )
 
-BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
-    {profile.name: profile for profile in (NATIVE, READINGS)}
+IOT_NODE = Profile(
+    name="iot-node",
+    # Only the nodes' subtree: `iot/broker/...` is the broker's own health, not a device.
+    subscriptions=("iot/node/#",),
+    routes=(
+        # `{"node_id", "timestamp": <epoch s>, "sensors": {...}, "wifi_rssi", "uptime"}`
+        Route("iot/node/+/telemetry", "telemetry", "json_telemetry"),
+        # Node health as JSON (uptime, RSSI, ...): a heartbeat that also carries readings.
+        Route("iot/node/+/status", "status", "status"),
+        # Down-link: the stack's management utility (and later fieldhub) publishes commands here.
+        Route("iot/node/+/command", "commands", "ignore"),
+    ),
+    # The stack documents no period; nodes report every few seconds to a minute.
+    stale_after_s=180,
+    # Same names as every other profile's: RSSI in dBm is `rssi`, and the unit of `uptime`
+    # (seconds here, milliseconds in the Flask firmware) goes into its name.
+    renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
 )
-DEFAULT_PROFILES: tuple[str, ...] = ("native", "readings")
+
+BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
+    {profile.name: profile for profile in (NATIVE, READINGS, IOT_NODE)}
+)
+# Every built-in profile listens by default: a device flashed for any of the stacks fieldhub
+# replaces works without configuration. Each profile subscribes only under its own prefix.
+DEFAULT_PROFILES: tuple[str, ...] = ("native", "readings", "iot-node")
 
 
 def select_profiles(names: Iterable[str]) -> list[Profile]:
