@@ -122,6 +122,20 @@ class SeriesPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeRow:
+    """The readings of one device that share one time: what one message said, as a row.
+
+    `values` always holds the row's primary metric; other asked-for metrics appear only when the
+    device stored them at exactly the same time (the same message: receive times are unique per
+    message). The Flask stack's API serves its readings this way, one row per message.
+    """
+
+    ts_us: int
+    received_us: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetterRow:
     """A stored dead letter."""
 
@@ -241,6 +255,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_dead_letters(self, *, since_us: int) -> int:
         """Dead letters received at or after `since_us`."""
+
+    @abc.abstractmethod
+    async def query_time_rows(
+        self,
+        device_id: str,
+        metric: str,
+        *,
+        with_metrics: Sequence[str],
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+        before_us: int | None,
+    ) -> list[TimeRow]:
+        """One row per reading of `metric` in [start, end), newest first, each with the values
+        of `with_metrics` stored at the same time; `before_us` is the cursor (the previous
+        page's last time)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -33,6 +33,7 @@ from fieldhub.store.base import (
     SeriesPoint,
     Store,
     StoreError,
+    TimeRow,
     WriteBatch,
     WriteResult,
 )
@@ -697,6 +698,64 @@ class SqliteStore(Store):
         """Dead letters received since `since_us` (index on received_at, migration 2)."""
         sql = "SELECT count(*) FROM dead_letters WHERE received_at >= ?"
         return await self._on_reader(lambda conn: int(conn.execute(sql, (since_us,)).fetchone()[0]))
+
+    async def query_time_rows(
+        self,
+        device_id: str,
+        metric: str,
+        *,
+        with_metrics: Sequence[str],
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+        before_us: int | None,
+    ) -> list[TimeRow]:
+        """Rows of `metric` newest first, other metrics joined at the same time (see
+        `Store.query_time_rows`).
+
+        The primary metric is walked backwards on the readings primary key (device, metric, ts);
+        each companion is one primary-key lookup per row, so a page costs `limit` seeks whatever
+        the device's history holds.
+        """
+        params: dict[str, Any] = {"uid": device_id, "metric": metric, "limit": limit}
+        joins = []
+        columns = []
+        for i, name in enumerate(with_metrics):
+            params[f"w{i}"] = name
+            joins.append(
+                f"LEFT JOIN readings w{i} ON w{i}.device_id = p.device_id AND w{i}.ts = p.ts "
+                f"AND w{i}.metric_id = (SELECT id FROM metrics WHERE name = :w{i})"
+            )
+            columns.append(f", w{i}.value")
+        clauses = [
+            "p.device_id = (SELECT id FROM devices WHERE uid = :uid)",
+            "p.metric_id = (SELECT id FROM metrics WHERE name = :metric)",
+        ]
+        if start_us is not None:
+            clauses.append("p.ts >= :start")
+            params["start"] = start_us
+        if end_us is not None:
+            clauses.append("p.ts < :end")
+            params["end"] = end_us
+        if before_us is not None:
+            clauses.append("p.ts < :before")
+            params["before"] = before_us
+        sql = (
+            f"SELECT p.ts, p.received_at, p.value{''.join(columns)} FROM readings p "
+            f"{' '.join(joins)} WHERE {' AND '.join(clauses)} ORDER BY p.ts DESC LIMIT :limit"
+        )
+
+        def run(conn: sqlite3.Connection) -> list[TimeRow]:
+            rows = []
+            for r in conn.execute(sql, params):
+                values = {metric: r[2]}
+                for i, name in enumerate(with_metrics):
+                    if r[3 + i] is not None:
+                        values[name] = r[3 + i]
+                rows.append(TimeRow(r[0], r[1], values))
+            return rows
+
+        return await self._on_reader(run)
 
     async def ping(self) -> None:
         """A trivial query through the reader pool."""
