@@ -240,8 +240,8 @@ def test_fastapi_stack_flat_data_object() -> None:
         "servo_angle": 90.0,
         "light_state": 1.0,
         "fan_state": 0.0,
-        "wifi_rssi": -61.0,
-        "uptime": 3600.0,
+        "rssi": -61.0,
+        "uptime_s": 3600.0,
     }
     assert {r.ts_us for r in result.readings} == {RECEIVED_US}
     assert result.attributes == {"status": "active", "node_id": "esp32_01", "timestamp": "12:34:56"}

@@ -15,6 +15,7 @@ from fieldhub.protocol.profiles import (
     IOT_NODE,
     NATIVE,
     READINGS,
+    SENSOR,
     Profile,
     Route,
     select_profiles,
@@ -159,12 +160,13 @@ def test_profile_of_and_route_for() -> None:
 
 def test_select_profiles() -> None:
     """Known names come back in order; an unknown one names the choices."""
-    assert select_profiles(DEFAULT_PROFILES) == [NATIVE, READINGS, IOT_NODE]
+    assert select_profiles(DEFAULT_PROFILES) == [NATIVE, READINGS, IOT_NODE, SENSOR]
     assert select_profiles(["readings"]) == [READINGS]
     with pytest.raises(
-        ValueError, match="unknown profile 'sensor'; known profiles: iot-node, native, readings"
+        ValueError,
+        match="unknown profile 'thermostat'; known profiles: iot-node, native, readings, sensor",
     ):
-        select_profiles(["native", "sensor"])
+        select_profiles(["native", "thermostat"])
 
 
 def test_every_builtin_route_names_a_decoder_and_sits_under_a_subscription() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fieldhub.protocol.decoders import DECODERS, DecodeContext
+from fieldhub.protocol.decoders import BARE_VALUE_DECODERS, DECODERS, DecodeContext
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import DecodeResult, Rejected, RejectReason
-from fieldhub.protocol.payload import PayloadError
+from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES, PayloadError
 from fieldhub.protocol.profiles import Profile
 from fieldhub.protocol.timestamps import AbsurdTimestamp
 from fieldhub.protocol.topics import Match, RouteTable
@@ -35,11 +35,22 @@ class MessageDecoder:
                     raise ValueError(
                         f"route {route.pattern!r} names unknown decoder {route.decoder!r}"
                     )
+                if route.decoder in BARE_VALUE_DECODERS and route.metric is None:
+                    raise ValueError(
+                        f"route {route.pattern!r} uses {route.decoder}, which needs `metric`"
+                    )
 
     @property
     def subscriptions(self) -> list[str]:
         """Broker filters to subscribe to."""
         return self.table.subscriptions
+
+    def max_payload_bytes(self, topic: str) -> int:
+        """The largest payload the route of `topic` accepts (the default for unrouted topics)."""
+        routed = self._route(topic)
+        if isinstance(routed, Rejected):
+            return MAX_PAYLOAD_BYTES
+        return routed[0].route.max_payload_bytes
 
     def publishes_retained(self, topic: str) -> bool:
         """True when devices publish `topic` with the retain flag (re-deliveries are expected)."""

@@ -6,10 +6,14 @@ Each decoder turns a payload into a `Decoded` (or `Ignored`) and raises `Payload
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fieldhub.protocol.audio import AudioError, measure_pcm, measure_wav
 from fieldhub.protocol.messages import Decoded, Ignored, Reading, RejectReason
 from fieldhub.protocol.payload import (
     PayloadError,
@@ -27,6 +31,12 @@ TIME_KEYS = ("ts", "timestamp", "time")
 # Envelope fields that describe the message, not the world: kept as attributes, never readings.
 ENVELOPE_KEYS = frozenset({"v"})
 PRESENCE_WORDS = {"online": "online", "offline": "offline"}
+# A bare number as firmware prints it (`25.5`, `-3`, ` 21.50`, `1e3`): Python's float() would also
+# take `nan`, `inf` and `1_000`, which no sensor means.
+NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Headerless PCM (no RIFF header) is read as this: the I2S microphones the stacks use deliver
+# 16-bit mono samples.
+HEADERLESS_PCM_SAMPLE_BYTES = 2
 
 
 @dataclass(slots=True)
@@ -49,21 +59,36 @@ class DecodeContext:
 
     def name(self, field_name: str) -> str:
         """The fieldhub metric/attribute name for a payload field name."""
-        return self.profile.renames.get(field_name, field_name)
+        renames = self.route.renames if self.route.renames is not None else self.profile.renames
+        return renames.get(field_name, field_name)
+
+    def metric(self) -> str:
+        """The reading name of a route whose payload is a bare value."""
+        if self.route.metric is None:
+            raise ValueError(f"route {self.route.pattern!r} needs a metric for a bare value")
+        return self.route.metric
 
 
 Decoder = Callable[[bytes, DecodeContext], Decoded | Ignored]
 
 
-def _object_readings(data: dict[str, Any], ctx: DecodeContext, result: Decoded) -> None:
-    """Fill `result` from one telemetry object with an optional time field."""
+def _device_time(
+    data: dict[str, Any], ctx: DecodeContext, result: Decoded
+) -> tuple[str | None, int]:
+    """The object's time field name and the readings' time: the device's when the field holds a
+    date (then `result.device_time` is set), the receive time otherwise."""
     time_key = next((key for key in TIME_KEYS if key in data), None)
-    ts_us = ctx.received_us
     if time_key is not None:
         verdict = parse_device_time(data[time_key], ctx.received_us)
         if verdict.kind == "time" and verdict.ts_us is not None:
-            ts_us = verdict.ts_us
             result.device_time = True
+            return time_key, verdict.ts_us
+    return time_key, ctx.received_us
+
+
+def _object_readings(data: dict[str, Any], ctx: DecodeContext, result: Decoded) -> None:
+    """Fill `result` from one telemetry object with an optional time field."""
+    time_key, ts_us = _device_time(data, ctx, result)
     skip = ENVELOPE_KEYS
     if time_key is not None and result.device_time:
         skip = ENVELOPE_KEYS | {time_key}
@@ -187,14 +212,71 @@ def decode_status(payload: bytes, ctx: DecodeContext) -> Decoded | Ignored:
     return result
 
 
+def decode_number_text(payload: bytes, ctx: DecodeContext) -> Decoded:
+    """A bare number as text (`25.5`), one reading named by the route, at the receive time."""
+    check_size(payload, ctx.route.max_payload_bytes)
+    text = decode_text(payload).strip()
+    if not NUMBER_TEXT.fullmatch(text):
+        raise PayloadError(
+            RejectReason.EXPECTED_NUMBER, f"payload {text[:40]!r} is not a number as text"
+        )
+    value = number_of(float(text))
+    assert value is not None  # float() gives a float; number_of only refuses it when infinite
+    result = ctx.new()
+    result.readings.append(Reading(ctx.metric(), ctx.received_us, value))
+    return result
+
+
+def decode_sound_level(payload: bytes, ctx: DecodeContext) -> Decoded:
+    """`{"data": "<base64 WAV>", "sample_rate": 16000, "duration": 2.0}` -> its level in dBFS.
+
+    The WAV header is authoritative; `sample_rate` is used only for headerless PCM. A device time
+    field (`ts`/`timestamp`/`time`), when it holds a date, dates the reading.
+    """
+    data = parse_json(payload, ctx.route.max_payload_bytes)
+    if not isinstance(data, dict):
+        raise PayloadError(
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is a JSON {type(data).__name__}, expected an object with base64 `data`",
+        )
+    encoded = data.get("data")
+    if not isinstance(encoded, str):
+        raise PayloadError(RejectReason.MISSING_FIELD, "field 'data' (base64 audio) is missing")
+    try:
+        clip = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise PayloadError(RejectReason.BAD_AUDIO, "field 'data' is not valid base64") from None
+    try:
+        if clip[:4] == b"RIFF":
+            level = measure_wav(clip)
+        else:
+            rate = number_of(data.get("sample_rate"))
+            if rate is None or rate != int(rate):
+                raise AudioError("no RIFF header, and no integer `sample_rate` to read raw PCM")
+            level = measure_pcm(
+                clip, sample_bytes=HEADERLESS_PCM_SAMPLE_BYTES, channels=1, sample_rate=int(rate)
+            )
+    except AudioError as exc:
+        raise PayloadError(RejectReason.BAD_AUDIO, str(exc)) from None
+    result = ctx.new()
+    _, ts_us = _device_time(data, ctx, result)
+    result.readings.append(Reading(ctx.metric(), ts_us, round(level.dbfs, 2)))
+    return result
+
+
 def decode_ignore(payload: bytes, ctx: DecodeContext) -> Ignored:
     """Topics fieldhub publishes itself or that a later feature consumes."""
     return Ignored(ctx.route.channel)
 
 
+# Decoders of payloads that carry a bare value: their routes must name the reading (`metric`).
+BARE_VALUE_DECODERS = frozenset({"number_text", "sound_level"})
+
 DECODERS: Mapping[str, Decoder] = {
     "json_telemetry": decode_json_telemetry,
     "readings": decode_readings,
     "status": decode_status,
+    "number_text": decode_number_text,
+    "sound_level": decode_sound_level,
     "ignore": decode_ignore,
 }

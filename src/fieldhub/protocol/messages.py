@@ -28,6 +28,7 @@ class RejectReason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     BAD_DEVICE_ID = "bad_device_id"
     BAD_STATUS = "bad_status"
+    BAD_AUDIO = "bad_audio"
     INTERNAL_ERROR = "internal_error"
     STORE_REJECTED = "store_rejected"
 

@@ -67,15 +67,15 @@ def decode_text(payload: bytes) -> str:
         ) from None
 
 
-def parse_json(payload: bytes) -> Any:
+def parse_json(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
     """Parse JSON with the checks a device payload needs.
 
     orjson is fast but reports NaN/Infinity (and numbers beyond a double, like 1e400) as a generic
     syntax error; the slow path below runs only for payloads that already failed, to give the
     device author the specific reason. Nesting deeper than orjson's limit stays malformed_json
-    (the stdlib parser would hit RecursionError on it).
+    (the stdlib parser would hit RecursionError on it). `limit` is the route's payload size limit.
     """
-    check_size(payload)
+    check_size(payload, limit)
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:

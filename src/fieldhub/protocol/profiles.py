@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -19,6 +21,10 @@ class Route:
     `publishes_retained` marks topics whose devices publish with the retain flag: the broker hands
     the last message over again on every new subscription, and ingest must not store it twice.
     `required` names numeric fields the decoder insists on (a strict legacy schema).
+    `metric` names the reading of payloads that carry a bare value with no field name (a number
+    as text, an audio clip's level). `max_payload_bytes` is the largest payload accepted; only
+    routes that carry audio need more than the default. `renames`, when given, replace the
+    profile's for this route (one topic of a profile may use another firmware's field names).
     """
 
     pattern: str
@@ -26,6 +32,9 @@ class Route:
     decoder: str
     publishes_retained: bool = False
     required: tuple[str, ...] = ()
+    metric: str | None = None
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    renames: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         levels = self.pattern.split("/")
@@ -60,8 +69,15 @@ NATIVE = Profile(
     subscriptions=("devices/#",),
     routes=(
         Route("devices/+/telemetry", "telemetry", "json_telemetry"),
-        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second.
-        Route("devices/+/data", "telemetry", "json_telemetry"),
+        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second, with the
+        # iot-node stack's names for RSSI (dBm) and uptime (seconds: the Arduino firmware sends
+        # millis() / 1000), renamed to fieldhub's.
+        Route(
+            "devices/+/data",
+            "telemetry",
+            "json_telemetry",
+            renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
+        ),
         Route("devices/+/status", "status", "status", publishes_retained=True),
         # Down-link topics fieldhub itself publishes to, and up-links later features consume.
         Route("devices/+/commands", "commands", "ignore"),
@@ -119,12 +135,44 @@ IOT_NODE = Profile(
     renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
 )
 
+# Two seconds of 16 kHz 16-bit mono WAV is 64 KB, 85 KB as base64 in JSON. 512 KiB takes up to
+# ~12 s of that, or 2 s of 48 kHz stereo; larger clips are recordings, not level samples.
+AUDIO_MAX_PAYLOAD_BYTES = 512 * 1024
+
+SENSOR = Profile(
+    name="sensor",
+    subscriptions=("sensor/#", "window/#", "ml/inference/request/#"),
+    routes=(
+        # Each value on its own topic as bare text (`25.5`), named by the topic's last level.
+        Route("sensor/+/temperature", "telemetry", "number_text", metric="temperature"),
+        Route("sensor/+/humidity", "telemetry", "number_text", metric="humidity"),
+        # `{"data": "<base64 WAV>", "sample_rate": 16000, "duration": 2.0}` from the I2S
+        # microphone: stored as its RMS level in dBFS (protocol/audio.py), not as audio.
+        Route(
+            "sensor/+/audio",
+            "audio",
+            "sound_level",
+            metric="sound_volume",
+            max_payload_bytes=AUDIO_MAX_PAYLOAD_BYTES,
+        ),
+        # The ML service's order to the window motor: the position it commands is the actuator's
+        # state (the firmware obeys without an echo), kept with the model's confidence.
+        Route("window/+/control", "actuator", "json_telemetry"),
+        # The stack's backend asks its ML service for a decision with readings fieldhub already
+        # stores from the sensor topics; observing them again would duplicate them.
+        Route("ml/inference/request/+", "ml_request", "ignore"),
+    ),
+    # The stack's firmware reports "on change or periodic"; the audio clip goes every few seconds.
+    stale_after_s=180,
+    renames=MappingProxyType({"position": "window_position", "confidence": "window_confidence"}),
+)
+
 BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(
-    {profile.name: profile for profile in (NATIVE, READINGS, IOT_NODE)}
+    {profile.name: profile for profile in (NATIVE, READINGS, IOT_NODE, SENSOR)}
 )
 # Every built-in profile listens by default: a device flashed for any of the stacks fieldhub
 # replaces works without configuration. Each profile subscribes only under its own prefix.
-DEFAULT_PROFILES: tuple[str, ...] = ("native", "readings", "iot-node")
+DEFAULT_PROFILES: tuple[str, ...] = ("native", "readings", "iot-node", "sensor")
 
 
 def select_profiles(names: Iterable[str]) -> list[Profile]:

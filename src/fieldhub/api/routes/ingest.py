@@ -12,7 +12,6 @@ from fieldhub.api.deps import PlatformDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
 from fieldhub.api.models import IngestAccepted
 from fieldhub.protocol.messages import Decoded, Ignored, Rejected
-from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
 from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
 
@@ -65,14 +64,15 @@ async def ingest(
             f"topic {topic!r} is outside the {name} profile "
             f"({', '.join(enabled[name].subscriptions)})",
         )
+    limit = platform.decoder.max_payload_bytes(topic)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(f"body is {declared} bytes, the limit is {MAX_PAYLOAD_BYTES}")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes, the limit for this topic is {limit}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(f"body is over the {MAX_PAYLOAD_BYTES}-byte limit")
+        if len(body) > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit for this topic")
     outcome = await platform.ingest.submit(topic, bytes(body))
     result = outcome.result
     if isinstance(result, Rejected):
