@@ -268,8 +268,8 @@ def test_iot_node_shaped_payload_on_native_topic_flattens() -> None:
     assert _values(result) == {
         "temperature": 22.5,
         "humidity": 45.2,
-        "wifi_rssi": -65.0,
-        "uptime": 3600.0,
+        "rssi": -65.0,
+        "uptime_s": 3600.0,
     }
     assert result.attributes == {"node_id": "node_01"}
 
@@ -430,7 +430,7 @@ def test_status_json_heartbeat_without_state_is_online_with_readings() -> None:
         "devices/node-1/status", {"uptime": 120, "wifi_rssi": -60, "status": "active"}
     )
     assert result.presence == "online"
-    assert _values(result) == {"uptime": 120.0, "wifi_rssi": -60.0}
+    assert _values(result) == {"uptime_s": 120.0, "rssi": -60.0}
     assert result.attributes == {"status": "active"}
     assert {r.ts_us for r in result.readings} == {RECEIVED_US}
 
@@ -439,7 +439,7 @@ def test_status_json_heartbeat_with_device_time() -> None:
     """A heartbeat's own ts is used for its readings."""
     result = _decoded("devices/node-1/status", {"state": "online", "ts": DEVICE_S, "uptime": 5})
     assert result.presence == "online"
-    assert result.readings == [Reading("uptime", DEVICE_S * US_PER_S, 5.0)]
+    assert result.readings == [Reading("uptime_s", DEVICE_S * US_PER_S, 5.0)]
     assert result.device_time is True
 
 

@@ -59,8 +59,7 @@ class DecodeContext:
 
     def name(self, field_name: str) -> str:
         """The fieldhub metric/attribute name for a payload field name."""
-        renames = self.route.renames if self.route.renames is not None else self.profile.renames
-        return renames.get(field_name, field_name)
+        return self.profile.renames.get(field_name, field_name)
 
     def metric(self) -> str:
         """The reading name of a route whose payload is a bare value."""

@@ -23,8 +23,7 @@ class Route:
     `required` names numeric fields the decoder insists on (a strict legacy schema).
     `metric` names the reading of payloads that carry a bare value with no field name (a number
     as text, an audio clip's level). `max_payload_bytes` is the largest payload accepted; only
-    routes that carry audio need more than the default. `renames`, when given, replace the
-    profile's for this route (one topic of a profile may use another firmware's field names).
+    routes that carry audio need more than the default.
     """
 
     pattern: str
@@ -34,7 +33,6 @@ class Route:
     required: tuple[str, ...] = ()
     metric: str | None = None
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
-    renames: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         levels = self.pattern.split("/")
@@ -69,15 +67,8 @@ NATIVE = Profile(
     subscriptions=("devices/#",),
     routes=(
         Route("devices/+/telemetry", "telemetry", "json_telemetry"),
-        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second, with the
-        # iot-node stack's names for RSSI (dBm) and uptime (seconds: the Arduino firmware sends
-        # millis() / 1000), renamed to fieldhub's.
-        Route(
-            "devices/+/data",
-            "telemetry",
-            "json_telemetry",
-            renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
-        ),
+        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second.
+        Route("devices/+/data", "telemetry", "json_telemetry"),
         Route("devices/+/status", "status", "status", publishes_retained=True),
         # Down-link topics fieldhub itself publishes to, and up-links later features consume.
         Route("devices/+/commands", "commands", "ignore"),
@@ -88,6 +79,10 @@ NATIVE = Profile(
     ),
     # Native nodes publish every few seconds and heartbeat on status; two silent minutes is news.
     stale_after_s=120,
+    # The FastAPI/RabbitMQ stack's devices (data and heartbeat) use the iot-node stack's names for
+    # RSSI in dBm and uptime in seconds; stored under fieldhub's names, as for iot-node. fieldhub's
+    # own firmware sends `rssi` and `uptime_s` and is not affected.
+    renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
 )
 
 READINGS = Profile(
