@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
-from fieldhub.api.routes import dead_letters, devices, health, ingest, live, system
+from fieldhub.api.routes import dead_letters, devices, flask_compat, health, ingest, live, system
 from fieldhub.broker.supervisor import BrokerSupervisor
 from fieldhub.config import Settings
 from fieldhub.events.bus import EventBus
@@ -135,7 +135,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     )
     app.state.platform = platform
     install_error_handlers(app)
-    for module in (health, devices, dead_letters, ingest, system, live):
+    for module in (health, devices, dead_letters, ingest, system, live, flask_compat):
         app.include_router(module.router)
     pages.mount(app)
     return app
