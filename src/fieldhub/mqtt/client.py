@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -51,6 +51,10 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 PUBLISH_MAX_INFLIGHT = 1_000
 # One recv() of this size serves hundreds of small MQTT packets (see _BufferedSocket).
 READ_CHUNK_BYTES = 64 * 1024
+# CONNACK return codes that mean "this broker does not speak the protocol level you asked for":
+# 1 is MQTT 3.1.1's "unacceptable protocol version" (what a 3.1.1-only broker such as Mosquitto
+# 1.x answers to an MQTT 5 CONNECT), 0x84 is MQTT 5's "unsupported protocol version".
+CONNACK_UNSUPPORTED_PROTOCOL = (0x01, 0x84)
 
 
 class MqttUrlError(ValueError):
@@ -135,15 +139,81 @@ class _BufferedSocket:
 
 
 class _Client(paho.Client):
-    """paho's client with TCP_NODELAY, buffered reads and batched acknowledgements.
+    """paho's client with TCP_NODELAY, buffered reads, batched acknowledgements and a fallback
+    from MQTT 5 to 3.1.1 for brokers that only speak 3.1.1.
 
-    The overrides use paho internals (`_create_socket`, `_send_puback`, `_sockpairW`); the
-    dependency is pinned below 2.3 for that reason and the integration tests exercise them.
+    The overrides use paho internals (`_create_socket`, `_send_puback`, `_sockpairW`,
+    `_protocol`, `_clean_session`, `_handle_connack`, `_do_on_disconnect`); the dependency is
+    pinned below 2.3 for that reason and the integration tests exercise them.
     """
 
     # Set by MqttSubscriber: called with (topic, payload, retain, qos, packet id) for MQTT 3.1.1
     # PUBLISH packets of QoS 0 and 1, instead of paho's generic path.
     fast_publish: Callable[[bytes, bytes, bool, int, int], None] | None = None
+    # Set by _new_client for an MQTT 5 client: the clean-session flag to use if the broker turns
+    # out to speak only 3.1.1. None: no fallback (the client asked for 3.1.1 already).
+    v311_clean_session: bool | None = None
+    # Whether the broker answered the CONNECT of the current connection attempt.
+    _connack_seen = False
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._connack_seen = False
+        return super().reconnect()
+
+    def _handle_connack(self) -> MQTTErrorCode:
+        self._connack_seen = True
+        packet = self._in_packet["packet"]
+        if (
+            self._protocol == paho.MQTTv5
+            and self.v311_clean_session is not None
+            and len(packet) >= 2
+            and packet[1] in CONNACK_UNSUPPORTED_PROTOCOL
+        ):
+            # Read the code from the raw bytes: a 3.1.1 broker's 2-byte CONNACK is not a valid
+            # MQTT 5 CONNACK, so paho's MQTT 5 decoder cannot be trusted with it. Reconnecting
+            # straight away is what paho itself does when it falls back from 3.1.1 to 3.1.
+            self._fall_back_to_v311(f"refused MQTT 5 (CONNACK code {packet[1]})")
+            return self.reconnect()
+        return super()._handle_connack()
+
+    def _do_on_disconnect(
+        self,
+        packet_from_broker: bool,
+        v1_rc: MQTTErrorCode,
+        reason: ReasonCode | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        # RabbitMQ's MQTT plugin (before 3.13; NOTES.md trap 17) cannot parse an MQTT 5 CONNECT
+        # and closes the connection without any CONNACK. paho then reconnects with MQTT 5 again,
+        # forever. A connection that closed before the broker answered our MQTT 5 CONNECT (and
+        # that we did not close ourselves) is taken as that answer. A transient drop at exactly
+        # that moment also lands here; falling back then costs nothing, since everything
+        # fieldhub does works over 3.1.1 (ingest's default).
+        if (
+            self._protocol == paho.MQTTv5
+            and self.v311_clean_session is not None
+            and not self._connack_seen
+            and not packet_from_broker
+            and self._state != _ConnectionState.MQTT_CS_DISCONNECTING
+        ):
+            self._fall_back_to_v311("closed the connection without answering an MQTT 5 CONNECT")
+        super()._do_on_disconnect(packet_from_broker, v1_rc, reason, properties)
+
+    def _fall_back_to_v311(self, why: str) -> None:
+        # paho reads `_protocol` afresh for every packet it builds or parses, so switching it
+        # between two connections is safe (paho's own 3.1.1 -> 3.1 fallback does the same).
+        # 3.1.1 has no clean_start/session-expiry pair: the clean-session flag replaces it.
+        log.warning(
+            "broker %s:%s %s: it speaks MQTT 3.1.1 only (as RabbitMQ's MQTT plugin before 3.13 "
+            "does); client %s falls back to MQTT 3.1.1 for good",
+            self._host,
+            self._port,
+            why,
+            self._client_id.decode("utf-8", "replace"),
+        )
+        self._protocol = paho.MQTTv311
+        self._clean_session = bool(self.v311_clean_session)
+        self.v311_clean_session = None
 
     def _handle_publish(self) -> MQTTErrorCode:
         # paho builds a PublishPacket, an MQTTMessage and a log record per PUBLISH: ~10 us of the
@@ -231,10 +301,16 @@ def _new_client(
         clean_session=None if protocol == 5 else clean,
         manual_ack=manual_ack,
     )
+    if protocol == 5:
+        client.v311_clean_session = clean
     if endpoint.username:
         client.username_pw_set(endpoint.username, endpoint.password)
     client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
     return client
+
+
+def _protocol_level(client: paho.Client) -> int:
+    return 5 if client.protocol == paho.MQTTv5 else 4
 
 
 def _now_us() -> int:
@@ -262,7 +338,7 @@ class MqttSubscriber:
         self.endpoint = endpoint
         self.client_id = client_id
         self.filters = list(filters)
-        self.protocol = protocol
+        self._requested_protocol = protocol
         self._on_message = on_message
         self._on_connection_change = on_connection_change
         self._client = _new_client(
@@ -283,10 +359,16 @@ class MqttSubscriber:
         self.connects = 0
         self.acks_dropped = 0
 
+    @property
+    def protocol(self) -> int:
+        """The MQTT level in use: 5, or 4 (3.1.1) if asked for or fallen back to."""
+        return _protocol_level(self._client)
+
     def start(self) -> None:
         """Connect in the background; reconnects forever until `stop`."""
         props: Properties | None = None
-        if self.protocol == 5:
+        v5 = self._requested_protocol == 5
+        if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
             props.ReceiveMaximum = INGEST_RECEIVE_MAXIMUM
@@ -294,7 +376,7 @@ class MqttSubscriber:
             self.endpoint.host,
             self.endpoint.port,
             keepalive=KEEPALIVE_S,
-            clean_start=False if self.protocol == 5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
         self._client.loop_start()
@@ -428,7 +510,7 @@ class MqttPublisher:
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
-        self.protocol = protocol
+        self._requested_protocol = protocol
         self._clean = clean
         self._client = _new_client(
             client_id=client_id, endpoint=endpoint, protocol=protocol, clean=clean
@@ -451,6 +533,11 @@ class MqttPublisher:
         """True while the broker has accepted the connection."""
         return self._connected.is_set()
 
+    @property
+    def protocol(self) -> int:
+        """The MQTT level in use: 5, or 4 (3.1.1) if asked for or fallen back to."""
+        return _protocol_level(self._client)
+
     def start(self) -> None:
         """Connect in the background (reconnecting by itself) and start the network thread."""
         self._client.connect_async(
@@ -458,7 +545,7 @@ class MqttPublisher:
             self.endpoint.port,
             keepalive=KEEPALIVE_S,
             clean_start=True
-            if self.protocol == 5 and self._clean
+            if self._requested_protocol == 5 and self._clean
             else paho.MQTT_CLEAN_START_FIRST_ONLY,
         )
         self._client.loop_start()
