@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import NowDep, PlatformDep, StoreDep
@@ -135,12 +136,31 @@ def _refuse_body_headers(request: Request) -> JSONResponse | None:
     return None
 
 
+# Path -> the methods of every compat route on it, for the Allow header of a 405.
+_METHODS_BY_PATH: dict[str, set[str]] = {}
+
+
 class FlaskCompatRoute(APIRoute):
     """A route whose every error, FastAPI's own included, leaves in the Flask app's shape.
 
     The app-wide handlers answer `{"error": {"code", "message"}}`; the Flask app's clients read
     `error` as a string, so these routes translate before those handlers see anything.
     """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        _METHODS_BY_PATH.setdefault(self.path, set()).update(self.methods or ())
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """405 naming every method of the path: GET and POST of one path are two routes here,
+        and Starlette's own 405 would name only the first route's methods (RFC 9110 wants all)."""
+        if self.methods and scope["method"] not in self.methods:
+            allowed = ", ".join(sorted(_METHODS_BY_PATH.get(self.path, self.methods)))
+            response = flask_error(405, "method_not_allowed", f"use {allowed}")
+            response.headers["Allow"] = allowed
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -496,7 +516,7 @@ async def post_sensor_temperature_reading(
 
 _GONE = (
     "the Flask app's publish-test endpoints wrote random readings into the database; fieldhub "
-    "does not. Run `fieldhub sim` for simulated readings-profile devices"
+    "does not. Run `fieldhub sim --profile readings` for simulated readings-profile devices"
 )
 
 
