@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -127,9 +127,20 @@ def sim(
         int, typer.Option(min=1, max=10_000, help="Number of simulated devices")
     ] = 5,
     rate: Annotated[
-        float, typer.Option(min=0.001, max=100.0, help="Messages per second per device")
+        float,
+        typer.Option(
+            min=0.001,
+            max=100.0,
+            help="Messages per second per native device and readings gateway (fastapi, "
+            "iot-node and sensor devices keep their firmware's own periods)",
+        ),
     ] = 1.0,
-    profile: Annotated[str, typer.Option(help="native, readings or mixed")] = "native",
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="native, readings, fastapi, iot-node, sensor, or mixed (cycles through all)"
+        ),
+    ] = "native",
     duration: Annotated[
         float | None, typer.Option(min=0.1, help="Stop after this many seconds")
     ] = None,
@@ -138,17 +149,18 @@ def sim(
     """Simulated devices publishing like real firmware (demos and functional tests; load
     testing lives in bench/)."""
     from fieldhub.mqtt.client import MqttUrlError, parse_mqtt_url
-    from fieldhub.sim.fleet import run_sim
+    from fieldhub.sim.fleet import SIM_PROFILES, run_sim
 
-    if profile not in ("native", "readings", "mixed"):
-        raise _fail(f"--profile {profile!r}: choose native, readings or mixed")
+    # The typed profile itself (not the str), so mypy knows it is one of SIM_PROFILES.
+    kind = next((known for known in SIM_PROFILES if known == profile), None)
+    if kind is None:
+        raise _fail(f"--profile {profile!r}: choose one of {', '.join(SIM_PROFILES)}")
     try:
         endpoint = parse_mqtt_url(mqtt_url)
     except MqttUrlError as exc:
         raise _fail(str(exc)) from None
     _configure_logging("info")
     stop = threading.Event()
-    kind: Literal["native", "readings", "mixed"] = profile  # type: ignore[assignment]
     try:
         stats = run_sim(
             endpoint=endpoint,

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from fieldhub.app import Platform, create_app
 from fieldhub.config import Settings
 
-# Demo fleet: enough devices to fill the fleet page, few enough for a laptop.
-DEMO_NATIVE_DEVICES = 8
-DEMO_READINGS_GATEWAYS = 2
+if TYPE_CHECKING:
+    # Only a type here: the simulator is imported when --demo asks for it.
+    from fieldhub.sim.fleet import SimProfile
+
+# Demo fleet: native devices plus one node of every legacy stack fieldhub replaces, so the fleet
+# page shows each profile side by side; few enough devices for a laptop. Each kind is its own
+# background fleet because `mixed` cycles kinds one by one and the demo wants more natives.
+DEMO_FLEET: tuple[tuple[SimProfile, int], ...] = (
+    ("native", 4),
+    ("readings", 1),
+    ("fastapi", 1),
+    ("iot-node", 1),
+    ("sensor", 1),
+)
+# Native telemetry and readings cycles every 2 s: lively charts without flooding the store. The
+# fastapi, iot-node and sensor nodes run at their firmware's own periods (fieldhub.sim.fleet).
 DEMO_RATE_HZ = 0.5
 
 
@@ -77,25 +91,17 @@ def _start_demo(platform: Platform) -> None:
     threads = [
         start_sim_in_background(
             endpoint=platform.mqtt_endpoint,
-            profile="native",
-            devices=DEMO_NATIVE_DEVICES,
+            profile=profile,
+            devices=devices,
             rate_hz=DEMO_RATE_HZ,
             log=quiet,
-        ),
-        start_sim_in_background(
-            endpoint=platform.mqtt_endpoint,
-            profile="readings",
-            devices=DEMO_READINGS_GATEWAYS,
-            rate_hz=DEMO_RATE_HZ,
-            log=quiet,
-            readings_temperature=True,
-        ),
+            # The Flask stack's gateways also report a temperature, so theirs has a chart.
+            readings_temperature=profile == "readings",
+        )
+        for profile, devices in DEMO_FLEET
     ]
-    print(
-        f"  Demo: {DEMO_NATIVE_DEVICES} native devices and {DEMO_READINGS_GATEWAYS} "
-        "readings-profile gateways publishing",
-        flush=True,
-    )
+    described = ", ".join(f"{devices} {profile}" for profile, devices in DEMO_FLEET)
+    print(f"  Demo: simulated devices publishing ({described})", flush=True)
 
     def stop_demo() -> None:
         for _, stop in threads:

@@ -18,7 +18,7 @@ NOWHERE = MqttEndpoint(host="127.0.0.1", port=9)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"profile": "iot-node"}, "profile"),
+        ({"profile": "thingsboard"}, "profile"),
         ({"devices": 0}, "at least one device"),
         ({"rate_hz": 0.0}, "rate"),
         ({"rate_hz": 1_000.0}, "bench/"),
@@ -42,7 +42,7 @@ def test_run_sim_refuses_bad_arguments(overrides: dict[str, Any], message: str) 
         start_sim_in_background(duration_s=duration, **args)
 
 
-def test_mixed_fleet_alternates_profiles() -> None:
-    """`mixed` alternates native devices and gateways, so even a small demo has both."""
-    assert _kinds("mixed", 5) == ["native", "readings", "native", "readings", "native"]
+def test_mixed_fleet_cycles_through_every_kind() -> None:
+    """`mixed` cycles through the kinds, so even a small demo has one of each."""
+    assert _kinds("mixed", 6) == ["native", "readings", "fastapi", "iot-node", "sensor", "native"]
     assert _kinds("readings", 2) == ["readings", "readings"]

@@ -331,15 +331,18 @@ def test_mixed_fleet_publishes_both_profiles(
     private_broker: MqttEndpoint, observe: ObserverFactory
 ) -> None:
     """A mixed fleet sends native telemetry and firmware gateway messages, all acknowledged."""
+    # Every topic of every kind, so the count of messages seen matches the count acked.
     watcher = observe(
-        private_broker, ["devices/+/telemetry", "devices/+/status", "/readings/gateway/+"]
+        private_broker,
+        ["devices/#", "/readings/gateway/+", "iot/node/+/+", "sensor/+/+"],
     )
     lines: list[str] = []
 
     stats = run_sim(
         endpoint=private_broker,
         profile="mixed",
-        devices=4,
+        # mixed cycles native, readings, fastapi, iot-node, sensor: two natives and two gateways.
+        devices=7,
         rate_hz=5.0,
         duration_s=2.0,
         stop=threading.Event(),

@@ -1,10 +1,17 @@
 """Run a fleet of simulated devices: `fieldhub sim` and `fieldhub up --demo`.
 
 This is for demos and functional tests, not for load tests. Threads: one scheduler thread drives
-every device's publishes; each native device keeps one MQTT client with its own network thread,
-and each readings gateway has one only while its short connection is open; a small pool drops
-connections that could not be dropped from their own network thread. That is fine up to about a
-hundred devices. To measure fieldhub under load use `bench/` (`python -m bench.loadgen`), which
+every device's publishes; each native device and each legacy-stack node (fastapi, iot-node,
+sensor) keeps one MQTT client with its own network thread, and each readings gateway has one only
+while its short connection is open; a small pool drops connections that could not be dropped
+from their own network thread. That is fine up to about a hundred devices.
+
+Periods: `rate_hz` sets the period of the native devices and of the readings gateways (whose
+firmware period, 30 s, is rate 1/30: the existing demo and tests run them faster). The fastapi,
+iot-node and sensor kinds always run at their firmware's own periods (1 s data and 3 s
+heartbeat; 10 s telemetry and 30 s status; a 10 s reading cycle): their timing is part of the
+contract being reproduced (a heartbeat three times slower than the data), and 1-10 s is already
+demo speed. To measure fieldhub under load use `bench/` (`python -m bench.loadgen`), which
 speaks MQTT itself so the generator does not measure its own client library.
 """
 
@@ -17,22 +24,36 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from fieldhub.mqtt import MqttEndpoint
+from fieldhub.sim.fastapi_node import FASTAPI_MAC_INDEX_BASE, FastApiNode
+from fieldhub.sim.iot_node import IotNode, iot_node_topic_id
+from fieldhub.sim.link import LinkedDevice
 from fieldhub.sim.native import NativeDevice
 from fieldhub.sim.payloads import mac_for_index
 from fieldhub.sim.readings import ReadingsGateway
 from fieldhub.sim.stats import PublishCounter, SimStats
+from fieldhub.sim.window_sensor import WindowSensor, window_sensor_id
 
 logger = logging.getLogger("fieldhub.sim")
 
-SimProfile: TypeAlias = Literal["native", "readings", "mixed"]
-SIM_PROFILES: tuple[SimProfile, ...] = ("native", "readings", "mixed")
-Device: TypeAlias = NativeDevice | ReadingsGateway
+DeviceKind: TypeAlias = Literal["native", "readings", "fastapi", "iot-node", "sensor"]
+SimProfile: TypeAlias = Literal["native", "readings", "fastapi", "iot-node", "sensor", "mixed"]
+# In this order `mixed` cycles through them, so any prefix of five devices has one of each.
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("native", "readings", "fastapi", "iot-node", "sensor")
+SIM_PROFILES: tuple[SimProfile, ...] = (*DEVICE_KINDS, "mixed")
+Device: TypeAlias = NativeDevice | ReadingsGateway | LinkedDevice
+# Devices that keep one connection for their whole life (all but the readings gateways).
+Persistent: TypeAlias = NativeDevice | LinkedDevice
 
 # Native device ids: `sim-0001`, `sim-0002`, ... (sorted by name = sorted by number up to 9,999).
 NATIVE_ID_FORMAT = "sim-{:04d}"
+# A legacy-stack node's jobs first fire spread over this long (or its period, if shorter), not
+# over a whole period: a 30 s status period would otherwise keep a demo's last node silent for
+# half a minute.
+LEGACY_FIRST_SPREAD_S = 1.0
 # Above this the thread count (one network thread per native device) starts to cost more than a
 # demo should; we warn rather than refuse, and point at bench/.
 RECOMMENDED_MAX_DEVICES = 100
@@ -69,10 +90,10 @@ MAX_BOOT_AGE_MS = 3_600_000
 DEVICE_SEED_STRIDE = 1_000_003
 
 
-def _kinds(profile: SimProfile, devices: int) -> list[Literal["native", "readings"]]:
+def _kinds(profile: SimProfile, devices: int) -> list[DeviceKind]:
     if profile == "mixed":
-        # Alternate, so any prefix of the fleet (and a small demo) has both kinds.
-        return ["native" if index % 2 == 0 else "readings" for index in range(devices)]
+        # Cycle, so any prefix of five devices (and a small demo) has one of each kind.
+        return [DEVICE_KINDS[index % len(DEVICE_KINDS)] for index in range(devices)]
     return [profile] * devices
 
 
@@ -103,34 +124,97 @@ def _build_fleet(
 ) -> list[Device]:
     boot_rng = random.Random(seed)
     fleet: list[Device] = []
-    natives = gateways = 0
+    # Each kind numbers its own devices from 1; the id schemes differ per kind, so ids never
+    # collide across kinds (fastapi MACs start at FASTAPI_MAC_INDEX_BASE, gateways' at 1).
+    numbers = dict.fromkeys(DEVICE_KINDS, 0)
     for index, kind in enumerate(_kinds(profile, devices)):
         device_seed = seed * DEVICE_SEED_STRIDE + index
+        numbers[kind] += 1
+        number = numbers[kind]
+        device: Device
         if kind == "native":
-            natives += 1
-            fleet.append(
-                NativeDevice(
-                    endpoint=endpoint,
-                    device_id=NATIVE_ID_FORMAT.format(natives),
-                    seed=device_seed,
-                    counter=counter,
-                )
+            device = NativeDevice(
+                endpoint=endpoint,
+                device_id=NATIVE_ID_FORMAT.format(number),
+                seed=device_seed,
+                counter=counter,
+            )
+        elif kind == "readings":
+            device = ReadingsGateway(
+                endpoint=endpoint,
+                mac=mac_for_index(number),
+                period_s=period_s,
+                publish_temperature=readings_temperature,
+                seed=device_seed,
+                uptime_offset_ms=boot_rng.randrange(MAX_BOOT_AGE_MS),
+                counter=counter,
+                teardown=teardown,
+            )
+        elif kind == "fastapi":
+            # Boots with the fleet (uptime 0), so a demo shows the sketch's "unknown" time
+            # before its NTP sync.
+            device = FastApiNode(
+                endpoint=endpoint,
+                mac=mac_for_index(FASTAPI_MAC_INDEX_BASE + number),
+                seed=device_seed,
+                counter=counter,
+            )
+        elif kind == "iot-node":
+            device = IotNode(
+                endpoint=endpoint,
+                topic_id=iot_node_topic_id(number),
+                seed=device_seed,
+                counter=counter,
+                uptime_offset_ms=random.Random(device_seed).randrange(MAX_BOOT_AGE_MS),
             )
         else:
-            gateways += 1
-            fleet.append(
-                ReadingsGateway(
-                    endpoint=endpoint,
-                    mac=mac_for_index(gateways),
-                    period_s=period_s,
-                    publish_temperature=readings_temperature,
-                    seed=device_seed,
-                    uptime_offset_ms=boot_rng.randrange(MAX_BOOT_AGE_MS),
-                    counter=counter,
-                    teardown=teardown,
-                )
+            device = WindowSensor(
+                endpoint=endpoint,
+                device_id=window_sensor_id(number),
+                seed=device_seed,
+                counter=counter,
             )
+        fleet.append(device)
     return fleet
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One periodic action of one device, as the scheduler sees it."""
+
+    period_s: float
+    first_s: float
+    # Publishes (or skips, counting the skip itself); the result is not used.
+    fire: Callable[[], object]
+
+
+def _jobs(fleet: Sequence[Device], period_s: float, counter: PublishCounter) -> list[_Job]:
+    """Every device's periodic actions, with first times spread evenly over the fleet."""
+    jobs: list[_Job] = []
+    for index, device in enumerate(fleet):
+        # Device i first fires i/n of a period in: an even spread, so n devices at rate r give a
+        # steady n*r msg/s instead of n-message bursts.
+        fraction = index / len(fleet)
+        if isinstance(device, NativeDevice):
+            jobs.append(_Job(period_s, fraction * period_s, device.publish_telemetry))
+        elif isinstance(device, ReadingsGateway):
+            jobs.append(_Job(period_s, fraction * period_s, _fire_gateway(device, counter)))
+        else:
+            for periodic in device.periodic():
+                offset_s = fraction * min(periodic.period_s, LEGACY_FIRST_SPREAD_S)
+                if periodic.on_connect_too:
+                    offset_s += periodic.period_s
+                jobs.append(_Job(periodic.period_s, offset_s, periodic.fire))
+    return jobs
+
+
+def _fire_gateway(gateway: ReadingsGateway, counter: PublishCounter) -> Callable[[], None]:
+    def fire() -> None:
+        if not gateway.begin_cycle():
+            # The previous connection is still open: the firmware would not start another.
+            counter.skip()
+
+    return fire
 
 
 def _counts(stats: SimStats) -> str:
@@ -140,34 +224,57 @@ def _counts(stats: SimStats) -> str:
     )
 
 
+def _describe(fleet: Sequence[Device]) -> str:
+    """`2 native, 1 readings, ...` in DEVICE_KINDS order, kinds with no device left out."""
+    counts = dict.fromkeys(DEVICE_KINDS, 0)
+    for device in fleet:
+        if isinstance(device, NativeDevice):
+            counts["native"] += 1
+        elif isinstance(device, ReadingsGateway):
+            counts["readings"] += 1
+        else:
+            counts[_linked_kind(device)] += 1
+    return ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+
+
+def _linked_kind(device: LinkedDevice) -> DeviceKind:
+    if isinstance(device, FastApiNode):
+        return "fastapi"
+    if isinstance(device, IotNode):
+        return "iot-node"
+    return "sensor"
+
+
 def _wait_connected(
-    natives: Sequence[NativeDevice],
+    persistent: Sequence[Persistent],
     stop: threading.Event,
     end_s: float,
     emit: Callable[[str], None],
 ) -> None:
     deadline_s = min(time.monotonic() + CONNECT_WAIT_S, end_s)
     while not stop.is_set() and time.monotonic() < deadline_s:
-        if all(device.connected for device in natives):
+        if all(device.connected for device in persistent):
             return
         stop.wait(SCHEDULER_MAX_SLEEP_S)
-    connected = sum(device.connected for device in natives)
-    if connected < len(natives) and not stop.is_set():
+    connected = sum(device.connected for device in persistent)
+    if connected < len(persistent) and not stop.is_set():
+        natives_only = all(isinstance(device, NativeDevice) for device in persistent)
+        what = "native devices" if natives_only else "always-connected devices"
         emit(
-            f"sim: only {connected} of {len(natives)} native devices connected within "
+            f"sim: only {connected} of {len(persistent)} {what} connected within "
             f"{CONNECT_WAIT_S:g} s; starting anyway (messages of offline devices are skipped)"
         )
 
 
-def _shutdown(natives: Sequence[NativeDevice], gateways: Sequence[ReadingsGateway]) -> None:
-    """Graceful end: readings cycles finish, native devices say `offline` and disconnect."""
+def _shutdown(persistent: Sequence[Persistent], gateways: Sequence[ReadingsGateway]) -> None:
+    """Graceful end: readings cycles finish, connected devices say `offline` and disconnect."""
     now_s = time.monotonic()
     deadline_s = now_s + SHUTDOWN_DRAIN_S
     grace_s = now_s + SHUTDOWN_CONNECT_GRACE_S
-    offline = [future for device in natives if (future := device.announce_offline()) is not None]
+    offline = [future for device in persistent if (future := device.announce_offline()) is not None]
     while now_s < deadline_s and (
         any(not future.done() for future in offline)
-        or any(device.unacked for device in natives)
+        or any(device.unacked for device in persistent)
         or any(gateway.busy for gateway in gateways)
     ):
         if now_s >= grace_s:
@@ -180,14 +287,14 @@ def _shutdown(natives: Sequence[NativeDevice], gateways: Sequence[ReadingsGatewa
         now_s = time.monotonic()
     for gateway in gateways:
         gateway.abandon()
-    if not natives:
+    if not persistent:
         return
     # Closing a client that is waiting to reconnect takes up to a second (see NativeDevice.crash),
     # so close them side by side rather than one after another.
     with ThreadPoolExecutor(
-        max_workers=min(CLOSE_WORKERS, len(natives)), thread_name_prefix="fieldhub-sim-close"
+        max_workers=min(CLOSE_WORKERS, len(persistent)), thread_name_prefix="fieldhub-sim-close"
     ) as closer:
-        for future in [closer.submit(device.close) for device in natives]:
+        for future in [closer.submit(device.close) for device in persistent]:
             future.result()
 
 
@@ -205,13 +312,15 @@ def run_sim(
 ) -> SimStats:
     """Run a simulated fleet until `stop` is set or `duration_s` passes; return what it did.
 
-    `rate_hz` is messages per second per device: a native device publishes telemetry every
-    1/rate s on its one connection, a readings gateway opens a fresh connection every 1/rate s
-    (the firmware's 30 s is rate 1/30). Devices are spread evenly over one period so they never
-    publish in lockstep. `mixed` alternates native devices (`sim-0001`, ...) and readings gateways
-    (`3C:E9:0E:00:00:01`, ...). `readings_temperature` makes gateways also publish
-    `/readings/temperature/{MAC}`. A progress line goes to `log` (default: the `fieldhub.sim`
-    logger at INFO) every `STATS_LOG_INTERVAL_S`.
+    `rate_hz` is messages per second per native device and per readings gateway: a native device
+    publishes telemetry every 1/rate s on its one connection, a readings gateway opens a fresh
+    connection every 1/rate s (the firmware's 30 s is rate 1/30). The fastapi, iot-node and
+    sensor kinds keep their firmware's own periods whatever the rate (see the module docstring).
+    Devices are spread evenly over one period so they never publish in lockstep. `mixed` cycles
+    native devices (`sim-0001`, ...), readings gateways (`3C:E9:0E:00:00:01`, ...), fastapi nodes
+    (`3CE90E100001`, ...), iot-nodes (`01`, ...) and window sensors (`window-01`, ...).
+    `readings_temperature` makes gateways also publish `/readings/temperature/{MAC}`. A progress
+    line goes to `log` (default: the `fieldhub.sim` logger at INFO) every `STATS_LOG_INTERVAL_S`.
     """
     _check_args(profile, devices, rate_hz, duration_s)
     emit = log if log is not None else logger.info
@@ -237,28 +346,28 @@ def run_sim(
             teardown=teardown,
             readings_temperature=readings_temperature,
         )
-        natives = [device for device in fleet if isinstance(device, NativeDevice)]
+        persistent = [device for device in fleet if not isinstance(device, ReadingsGateway)]
         gateways = [device for device in fleet if isinstance(device, ReadingsGateway)]
         emit(
-            f"sim: {len(natives)} native devices and {len(gateways)} readings gateways "
-            f"-> {endpoint.url}, {rate_hz:g} msg/s each"
+            f"sim: {_describe(fleet)} -> {endpoint.url}; native and readings at {rate_hz:g} "
+            "msg/s each, other kinds at their firmware's periods"
         )
         try:
-            for device in natives:
+            for device in persistent:
                 device.start()
-            _wait_connected(natives, stop, end_s, emit)
+            _wait_connected(persistent, stop, end_s, emit)
             _schedule(
                 fleet=fleet,
-                natives=natives,
+                jobs=_jobs(fleet, period_s, counter),
+                persistent=persistent,
                 gateways=gateways,
-                period_s=period_s,
                 end_s=end_s,
                 stop=stop,
                 counter=counter,
                 emit=emit,
             )
         finally:
-            _shutdown(natives, gateways)
+            _shutdown(persistent, gateways)
     stats = counter.snapshot()
     emit(f"sim: stopped after {time.monotonic() - started_s:.0f} s: {_counts(stats)}")
     return stats
@@ -267,50 +376,43 @@ def run_sim(
 def _schedule(
     *,
     fleet: Sequence[Device],
-    natives: Sequence[NativeDevice],
+    jobs: Sequence[_Job],
+    persistent: Sequence[Persistent],
     gateways: Sequence[ReadingsGateway],
-    period_s: float,
     end_s: float,
     stop: threading.Event,
     counter: PublishCounter,
     emit: Callable[[str], None],
 ) -> None:
-    """The scheduler loop: one heap of (due time, device) for the whole fleet, until `end_s`."""
+    """The scheduler loop: one heap of (due time, job) for the whole fleet, until `end_s`."""
     start_s = time.monotonic()
-    # Device i first fires i/n of a period in: an even spread, so n devices at rate r give a
-    # steady n*r msg/s instead of n-message bursts.
-    due: list[tuple[float, int]] = [
-        (start_s + period_s * index / len(fleet), index) for index in range(len(fleet))
-    ]
+    due = [(start_s + job.first_s, index) for index, job in enumerate(jobs)]
     heapq.heapify(due)
     next_log_s = start_s + STATS_LOG_INTERVAL_S
     while not stop.is_set():
         now_s = time.monotonic()
         if now_s >= end_s:
             return
-        while due[0][0] <= now_s:
+        while due and due[0][0] <= now_s:
             due_s, index = heapq.heappop(due)
-            device = fleet[index]
-            if isinstance(device, NativeDevice):
-                device.publish_telemetry()
-            elif not device.begin_cycle():
-                # The previous connection is still open: the firmware would not start another.
-                counter.skip()
+            job = jobs[index]
+            job.fire()
             # Behind by whole periods (a stalled host): skip those slots instead of bursting to
             # catch up, as a device whose loop overran would.
-            missed = int((now_s - due_s) // period_s)
+            missed = int((now_s - due_s) // job.period_s)
             if missed:
                 counter.skip(missed)
-            heapq.heappush(due, (due_s + (missed + 1) * period_s, index))
-        for native in natives:
-            native.maintain()
+            heapq.heappush(due, (due_s + (missed + 1) * job.period_s, index))
+        for device in persistent:
+            device.maintain()
         for gateway in gateways:
             gateway.expire(now_s)
         if now_s >= next_log_s:
             elapsed_s = now_s - start_s
             emit(f"sim: {elapsed_s:.0f} s, {len(fleet)} devices: {_counts(counter.snapshot())}")
             next_log_s += STATS_LOG_INTERVAL_S
-        wake_s = min(due[0][0], next_log_s, end_s, now_s + SCHEDULER_MAX_SLEEP_S)
+        next_due_s = due[0][0] if due else end_s
+        wake_s = min(next_due_s, next_log_s, end_s, now_s + SCHEDULER_MAX_SLEEP_S)
         stop.wait(max(0.0, wake_s - time.monotonic()))
 
 
