@@ -161,7 +161,15 @@ def test_native_telemetry_ts_and_seq_strictly_increase(clock: list[int]) -> None
     assert all(later > earlier for earlier, later in itertools.pairwise(stamps))
     assert all(stamp >= tick for stamp, tick in zip(stamps, clock, strict=True))
     for message in decoded:
-        assert set(message) == {"v", "ts", "seq", "temperature", "humidity", "rssi"}
+        assert set(message) == {
+            "v",
+            "ts",
+            "seq",
+            "temperature",
+            "humidity",
+            "rssi",
+            "window_position",
+        }
         assert message["v"] == 1
 
 

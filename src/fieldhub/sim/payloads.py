@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
+from fieldhub_node.config import validate as validate_config
+from fieldhub_node.node import Node, Publish
+from fieldhub_node.telemetry import telemetry_payload
 
 # --- native profile ----------------------------------------------------------------------------
 
@@ -135,29 +137,31 @@ def readings_temperature_payload(mac: str, uptime_ms: int, temperature: float) -
 
 
 def native_telemetry_payload(
-    *, ts_ms: int, seq: int, temperature: float, humidity: float, rssi: int
+    *,
+    ts_ms: int,
+    seq: int,
+    temperature: float,
+    humidity: float,
+    rssi: int,
+    window_position: int | None = None,
 ) -> bytes:
     """Compact native telemetry JSON: `{"v":1,"ts":...,"seq":...,"temperature":...,...}`.
 
-    `ts` is epoch milliseconds, so ingest takes it as the reading time (and its primary key
-    absorbs a redelivery); `seq` lets a test check that nothing was lost.
+    Built by the firmware core (`fieldhub_node.telemetry`), so the simulator sends the bytes a
+    real node sends. `ts` is epoch milliseconds, so ingest takes it as the reading time (and its
+    primary key absorbs a redelivery); `seq` lets a test check that nothing was lost.
     """
     if ts_ms < 0 or seq < 0:
         raise ValueError(f"ts and seq must be >= 0, got ts={ts_ms} seq={seq}")
     for name, value in (("temperature", temperature), ("humidity", humidity)):
-        # orjson writes NaN and infinities as null, which would reach ingest as a missing reading.
+        # JSON has no NaN or infinity: it would reach ingest as a dead letter.
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
-    return orjson.dumps(
-        {
-            "v": NATIVE_PAYLOAD_VERSION,
-            "ts": ts_ms,
-            "seq": seq,
-            "temperature": temperature,
-            "humidity": humidity,
-            "rssi": rssi,
-        }
-    )
+    readings: dict[str, float | int] = {"temperature": temperature, "humidity": humidity}
+    readings["rssi"] = rssi
+    if window_position is not None:
+        readings["window_position"] = window_position
+    return telemetry_payload(ts_ms, seq, readings)
 
 
 # --- sensor models -----------------------------------------------------------------------------
@@ -268,36 +272,72 @@ def epoch_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# The simulated node's configuration, validated by the firmware core like a real config.json.
+# WiFi and broker are placeholders (the simulator's transport is paho, not the node's WiFi). The
+# buffer is the core's maximum, 2,000 entries: 33 min of readings at 1 Hz, 20 s at 100 Hz.
+SIM_NODE_CONFIG: dict[str, object] = {
+    "wifi": {"ssid": "fieldhub-sim"},
+    "mqtt": {"host": "simulated"},
+    "sensor": {"type": "none"},
+    "telemetry_interval_s": 1,
+    "buffer_entries": 2000,
+}
+
+
+def sim_node(device_id: str, *, buffer_entries: int | None = None) -> Node:
+    """A firmware core `Node` configured like a simulated device."""
+    raw = dict(SIM_NODE_CONFIG)
+    if buffer_entries is not None:
+        raw["buffer_entries"] = buffer_entries
+    return Node(validate_config(raw), device_id)
+
+
 class NativeTelemetry:
-    """The successive telemetry payloads of one native device.
+    """The successive readings of one native device, turned into payloads by the firmware core.
 
     `seq` counts from 0 so a test can check nothing was lost; `ts` is epoch ms and strictly
     increasing even when the clock stands still or steps back (NTP), because ingest keys readings
     by (device, metric, ts) and two messages sharing a millisecond would collapse into one row.
+    Both rules live in the core (`fieldhub_node`), which NativeDevice runs too: a twin built with
+    the same seed and clock yields the bytes the device publishes.
     """
 
-    def __init__(self, *, seed: int = 0, clock_ms: Callable[[], int] = epoch_ms) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        clock_ms: Callable[[], int] = epoch_ms,
+        node: Node | None = None,
+    ) -> None:
         self.sensors = SensorModel(seed)
         self._clock_ms = clock_ms
-        self._seq = 0
-        self._last_ts_ms = -1
+        # A twin (no node given) is always "online": every reading becomes a live payload.
+        self.node = node if node is not None else sim_node("twin")
+        if node is None:
+            self.node.on_connect(0)
 
     @property
     def next_seq(self) -> int:
-        """The `seq` the next payload will carry (= payloads built so far)."""
-        return self._seq
+        """The `seq` the next payload will carry (= readings taken so far)."""
+        return self.node.stamper.seq
+
+    def readings(self) -> dict[str, float | int]:
+        """Sample the sensors once: what a node's drivers would return."""
+        sample = self.sensors.sample()
+        return {
+            "temperature": sample.temperature,
+            "humidity": sample.humidity,
+            "rssi": sample.rssi_dbm,
+        }
+
+    def take_reading(self, now_ms: int = 0) -> list[object]:
+        """Sample the sensors and hand the readings to the node: its actions (a live Publish,
+        or nothing when it buffered the reading)."""
+        return self.node.on_reading(self.readings(), now_ms, self._clock_ms())
 
     def next_payload(self) -> bytes:
-        """Sample the sensors and build the next payload."""
-        sample = self.sensors.sample()
-        ts_ms = max(self._clock_ms(), self._last_ts_ms + 1)
-        payload = native_telemetry_payload(
-            ts_ms=ts_ms,
-            seq=self._seq,
-            temperature=sample.temperature,
-            humidity=sample.humidity,
-            rssi=sample.rssi_dbm,
-        )
-        self._last_ts_ms = ts_ms
-        self._seq += 1
-        return payload
+        """Sample the sensors and build the next live payload (the node must be online)."""
+        for action in self.take_reading():
+            if isinstance(action, Publish):
+                return action.payload
+        raise RuntimeError("the node buffered the reading: it is not online")
