@@ -31,6 +31,15 @@ ensure_chromium() {
     [ -x /usr/bin/chromium ] || die "apt-get installed chromium but /usr/bin/chromium is missing"
 }
 
+# Debian's rabbitmq-server for tests/integration/test_rabbitmq_broker.py: fieldhub against
+# RabbitMQ's MQTT plugin, the FastAPI stack's broker. The tests start a private node of their own
+# (tests/support/rabbitmq.py) and never use the system one; in CI they fail, not skip, without it.
+# Installing the package may also start a system node (on 5672); the tests do not depend on it.
+ensure_rabbitmq() {
+    [ -x /usr/sbin/rabbitmq-server ] || apt_install rabbitmq-server
+    [ -x /usr/sbin/rabbitmq-server ] || die "apt-get installed rabbitmq-server but /usr/sbin/rabbitmq-server is missing"
+}
+
 # Python 3.11+: the interpreter named by $PYTHON, else python3.11, else python3 if new enough.
 find_python() {
     local candidate
