@@ -79,16 +79,26 @@ class DeviceLink(MqttPublisher):
         self._device_subscriptions = list(subscriptions)
         self._on_device_message = on_message
         self._on_device_connected = on_connected
+        # Set once the broker granted this connection's subscriptions (a SUBACK): from then on,
+        # a command sent to the device reaches it. Cleared on every new connection.
+        self.subscribed = threading.Event()
         self._client.on_message = self._deliver_message
+        self._client.on_subscribe = self._device_subscribed
 
     def _handle_connect(self, *args: Any, **kwargs: Any) -> None:
         super()._handle_connect(*args, **kwargs)
         if not self.connected:
             return  # the broker refused the connection; the parent logged why
         # A clean session starts without subscriptions: the sketches subscribe in reconnect().
+        self.subscribed.clear()
         if self._device_subscriptions:
             self._client.subscribe(self._device_subscriptions)
+        else:
+            self.subscribed.set()
         self._on_device_connected()
+
+    def _device_subscribed(self, *args: Any, **kwargs: Any) -> None:
+        self.subscribed.set()
 
     def _deliver_message(self, client: object, userdata: object, message: _InboundMessage) -> None:
         self._on_device_message(message.topic, bytes(message.payload))
@@ -175,6 +185,10 @@ class LinkedDevice:
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or `timeout_s` passes; returns whether connected."""
         return self._link.wait_connected(timeout_s)
+
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Block until the broker granted the command subscription (or `timeout_s` passes)."""
+        return self._link.subscribed.wait(timeout_s)
 
     def maintain(self) -> None:
         """Nothing to poll: the link re-subscribes and re-announces from its connect hook."""
