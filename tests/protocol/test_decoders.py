@@ -118,6 +118,14 @@ def test_readings_strings_for_numbers_are_expected_number(payload: Any, field: s
     assert rejected.profile == "readings"
 
 
+def test_readings_date_string_timestamp_dates_the_reading() -> None:
+    """The stack's publish-test endpoint sent a date string: it is the reading's time."""
+    payload = {"macAddress": MAC, "timestamp": "2026-11-23 13:00:00", "temperature": 21.5}
+    result = _decoded(f"/readings/temperature/{MAC}", payload)
+    assert result.device_time is True
+    assert result.readings == [Reading("temperature", DEVICE_S * US_PER_S, 21.5)]
+
+
 def test_readings_mac_address_must_be_text() -> None:
     """A non-string macAddress is refused rather than stored as a reading."""
     _rejected(

@@ -167,6 +167,14 @@ def decode_readings(payload: bytes, ctx: DecodeContext) -> Decoded:
             if name == "timestamp":
                 continue
             raise PayloadError(RejectReason.MISSING_FIELD, f"field {name!r} is missing")
+        # The firmware sends uptime as a number; the stack's own publish-test endpoint sent a
+        # date string, which dates the readings. Any other string is still refused.
+        if (
+            name == "timestamp"
+            and isinstance(data[name], str)
+            and parse_device_time(data[name], ctx.received_us).kind == "time"
+        ):
+            continue
         if number_of(data[name]) is None:
             raise PayloadError(
                 RejectReason.EXPECTED_NUMBER, f"field {name!r} is {data[name]!r}, expected a number"
