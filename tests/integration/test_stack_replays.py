@@ -236,7 +236,7 @@ def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPro
 
 
 def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
-    """Telemetry at the node's clock, health on status, a QoS 1 duplicate stored once."""
+    """Telemetry at the node's clock, retained health on status, duplicates stored once."""
     node = f"node_{uuid.uuid4().hex[:6]}"
     node_s = int(time.time()) - 20
     telemetry = [
@@ -251,7 +251,10 @@ def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPr
     ]
     frames = [Frame(f"iot/node/{node}/telemetry", json.dumps(t).encode()) for t in telemetry]
     frames.append(frames[-1])  # a redelivery: the same bytes again
-    frames.append(Frame(f"iot/node/{node}/status", b'{"uptime": 3611, "wifi_rssi": -66}'))
+    # Node health, retained (the simulated node publishes it so): its readings are stored once.
+    frames.append(
+        Frame(f"iot/node/{node}/status", b'{"uptime": 3611, "wifi_rssi": -66}', retain=True)
+    )
     # The management utility's command on the down-link topic: not data, not a dead letter.
     command = {"command": "set_led", "params": {"state": "on", "brightness": 128}}
     frames.append(Frame(f"iot/node/{node}/command", json.dumps(command).encode()))
@@ -272,6 +275,12 @@ def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPr
     assert metric_names(fieldhub, node) == {"temperature", "humidity", "rssi", "uptime_s"}
     dead = fieldhub.get("/api/v1/dead-letters", device=node).json()["data"]
     assert dead == []
+
+    fresh = on_a_new_session(fieldhub, retained_copies=1)
+    try:
+        assert len(readings(fresh, node, "uptime_s")) == 3
+    finally:
+        fresh.stop()
 
 
 # --- Go/ClickHouse window-control stack (`sensor` profile) -------------------------------------

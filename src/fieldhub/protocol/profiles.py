@@ -118,8 +118,10 @@ IOT_NODE = Profile(
     routes=(
         # `{"node_id", "timestamp": <epoch s>, "sensors": {...}, "wifi_rssi", "uptime"}`
         Route("iot/node/+/telemetry", "telemetry", "json_telemetry"),
-        # Node health as JSON (uptime, RSSI, ...): a heartbeat that also carries readings.
-        Route("iot/node/+/status", "status", "status"),
+        # Node health as JSON (uptime, RSSI, ...): a heartbeat that also carries readings. Nodes
+        # may publish it retained (so a dashboard sees the last health at once), and a retained
+        # heartbeat handed over again on a new session must not store its readings twice.
+        Route("iot/node/+/status", "status", "status", publishes_retained=True),
         # Down-link: the stack's management utility (and later fieldhub) publishes commands here.
         Route("iot/node/+/command", "commands", "ignore"),
     ),
