@@ -32,6 +32,7 @@ from fieldhub.net import can_connect, free_port
 
 # Where Debian (and the upstream generic-unix package's layout) keep the real scripts.
 SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin",)
+SCRIPT_DIR_ENV = "FIELDHUB_TEST_RABBITMQ_BIN"
 # What scripts/_env.sh's ensure_rabbitmq installs and checks for.
 SERVER_BINARY = "/usr/sbin/rabbitmq-server"
 # Boot takes 2-4 s here; 60 s leaves room for a machine busy with other tests without making a
@@ -47,6 +48,8 @@ CTL_TIMEOUT_S = 30.0
 # free_port() cannot reserve ports: another process may take one before the node binds it.
 START_ATTEMPTS = 3
 LOG_TAIL_LINES = 40
+# RabbitMQ logs this (3.8 to 3.13) when every boot step and plugin has started.
+BOOT_COMPLETE_MARKER = b"Server startup complete"
 
 
 class RabbitMQUnavailable(RuntimeError):
@@ -56,9 +59,24 @@ class RabbitMQUnavailable(RuntimeError):
 class RabbitMQStartError(RuntimeError):
     """The node did not come up; the message carries the log tail."""
 
+    def __init__(self, message: str, *, port_taken: bool = False) -> None:
+        super().__init__(message)
+        # Another process bound one of our ports between free_port() and the node's bind.
+        self.port_taken = port_taken
+
 
 def find_rabbitmq_scripts() -> Path:
-    """The directory holding `rabbitmq-server` and `rabbitmqctl` that run as the caller."""
+    """The directory holding `rabbitmq-server` and `rabbitmqctl` that run as the caller.
+
+    FIELDHUB_TEST_RABBITMQ_BIN names it explicitly (another install, or a missing one to see
+    the tests skip outside CI and fail in it).
+    """
+    explicit = os.environ.get(SCRIPT_DIR_ENV)
+    if explicit is not None:
+        directory = Path(explicit)
+        if (directory / "rabbitmq-server").is_file() and (directory / "rabbitmqctl").is_file():
+            return directory
+        raise RabbitMQUnavailable(f"{SCRIPT_DIR_ENV}={explicit} holds no rabbitmq-server")
     for candidate in SCRIPT_DIRS:
         directory = Path(candidate)
         if (directory / "rabbitmq-server").is_file() and (directory / "rabbitmqctl").is_file():
@@ -119,6 +137,7 @@ class RabbitMQNode:
         self.ports = _Ports(0, 0, 0)
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s: float | None = None
+        self._log_offset = 0
 
     # -- paths and addresses -------------------------------------------------------------------
 
@@ -179,9 +198,9 @@ class RabbitMQNode:
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 self._start_once()
-            except RabbitMQStartError:
-                if attempt == START_ATTEMPTS:
-                    raise
+            except RabbitMQStartError as exc:
+                if attempt == START_ATTEMPTS or not exc.port_taken:
+                    raise  # a bad config or install fails the same way every time
                 continue
             self.startup_s = time.monotonic() - started
             return self
@@ -224,29 +243,53 @@ class RabbitMQNode:
         finally:
             console.close()
         deadline = time.monotonic() + START_TIMEOUT_S
-        # The MQTT listener opens once the plugin has started, the last step of the boot.
-        while not can_connect("127.0.0.1", self.ports.mqtt):
+        # The node's own log says when the boot (plugins included) is complete; an open port
+        # alone could belong to another process that took it after free_port().
+        self._log_offset = 0
+        while not self._boot_logged():
             if self.proc.poll() is not None:
-                raise RabbitMQStartError(
-                    f"RabbitMQ node {self.nodename} exited with {self.proc.returncode} during "
-                    f"boot:\n{self.log_tail()}"
-                )
+                raise self._start_error(f"exited with {self.proc.returncode} during boot")
             if time.monotonic() > deadline:
                 self._kill()
-                raise RabbitMQStartError(
-                    f"RabbitMQ node {self.nodename} did not open its MQTT port {self.ports.mqtt} "
-                    f"within {START_TIMEOUT_S} s:\n{self.log_tail()}"
+                raise self._start_error(
+                    f"did not open its MQTT port {self.ports.mqtt} within {START_TIMEOUT_S} s"
                 )
             time.sleep(POLL_INTERVAL_S)
-        # The port alone does not prove the CLI can reach the node: await_startup does, and
-        # fails here (not at teardown) if the cookie in our HOME is not the node's.
+        if not can_connect("127.0.0.1", self.ports.mqtt):
+            self._kill()
+            raise self._start_error(f"booted but its MQTT port {self.ports.mqtt} is closed")
+        # The CLI must reach the node too (tests call rabbitmqctl): fails here, not at some
+        # later call, if the cookie in our HOME is not the node's.
         result = self.ctl("await_startup", "--timeout", str(int(START_TIMEOUT_S)))
         if result.returncode != 0:
             self._kill()
-            raise RabbitMQStartError(
-                f"rabbitmqctl cannot reach node {self.nodename} (rc {result.returncode}):\n"
-                f"{result.stdout.strip()}\n{self.log_tail()}"
+            raise self._start_error(
+                f"is not reachable by rabbitmqctl (rc {result.returncode}): "
+                f"{result.stdout.strip()} {result.stderr.strip()}"
             )
+
+    def _boot_logged(self) -> bool:
+        """True once the node's log has the line RabbitMQ writes at the end of its boot."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self._log_offset)
+                new = log.read()
+        except FileNotFoundError:
+            return False
+        # Keep the last line's start: the marker may be cut in two by this read.
+        cut = new.rfind(b"\n") + 1
+        if BOOT_COMPLETE_MARKER in new:
+            return True
+        self._log_offset += cut
+        return False
+
+    def _start_error(self, what: str) -> RabbitMQStartError:
+        tail = self.log_tail()
+        return RabbitMQStartError(
+            f"RabbitMQ node {self.nodename} {what}\n{tail}",
+            # A listener the node could not bind: the one case a retry on new ports fixes.
+            port_taken="eaddrinuse" in tail,
+        )
 
     def ctl(self, *args: str, timeout_s: float = CTL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
         """Run `rabbitmqctl -n <node> <args>` against this node with its cookie."""
