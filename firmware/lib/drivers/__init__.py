@@ -1,0 +1,1 @@
+"""Device-only hardware drivers (MicroPython): sensors, microphone, servo. Never on a server."""
