@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fieldhub_node.config import validate
-from fieldhub_node.node import Actuate, Node, Publish
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fieldhub_node.config import validate
+from fieldhub_node.node import Actuate, Node, Publish
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from fieldhub_node.actuator import ActuatorError, WindowActuator
 from fieldhub_node.audio import FLOOR_DBFS, rms_dbfs
 from fieldhub_node.buffer import MAX_BATCH_BYTES, RingBuffer, next_batch

@@ -9,13 +9,12 @@ import threading
 import uuid
 from pathlib import Path
 
-from fieldhub_node.buffer import next_batch
-
 from conftest import MosquittoFactory
 from fieldhub.mqtt import AckToken, MqttSubscriber, parse_mqtt_url
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.sim.native import NativeDevice
 from fieldhub.sim.payloads import epoch_ms
+from fieldhub_node.buffer import next_batch
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import connected_publisher, publish_all
 

@@ -330,7 +330,7 @@ def test_window_control_stack_replay(
     assert [v for _, v in readings(fieldhub, sensor, "temperature")] == [25.5]
     assert [v for _, v in readings(fieldhub, sensor, "humidity")] == [61.0]
     [(_, level)] = readings(fieldhub, sensor, "sound_volume")
-    assert level == pytest.approx(20 * math.log10(amplitude / math.sqrt(2) / 32_768), abs=0.01)
+    assert level == pytest.approx(20 * math.log10(amplitude / math.sqrt(2) / 32_768), abs=0.05)
     assert [v for _, v in readings(fieldhub, sensor, "window_position")] == [40.0]
     # The inference request repeated readings already stored: it added none, and no dead letter.
     assert fieldhub.get("/api/v1/dead-letters", device=sensor).json()["data"] == []

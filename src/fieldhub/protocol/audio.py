@@ -3,12 +3,15 @@
 Its ESP32s publish two seconds of I2S microphone audio as a base64 WAV; the stack's backend
 extracted a volume from it, and fieldhub stores that volume as the `sound_volume` reading.
 
-Definition (docs/protocol.md repeats it): the RMS of every sample of every channel, relative to
-the full-scale amplitude of the sample format, in decibels: `20 * log10(rms / full_scale)`. So a
-square wave at full scale reads 0 dBFS and a full-scale sine -3.01 dBFS (this is the plain RMS
-convention, not AES17's, which adds 3.01 dB to sines). The floor is the level of an RMS of one
-least significant bit (-90.31 dBFS for 16-bit samples); quieter clips, digital silence included,
-read the floor, so the reading is always a finite number that charts and averages can use.
+The definition is fieldhub's firmware's (`fieldhub_node.audio.rms_dbfs`, docs/protocol.md), so a
+`sound_volume` means the same whichever device sent it: the RMS of every sample of every channel
+after removing the mean (MEMS microphones have a DC offset), relative to the full-scale amplitude
+of the sample format, in decibels, rounded to 0.1 dB. A full-scale square wave reads 0 dBFS and a
+full-scale sine -3.0 dBFS (plain RMS, not AES17's, which adds 3.01 dB to sines). Silence reads
+the floor, `FLOOR_DBFS` (-120 dBFS), so the reading is always a number charts can use.
+
+This module measures the same thing faster under CPython than the firmware's loop, which is
+written for MicroPython: integer sums in C, one pass. Both are checked against each other.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import wave
 from array import array
 from dataclasses import dataclass
+
+from fieldhub_node.audio import FLOOR_DBFS
 
 # The sample widths a PCM WAV from a microphone uses, as array type codes. 8-bit WAV samples are
 # unsigned (centred on 128); wider ones are signed little-endian. 24-bit has no array type and is
@@ -44,11 +49,6 @@ class SoundLevel:
     channels: int
     sample_bits: int
     duration_s: float
-
-
-def floor_dbfs(sample_bits: int) -> float:
-    """The level of a one-LSB RMS for this sample size: what silence reads."""
-    return 20.0 * math.log10(1.0 / _full_scale(sample_bits))
 
 
 def _full_scale(sample_bits: int) -> int:
@@ -116,13 +116,15 @@ def measure_pcm(frames: bytes, *, sample_bytes: int, channels: int, sample_rate:
     samples = _samples(frames[:usable], width)
     bits = width * 8
     scale = _full_scale(bits) * (256 if width == 3 else 1)
-    # Sum of squares in integers: exact; map(mul) runs the loop in C (~1 ms for 2 s at 16 kHz).
-    mean_square = sum(map(operator.mul, samples, samples)) / len(samples)
-    rms = math.sqrt(mean_square) / scale
-    floor = floor_dbfs(bits)
-    level = 20.0 * math.log10(rms) if rms > 0 else floor
+    # Sums in integers are exact, so the variance below has no cancellation error; map(mul) runs
+    # the loop in C (~1 ms for 2 s at 16 kHz). n * variance = sum(x^2) - sum(x)^2 / n.
+    count = len(samples)
+    total = sum(samples)
+    squares = sum(map(operator.mul, samples, samples))
+    rms = math.sqrt(max(squares * count - total * total, 0) / (count * count)) / scale
+    level = round(20.0 * math.log10(rms), 1) if rms > 0 else FLOOR_DBFS
     return SoundLevel(
-        dbfs=max(level, floor),
+        dbfs=max(level, FLOOR_DBFS),
         sample_rate=sample_rate,
         channels=channels,
         sample_bits=bits,

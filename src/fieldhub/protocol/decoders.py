@@ -267,7 +267,7 @@ def decode_sound_level(payload: bytes, ctx: DecodeContext) -> Decoded:
         raise PayloadError(RejectReason.BAD_AUDIO, str(exc)) from None
     result = ctx.new()
     _, ts_us = _device_time(data, ctx, result)
-    result.readings.append(Reading(ctx.metric(), ts_us, round(level.dbfs, 2)))
+    result.readings.append(Reading(ctx.metric(), ts_us, level.dbfs))
     return result
 
 

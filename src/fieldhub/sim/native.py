@@ -33,8 +33,6 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
-from fieldhub_node.node import Actuate, Publish, Reboot
-
 from fieldhub.mqtt import MqttEndpoint, MqttPublisher, Will
 from fieldhub.sim.payloads import (
     OFFLINE_PAYLOAD,
@@ -45,6 +43,7 @@ from fieldhub.sim.payloads import (
     sim_node,
 )
 from fieldhub.sim.stats import PublishCounter
+from fieldhub_node.node import Actuate, Publish, Reboot
 
 log = logging.getLogger("fieldhub.sim")
 
