@@ -236,8 +236,11 @@ class RabbitMQNode:
                 stderr=subprocess.STDOUT,
                 env=self.env(),
                 cwd=self.base_dir,
-                # The script execs erl, so this pid is the node itself; the death signal makes a
-                # killed test run take its node with it instead of leaving it running.
+                # The script runs the node (beam.smp) as its child and forwards SIGTERM/SIGINT
+                # to it, but a SIGKILL of the script would orphan the node: so the node gets a
+                # process group of its own, and _kill signals the whole group. The death signal
+                # reaches the script when the test run dies; its trap then stops the node.
+                start_new_session=True,
                 preexec_fn=_parent_death_hook(),
             )
         finally:
@@ -305,25 +308,34 @@ class RabbitMQNode:
     def stop(self) -> int | None:
         """Stop the node: SIGTERM (Erlang shuts down cleanly), then SIGKILL after a timeout.
 
-        A signal to the pid we started rather than `rabbitmqctl stop`: the CLI costs a second
-        of Elixir start-up and can only ask, while the signal also works on a node whose
+        A signal to the process group we started rather than `rabbitmqctl stop`: the CLI costs
+        a second of Elixir start-up and can only ask, while the signal also works on a node whose
         distribution is broken.
         """
         proc = self.proc
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            self._signal_group(signal.SIGTERM)
             try:
-                proc.wait(STOP_TIMEOUT_S)
+                proc.wait(STOP_TIMEOUT_S)  # the script exits once the node has
             except subprocess.TimeoutExpired:
                 self._kill()
         return proc.returncode
 
     def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            self._signal_group(signal.SIGKILL)
             self.proc.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # The group id is the script's pid (start_new_session); it outlives the script while
+        # the node still runs, so an orphaned node is still reached.
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass  # the script and the node are both gone already
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of the node's console output and log file, for error messages."""
