@@ -10,8 +10,11 @@ everything as user `rabbitmq` (via `su`) when called as root, with HOME=/var/lib
 node would use the system node's Erlang cookie and could not write our temporary directory.
 The scripts they wrap run as whoever calls them, with our HOME and so our own cookie.
 
-Start-up costs about 2-4 s on our 2-vCPU machines (Erlang boot, Mnesia schema creation, the
-plugin); `RabbitMQNode.startup_s` records it and the session fixture prints it.
+Start-up measured 9-15 s on our 2-vCPU machines: ~3 s Erlang boot and config translation, ~3 s
+of core boot steps, and a fixed 3-6 s random wait on a fresh node's first start, in which the
+MQTT plugin looks for cluster peers before electing itself leader of its client-id tracker
+(mqtt_node.erl; a restarted node skips it). `RabbitMQNode.startup_s` records it and the session
+fixture prints it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin",)
 SCRIPT_DIR_ENV = "FIELDHUB_TEST_RABBITMQ_BIN"
 # What scripts/_env.sh's ensure_rabbitmq installs and checks for.
 SERVER_BINARY = "/usr/sbin/rabbitmq-server"
-# Boot takes 2-4 s here; 60 s leaves room for a machine busy with other tests without making a
+# Boot takes 9-15 s here; 60 s leaves room for a machine busy with other tests without making a
 # broken node hang the session for long.
 START_TIMEOUT_S = 60.0
 # A node shuts down in 1-3 s (it flushes Mnesia and the message store); past this it is killed.
