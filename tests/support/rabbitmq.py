@@ -33,7 +33,7 @@ from pathlib import Path
 from fieldhub.broker.supervisor import _parent_death_hook
 from fieldhub.net import can_connect, free_port
 
-# Where Debian (and the upstream generic-unix package's layout) keep the real scripts.
+# Where Debian's rabbitmq-server package keeps the real scripts.
 SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin",)
 SCRIPT_DIR_ENV = "FIELDHUB_TEST_RABBITMQ_BIN"
 # What scripts/_env.sh's ensure_rabbitmq installs and checks for.
@@ -85,7 +85,7 @@ def find_rabbitmq_scripts() -> Path:
         if (directory / "rabbitmq-server").is_file() and (directory / "rabbitmqctl").is_file():
             return directory
     on_path = shutil.which("rabbitmq-server")
-    if on_path is not None and not Path(on_path).samefile(SERVER_BINARY):
+    if on_path is not None and Path(on_path).resolve() != Path(SERVER_BINARY).resolve():
         return Path(on_path).parent  # a non-Debian install: its scripts are the real ones
     raise RabbitMQUnavailable(
         f"RabbitMQ is not installed (looked for {', '.join(SCRIPT_DIRS)} and rabbitmq-server "
