@@ -496,7 +496,15 @@ class MqttSubscriber:
 
 
 class MqttPublisher:
-    """A publisher with TCP_NODELAY, a bounded in-flight window and an optional last will."""
+    """A publisher with TCP_NODELAY, a bounded in-flight window and an optional last will.
+
+    A device's down-link rides on the same connection (one client id per device, as firmware
+    has): `subscriptions` (filter, QoS) are made on every accepted (re)connect, because a clean
+    session forgets them. `on_message(topic, payload)` runs in the network thread.
+    `on_subscribed(True)` runs there once the broker granted them (at once when there are none),
+    so whatever is sent to the device after it arrives; `on_subscribed(False)` when the
+    connection is lost. `subscribed` is the same state as an Event.
+    """
 
     def __init__(
         self,
@@ -507,6 +515,9 @@ class MqttPublisher:
         will: Will | None = None,
         clean: bool = True,
         max_inflight: int = PUBLISH_MAX_INFLIGHT,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_subscribed: Callable[[bool], None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -525,6 +536,12 @@ class MqttPublisher:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_publish = self._handle_publish
+        self._subscriptions = list(subscriptions)
+        self._on_inbound = on_message
+        self._on_subscribed = on_subscribed
+        self.subscribed = threading.Event()
+        self._client.on_subscribe = self._handle_subscribed
+        self._client.on_message = self._handle_inbound
         if will is not None:
             self._client.will_set(will.topic, will.payload, will.qos, will.retain)
 
@@ -632,6 +649,25 @@ class MqttPublisher:
             log.warning("broker %s refused %s: %s", self.endpoint.url, self.client_id, reason_code)
             return
         self._connected.set()
+        if self._subscriptions:
+            self._client.subscribe(self._subscriptions)
+        else:
+            self._mark_subscribed(True)
+
+    def _handle_subscribed(self, *args: object) -> None:
+        self._mark_subscribed(True)
+
+    def _mark_subscribed(self, up: bool) -> None:
+        if up:
+            self.subscribed.set()
+        else:
+            self.subscribed.clear()
+        if self._on_subscribed is not None:
+            self._on_subscribed(up)
+
+    def _handle_inbound(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if self._on_inbound is not None:
+            self._on_inbound(msg.topic, bytes(msg.payload))
 
     def _handle_disconnect(
         self,
@@ -642,3 +678,4 @@ class MqttPublisher:
         properties: Properties | None,
     ) -> None:
         self._connected.clear()
+        self._mark_subscribed(False)

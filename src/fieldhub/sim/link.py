@@ -7,12 +7,9 @@ function (the session is clean, so the broker forgets subscriptions with the con
 publishing from `loop()`. `LinkedDevice` is that pattern; the kinds in `fastapi_node.py`,
 `iot_node.py` and `window_sensor.py` add their topics, payloads and command handling.
 
-`DeviceLink` extends `MqttPublisher` with subscriptions on the same connection. fieldhub.mqtt has
-no device-side inbound path yet (ingest's `MqttSubscriber` is a durable, manually acknowledging
-subscriber, wrong for a device), and one connection per device is part of what we reproduce: a
-second client would need a second client id. The hooks below use the publisher's paho client
-(their names avoid the publisher's own); MqttPublisher is growing subscriptions of its own, and
-this class should shrink to those once they allow a per-topic QoS (the sketches subscribe QoS 0).
+Commands arrive on the publishing connection itself (`MqttPublisher`'s subscriptions): one
+connection per device is part of what we reproduce, and a second client would need a second
+client id.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from fieldhub.mqtt import MqttEndpoint, MqttPublisher, Will
 from fieldhub.sim.stats import PublishCounter
@@ -34,16 +30,6 @@ ARDUINO_MQTT_PROTOCOL = 4
 LINKED_MAX_UNACKED = 100
 
 
-class _InboundMessage(Protocol):
-    """What the paho client hands `on_message` (paho's MQTTMessage), as far as we read it."""
-
-    @property
-    def topic(self) -> str: ...
-
-    @property
-    def payload(self) -> bytes | bytearray: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Periodic:
     """Something a device does every `period_s` seconds, driven by the fleet's scheduler."""
@@ -54,54 +40,6 @@ class Periodic:
     # True when the device also does this right after every connect (a heartbeat), so the first
     # scheduled run comes one period after the start, not at once a second time.
     on_connect_too: bool = False
-
-
-class DeviceLink(MqttPublisher):
-    """An MqttPublisher that also subscribes, on every (re)connect, and reports what arrives.
-
-    `on_message(topic, payload)` and `on_connected()` run in the client's network thread.
-    """
-
-    def __init__(
-        self,
-        *,
-        endpoint: MqttEndpoint,
-        client_id: str,
-        protocol: int,
-        will: Will | None,
-        subscriptions: Sequence[tuple[str, int]],
-        on_message: Callable[[str, bytes], None],
-        on_connected: Callable[[], None],
-    ) -> None:
-        super().__init__(
-            endpoint=endpoint, client_id=client_id, protocol=protocol, will=will, clean=True
-        )
-        self._device_subscriptions = list(subscriptions)
-        self._on_device_message = on_message
-        self._on_device_connected = on_connected
-        # Set once the broker granted this connection's subscriptions (a SUBACK): from then on,
-        # a command sent to the device reaches it. Cleared on every new connection.
-        self.subscribed = threading.Event()
-        self._client.on_message = self._deliver_message
-        self._client.on_subscribe = self._device_subscribed
-
-    def _handle_connect(self, *args: Any, **kwargs: Any) -> None:
-        super()._handle_connect(*args, **kwargs)
-        if not self.connected:
-            return  # the broker refused the connection; the parent logged why
-        # A clean session starts without subscriptions: the sketches subscribe in reconnect().
-        self.subscribed.clear()
-        if self._device_subscriptions:
-            self._client.subscribe(self._device_subscriptions)
-        else:
-            self.subscribed.set()
-        self._on_device_connected()
-
-    def _device_subscribed(self, *args: Any, **kwargs: Any) -> None:
-        self.subscribed.set()
-
-    def _deliver_message(self, client: object, userdata: object, message: _InboundMessage) -> None:
-        self._on_device_message(message.topic, bytes(message.payload))
 
 
 class LinkedDevice:
@@ -129,14 +67,15 @@ class LinkedDevice:
         self.client_id = client_id
         self.will = will
         self.counter = counter if counter is not None else PublishCounter()
-        self._link = DeviceLink(
+        self._link = MqttPublisher(
             endpoint=endpoint,
             client_id=client_id,
             protocol=protocol,
             will=will,
+            clean=True,
             subscriptions=subscriptions,
             on_message=self.on_message,
-            on_connected=self.on_connected,
+            on_subscribed=self._subscribed,
         )
         self._lock = threading.Lock()
         self._unacked = 0
@@ -152,10 +91,15 @@ class LinkedDevice:
         raise NotImplementedError
 
     def on_connected(self) -> None:
-        """Called in the network thread after every accepted (re)connect."""
+        """Called in the network thread after every accepted (re)connect, once the broker
+        granted the subscriptions (a sketch subscribes in reconnect(), before its loop runs)."""
 
     def on_message(self, topic: str, payload: bytes) -> None:
         """Called in the network thread for every message on a subscribed topic."""
+
+    def _subscribed(self, up: bool) -> None:
+        if up:
+            self.on_connected()
 
     def announce_offline(self) -> Future[None] | None:
         """First half of a graceful stop: publish nothing more (subclasses may say `offline`)."""

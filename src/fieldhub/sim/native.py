@@ -58,51 +58,6 @@ NATIVE_MAX_UNACKED = 100
 OFFLINE_ACK_TIMEOUT_S = 2.0
 
 
-class _NodeLink(MqttPublisher):
-    """An MqttPublisher that subscribes to the node's commands on every (re)connect.
-
-    `on_ready(True)` runs in the network thread once the broker confirmed the subscription (so a
-    command sent after it is delivered), `on_ready(False)` when the connection is lost. The hooks
-    use the publisher's paho client, as `sim/link.py`'s DeviceLink does; both belong in
-    fieldhub.mqtt once it grows a device-side inbound path.
-    """
-
-    def __init__(
-        self,
-        *,
-        endpoint: MqttEndpoint,
-        client_id: str,
-        protocol: int,
-        will: Will,
-        commands: Sequence[str],
-        on_message: Callable[[str, bytes], None],
-        on_ready: Callable[[bool], None],
-    ) -> None:
-        super().__init__(
-            endpoint=endpoint, client_id=client_id, protocol=protocol, will=will, clean=True
-        )
-        self._node_commands = [(topic, 1) for topic in commands]
-        self._node_on_message = on_message
-        self._node_on_ready = on_ready
-        self._client.on_message = self._node_message
-        self._client.on_subscribe = self._node_subscribed
-
-    def _handle_connect(self, *args: Any, **kwargs: Any) -> None:
-        super()._handle_connect(*args, **kwargs)
-        if self.connected:
-            self._client.subscribe(self._node_commands)
-
-    def _handle_disconnect(self, *args: Any, **kwargs: Any) -> None:
-        super()._handle_disconnect(*args, **kwargs)
-        self._node_on_ready(False)
-
-    def _node_subscribed(self, *args: Any, **kwargs: Any) -> None:
-        self._node_on_ready(True)
-
-    def _node_message(self, client: object, userdata: object, message: Any) -> None:
-        self._node_on_message(str(message.topic), bytes(message.payload))
-
-
 class NativeDevice:
     """One native-profile device: the firmware core with status, will, telemetry and commands."""
 
@@ -123,14 +78,15 @@ class NativeDevice:
         self.counter = counter if counter is not None else PublishCounter()
         self.node = sim_node(device_id, buffer_entries=buffer_entries)
         self.telemetry = NativeTelemetry(seed=seed, clock_ms=clock_ms, node=self.node)
-        self._link = _NodeLink(
+        self._link = MqttPublisher(
             endpoint=endpoint,
             client_id=device_id,
             protocol=protocol,
             will=Will(topic=self.status_topic, payload=OFFLINE_PAYLOAD, qos=1, retain=True),
-            commands=[self.node.commands_topic],
+            clean=True,
+            subscriptions=[(self.node.commands_topic, 1)],
             on_message=self._on_message,
-            on_ready=self._on_ready,
+            on_subscribed=self._on_ready,
         )
         # The core is not thread-safe: this lock serialises it between the scheduler thread and
         # the network thread. It is never held while publishing, because paho calls our publish
