@@ -99,13 +99,17 @@ def on_a_new_session(fh: FieldhubProcess, retained_copies: int) -> FieldhubProce
         mqtt_url=fh.mqtt_url,
         env={"FIELDHUB_MQTT_CLIENT_ID": f"fieldhub-replay-{uuid.uuid4().hex[:8]}"},
     ).start()
-    wait_until(
-        lambda: (
-            fresh.metric("fieldhub_ingest_messages_total", {"outcome": "retained_redelivery"})
-            >= retained_copies
-        ),
-        what=f"{retained_copies} retained copies recognised",
-    )
+    try:
+        wait_until(
+            lambda: (
+                fresh.metric("fieldhub_ingest_messages_total", {"outcome": "retained_redelivery"})
+                >= retained_copies
+            ),
+            what=f"{retained_copies} retained copies recognised",
+        )
+    except BaseException:
+        fresh.stop()  # the caller never gets it to stop
+        raise
     return fresh
 
 
