@@ -40,6 +40,28 @@ ensure_rabbitmq() {
     [ -x /usr/sbin/rabbitmq-server ] || die "apt-get installed rabbitmq-server but /usr/sbin/rabbitmq-server is missing"
 }
 
+# Debian's postgresql for the PostgreSQL tests (tests/store runs on every backend): the tests make
+# a private cluster of their own with initdb and pg_ctl (tests/support/postgres.py, as user
+# `postgres` when run as root) and never use the system server; in CI they fail, not skip,
+# without the binaries. Debian keeps them off PATH, in /usr/lib/postgresql/<major>/bin. Installing
+# the package may also create and start a system server (on 5432); the tests do not depend on it.
+# FIELDHUB_TEST_POSTGRES_BIN names other binaries (or none) for the tests, so nothing is installed.
+have_postgres_server() {
+    local bin
+    bin="$(pg_config --bindir 2>/dev/null || true)"
+    [ -n "$bin" ] && [ -x "$bin/initdb" ] && return 0
+    for bin in /usr/lib/postgresql/*/bin; do
+        [ -x "$bin/initdb" ] && return 0
+    done
+    command -v initdb >/dev/null 2>&1
+}
+
+ensure_postgres() {
+    [ -z "${FIELDHUB_TEST_POSTGRES_BIN:-}" ] || return 0
+    have_postgres_server || apt_install postgresql
+    have_postgres_server || die "apt-get installed postgresql but no initdb is in /usr/lib/postgresql/*/bin"
+}
+
 # Python 3.11+: the interpreter named by $PYTHON, else python3.11, else python3 if new enough.
 find_python() {
     local candidate

@@ -1,6 +1,6 @@
 """Fixtures shared by the whole test suite.
 
-Sections: helpers, then one section per external system (Mosquitto, ...).
+Sections: helpers, then one section per external system (Mosquitto, PostgreSQL, ...).
 Integration tests use the real thing; nothing here mocks a broker or database.
 """
 
@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from fieldhub.broker import BrokerStartError, MosquittoProcess
 from fieldhub.events.bus import EventBus
 from fieldhub.net import free_port
+from support.postgres import PostgresServer, PostgresUnavailable
+from support.rabbitmq import in_ci
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -105,3 +107,36 @@ def registry() -> CollectorRegistry:
 def bus(registry: CollectorRegistry) -> EventBus:
     """An event bus with nobody subscribed yet."""
     return EventBus(registry)
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
+    """One private PostgreSQL cluster for the session (tests/support/postgres.py); give each
+    test its own database with `postgres_server.new_database()`. Never the machine's server."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"{exc}; CI must run the PostgreSQL tests")
+        pytest.skip(str(exc))
+    server.start()  # PostgresStartError (with the server's log tail) fails every test using it
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        # Output during a fixture's setup is captured (shown only for failing tests): lift the
+        # capture so the start time is always on the terminal.
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(
+                f"\nPostgreSQL on port {server.port} ready in "
+                f"{(server.initdb_s or 0) + (server.startup_s or 0):.1f} s "
+                f"(initdb {server.initdb_s:.1f} s, start {server.startup_s:.1f} s)"
+            )
+    try:
+        yield server
+    finally:
+        server.stop()

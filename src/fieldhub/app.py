@@ -12,8 +12,19 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
-from fieldhub.api.routes import dead_letters, devices, flask_compat, health, ingest, live, system
+from fieldhub.api.routes import (
+    commands,
+    dead_letters,
+    devices,
+    export,
+    flask_compat,
+    health,
+    ingest,
+    live,
+    system,
+)
 from fieldhub.broker.supervisor import BrokerSupervisor
+from fieldhub.commands.service import CommandLimits, CommandService
 from fieldhub.config import Settings
 from fieldhub.events.bus import EventBus
 from fieldhub.ingest.metrics import IngestMetrics
@@ -24,6 +35,7 @@ from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.status import StatusReporter
 from fieldhub.store.open import open_store
+from fieldhub.store.retention import RetentionJob
 from fieldhub.web import pages
 
 log = logging.getLogger("fieldhub")
@@ -68,6 +80,32 @@ class Platform:
             on_connection_change=self._connection_changed,
         )
         self.ingest.acker = self.subscriber.ack
+        self.commands = CommandService(
+            store=self.store,
+            bus=self.bus,
+            endpoint=self.mqtt_endpoint,
+            client_id=f"{settings.mqtt_client_id}-commands",
+            protocol=settings.protocol_version,
+            registry=self.registry,
+            limits=CommandLimits(
+                rate_per_s=settings.command_rate_per_s,
+                burst=settings.command_burst,
+                queue_max=settings.command_queue_max,
+                default_expiry_s=settings.command_expiry_s,
+            ),
+            default_formats={p.name: p.command_format for p in profiles},
+        )
+        self.ingest.listeners.append(self.commands.on_commit)
+        self.retention = RetentionJob(
+            store=self.store,
+            policy=settings.retention,
+            registry=self.registry,
+            interval_s=settings.retention_interval_s,
+            disk_budget_bytes=int(settings.disk_budget_mb * 2**20)
+            if settings.disk_budget_mb
+            else None,
+        )
+        self._retention: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._live: asyncio.Task[None] | None = None
         self.on_stop: list[Callable[[], None]] = []
@@ -94,6 +132,8 @@ class Platform:
         await self.ingest.load_state()
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
         self._live = asyncio.create_task(self.live.run(), name="live.hub")
+        await self.commands.start()
+        self._retention = asyncio.create_task(self.retention.run(), name="store.retention")
         # The subscriber connects in the background and retries forever: the API serves stored
         # data even while the broker is unreachable.
         self.subscriber.start()
@@ -102,10 +142,11 @@ class Platform:
         """Flush what was received, disconnect, stop the writer, close the store and broker."""
         for callback in self.on_stop:
             callback()
+        await self.commands.stop()
         await self.ingest.drain()
         await asyncio.to_thread(self.subscriber.stop)
         await self.ingest.drain()
-        for task in (self._writer, self._live):
+        for task in (self._writer, self._live, self._retention):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
@@ -135,7 +176,17 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     )
     app.state.platform = platform
     install_error_handlers(app)
-    for module in (health, devices, dead_letters, ingest, system, live, flask_compat):
+    for module in (
+        health,
+        devices,
+        commands,
+        dead_letters,
+        ingest,
+        system,
+        live,
+        flask_compat,
+        export,
+    ):
         app.include_router(module.router)
     pages.mount(app)
     return app

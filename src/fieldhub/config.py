@@ -3,20 +3,54 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fieldhub.mqtt.client import MqttEndpoint, MqttUrlError, parse_mqtt_url
+from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
 from fieldhub.store.base import StoreError
 from fieldhub.store.open import sqlite_path
+from fieldhub.store.retention import TIERS, RetentionPolicy, Rule, Selector, Tier
 
 # Preferred ports when none is given; when taken (another broker or app), a free one is chosen
 # and printed rather than failing, because `fieldhub up` must just work on a busy machine.
 PREFERRED_MQTT_PORT = 1883
 PREFERRED_HTTP_PORT = 8000
+
+
+Days = Annotated[float, Field(gt=0, le=100 * 365)]
+
+
+class RetentionRuleSetting(BaseModel):
+    """An override: days per tier for one device, one metric, or one device's metric. A tier
+    left out follows the next less specific rule; `null` keeps it forever."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str | None = None
+    metric: str | None = None
+    raw_days: Days | None = None
+    minute_days: Days | None = None
+    hour_days: Days | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> RetentionRuleSetting:
+        if self.device is None and self.metric is None:
+            raise ValueError("a retention rule names a device, a metric or both")
+        if not self.model_fields_set & {"raw_days", "minute_days", "hour_days"}:
+            raise ValueError("a retention rule sets raw_days, minute_days or hour_days")
+        return self
+
+    def rule(self) -> Rule:
+        days: dict[Tier, float | None] = {}
+        for tier in TIERS:
+            if f"{tier}_days" in self.model_fields_set:
+                days[tier] = getattr(self, f"{tier}_days")
+        device = canonical_device_id(self.device) if self.device is not None else None
+        return Rule(Selector(device, self.metric), days)
 
 
 class Settings(BaseSettings):
@@ -45,6 +79,26 @@ class Settings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535)
     profiles: list[str] = Field(default_factory=lambda: list(DEFAULT_PROFILES))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Per-device command limits (docs/commands.md): an ESP32 handles a few commands a second;
+    # more is a runaway script, which should meet a 429 rather than the device's heap.
+    command_rate_per_s: float = Field(5.0, gt=0, le=1_000_000)
+    command_burst: int = Field(20, ge=1, le=1_000_000)
+    command_queue_max: int = Field(
+        100, ge=1, le=1_000_000, description="Commands not yet final a device may have"
+    )
+    command_expiry_s: float = Field(
+        3600.0, gt=0, le=365 * 86400, description="Default life of a command not yet sent"
+    )
+    # Retention (store/retention.py): raw readings 30 days, minute rollups a year, hour rollups
+    # forever (None), with per-device/per-metric rules, applied hourly.
+    retention_raw_days: Days | None = 30.0
+    retention_minute_days: Days | None = 365.0
+    retention_hour_days: Days | None = None
+    retention_rules: list[RetentionRuleSetting] = Field(default_factory=list)
+    retention_interval_s: float = Field(3600.0, ge=1, le=7 * 86400)
+    disk_budget_mb: float | None = Field(
+        None, gt=0, description="Warn (log, metric) when the database reaches 90 % of this"
+    )
 
     @field_validator("mqtt_url")
     @classmethod
@@ -91,6 +145,16 @@ class Settings(BaseSettings):
     def external_broker(self) -> MqttEndpoint | None:
         """The external broker, or None when fieldhub runs its own."""
         return parse_mqtt_url(self.mqtt_url) if self.mqtt_url else None
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        """The retention policy these settings describe."""
+        return RetentionPolicy(
+            raw_days=self.retention_raw_days,
+            minute_days=self.retention_minute_days,
+            hour_days=self.retention_hour_days,
+            overrides=tuple(rule.rule() for rule in self.retention_rules),
+        )
 
     @property
     def protocol_version(self) -> int:

@@ -32,9 +32,7 @@ def test_node_telemetry_and_health_are_stored_once_at_the_node_time(
         # it one reading per metric.
         payload = json.dumps(telemetry).encode()
         publish_all(publisher, [(f"iot/node/{node}/telemetry", payload)] * 2)
-        publish_all(
-            publisher, [(f"iot/node/{node}/status", b'{"uptime": 3601, "wifi_rssi": -66}')]
-        )
+        publish_all(publisher, [(f"iot/node/{node}/status", b'{"uptime": 3601, "wifi_rssi": -66}')])
     finally:
         publisher.stop()
 

@@ -220,9 +220,7 @@ def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPro
 
     # Power lost: the broker publishes the retained will.
     client.stop(disconnect=False)
-    wait_until(
-        lambda: (device(fieldhub, mac) or {}).get("presence") == "offline", what="the will"
-    )
+    wait_until(lambda: (device(fieldhub, mac) or {}).get("presence") == "offline", what="the will")
     changes = presence_changes(fieldhub, mac)
     assert changes[-1].endswith(" offline")
 

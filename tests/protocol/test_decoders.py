@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from fieldhub.protocol.decode import MessageDecoder
-from fieldhub.protocol.messages import Decoded, Ignored, Reading, Rejected, RejectReason
+from fieldhub.protocol.messages import (
+    CommandReply,
+    Decoded,
+    Ignored,
+    Reading,
+    Rejected,
+    RejectReason,
+)
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.protocol.timestamps import US_PER_S
@@ -534,13 +541,13 @@ def test_bad_device_id_in_topic(topic: str) -> None:
     [
         ("devices/x/commands", "commands"),
         ("devices/x/ota", "ota"),
-        ("devices/x/commands/ack", "command_ack"),
         ("devices/x/ota/status", "ota_status"),
         ("devices/x/audio", "audio"),
     ],
 )
 def test_down_link_and_later_topics_are_ignored(topic: str, channel: str) -> None:
-    """Command, OTA and audio topics are Ignored with their channel, whatever the payload."""
+    """Command, OTA and audio topics are Ignored with their channel, whatever the payload (the
+    command ack is decoded: see test_command_ack_*)."""
     assert _decode(topic, b'{"id": "1", "name": "set_led"}') == Ignored(channel)
     assert _decode(topic, b"\xff not json") == Ignored(channel)
 
@@ -564,3 +571,64 @@ def test_nesting_within_the_parser_limit_is_rejected_not_raised() -> None:
     """Nesting deep enough to exhaust Python's stack is a Rejected result, never an exception."""
     payload = b'{"a":' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}"
     assert isinstance(_decode("devices/n/telemetry", payload), Rejected)
+
+
+def test_command_ack_ok_and_error_are_replies() -> None:
+    """A native ack decodes to a CommandReply with its id, outcome, result or error text."""
+    ok = _decode(
+        "devices/AA:BB:CC:00:00:01/commands/ack", b'{"id":"c-1","status":"ok","result":{"p":1}}'
+    )
+    assert ok == CommandReply(
+        "AA:BB:CC:00:00:01", "native", "c-1", True, {"p": 1}, None, ok.received_us
+    )
+    error = _decode("devices/n1/commands/ack", b'{"id":"c-2","status":"error","error":"jammed"}')
+    assert isinstance(error, CommandReply)
+    assert (error.ok, error.error, error.result) == (False, "jammed", None)
+    silent = _decode("devices/n1/commands/ack", b'{"id":"c-3","status":"error"}')
+    assert isinstance(silent, CommandReply)
+    assert silent.error == "the device reported an error"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"id":"c-1","status":"done"}', RejectReason.BAD_COMMAND_ACK),
+        (b'{"status":"ok"}', RejectReason.BAD_COMMAND_ACK),
+        (b'{"id":"","status":"ok"}', RejectReason.BAD_COMMAND_ACK),
+        (b'{"id":7,"status":"ok"}', RejectReason.BAD_COMMAND_ACK),
+        (b'["c-1","ok"]', RejectReason.NOT_AN_OBJECT),
+        (b"{ack", RejectReason.MALFORMED_JSON),
+    ],
+)
+def test_command_ack_that_cannot_be_matched_is_a_dead_letter(
+    payload: bytes, reason: RejectReason
+) -> None:
+    """An ack without a usable id or status goes to dead letters with the reason."""
+    _rejected("devices/n1/commands/ack", payload, reason)
+
+
+def test_messages_say_how_their_device_takes_commands() -> None:
+    """Every message of a commandable profile carries the id as its topic spells it; the routes
+    that tell a stack apart also name its command format; status says nothing about it."""
+    status = _decoded("devices/a4cf12b3c4d5/status", b"online")
+    assert (status.topic_id, status.command_format) == ("a4cf12b3c4d5", None)
+    data = _decoded("devices/3CE90E100001/data", b'{"servo_angle": 90}')
+    assert (data.topic_id, data.command_format) == ("3CE90E100001", "fastapi")
+    telemetry = _decoded("devices/n1/telemetry", b'{"t": 1}')
+    assert telemetry.command_format == "native"
+    gateway = _decoded(
+        "/readings/gateway/3C:E9:0E:72:12:4C",
+        b'{"macAddress":"3C:E9:0E:72:12:4C", "timestamp":93387, "rssi":65}',
+    )
+    assert (gateway.topic_id, gateway.command_format) == (None, None)
+
+
+def test_orders_published_about_a_device_do_not_prove_it_is_alive() -> None:
+    """`window/{id}/control` is the ML service's (or fieldhub's) order, not the node talking."""
+    decoder = MessageDecoder(select_profiles(["sensor"]))
+    order = decoder.decode("window/w1/control", b'{"position": 30, "confidence": 0.9}', RECEIVED_US)
+    reading = decoder.decode("sensor/w1/temperature", b"21.5", RECEIVED_US)
+    assert isinstance(order, Decoded)
+    assert isinstance(reading, Decoded)
+    assert not order.from_device
+    assert reading.from_device

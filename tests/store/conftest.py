@@ -1,7 +1,8 @@
 """Fixtures for the store tests: every test here runs once per storage backend.
 
-Tests speak only the `Store` interface, so the PostgreSQL store joins by adding its name to
-`BACKENDS` and a branch to `backend_url`. The fixtures run on the test's own event loop
+Tests speak only the `Store` interface; `backend_url` gives each backend an empty database per
+test (PostgreSQL: a fresh database on the session's private cluster, the `postgres_server`
+fixture in tests/support/postgres.py). The fixtures run on the test's own event loop
 (`loop_scope="function"`): a driver such as asyncpg binds its connections to the loop that
 opened them, and the suite-wide default puts async fixtures on a session loop.
 """
@@ -15,8 +16,10 @@ import pytest
 import pytest_asyncio
 
 from fieldhub.store import Store, open_store
+from support.postgres import PostgresServer
 
-BACKENDS = ["sqlite"]
+# Every store test runs on both engines; PostgreSQL on the session's private cluster.
+BACKENDS = ["sqlite", "postgresql"]
 
 # The profiles' silences before a device shows `stale`; tests pick times on either side of them.
 STALE_AFTER_S = {"native": 120, "readings": 90}
@@ -29,6 +32,10 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database of one backend, private to this test."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/t.db"
+    if request.param == "postgresql":
+        # Looked up only here: SQLite-only runs never start the cluster.
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.new_database()
     raise AssertionError(f"no database for backend {request.param!r}")
 
 

@@ -310,3 +310,15 @@ async def test_device_and_metric_ids_survive_reopen(store: Store, reopen: Reopen
         ("temp", T0 + S, 2.0),
     ]
     assert await latest(reopened, "dev-2") == {"temp": (T0 + S, 3.0)}
+
+
+async def test_messages_not_from_the_device_leave_last_seen_alone(store: Store) -> None:
+    """An order published about a device is stored, but its time is not the device's."""
+    await write(store, msg("dev-1", T0, [("t", T0, 1.0)]))
+    order = msg("dev-1", T0 + 60 * S, [("window_position", T0 + 60 * S, 30.0)])
+    order.from_device = False
+    await write(store, order)
+    device = await store.get_device("dev-1", now_us=T0 + 60 * S)
+    assert device is not None
+    assert device.last_seen_us == T0
+    assert (await latest(store))["window_position"] == (T0 + 60 * S, 30.0)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from fieldhub.commands.states import CommandState
 from fieldhub.protocol.messages import AttributeValue
 from fieldhub.protocol.timestamps import format_us
-from fieldhub.store.base import DeadLetterRow, DeviceRow, MetricSummary, ReadingRow
+from fieldhub.store.base import (
+    CommandRow,
+    CommandTransition,
+    DeadLetterRow,
+    DeviceRow,
+    MetricSummary,
+    ReadingRow,
+)
 
 Time = str  # ISO 8601 UTC with microseconds and a Z
 
@@ -193,3 +201,94 @@ class Health(BaseModel):
     broker_restarts: int | None
     ingest_queue_depth: int
     batches_committed: int
+
+
+class CommandTransitionPublic(BaseModel):
+    """One step of a command's life."""
+
+    state: CommandState
+    at: Time
+    detail: str
+
+    @classmethod
+    def of(cls, step: CommandTransition) -> CommandTransitionPublic:
+        return cls(state=step.state, at=format_us(step.at_us), detail=step.detail)
+
+
+def _time(ts_us: int | None) -> Time | None:
+    return format_us(ts_us) if ts_us is not None else None
+
+
+class CommandPublic(BaseModel):
+    """A command and where it is in its life (docs/commands.md)."""
+
+    id: str
+    device: str
+    name: str
+    params: dict[str, Any]
+    format: str = Field(description="The stack's command format the device speaks")
+    topic: str
+    state: CommandState
+    created: Time
+    updated: Time
+    sent: Time | None
+    finished: Time | None
+    timeout_s: float
+    expires_at: Time | None
+    result: Any = Field(description="What the device answered (ack formats), else null")
+    error: str | None
+    decided_by: str | None = Field(
+        description="The rule that ended it: ack, echo:<metric>=<value>, status_reply, "
+        "next_message, timeout, expiry, cancel"
+    )
+    history: list[CommandTransitionPublic] | None = Field(
+        default=None, description="Every transition, oldest first (single-command reads)"
+    )
+
+    @classmethod
+    def of(cls, row: CommandRow, *, history: bool = False) -> CommandPublic:
+        return cls(
+            id=row.command_id,
+            device=row.device_id,
+            name=row.name,
+            params=row.params,
+            format=row.format,
+            topic=row.topic,
+            state=row.state,
+            created=format_us(row.created_us),
+            updated=format_us(row.updated_us),
+            sent=_time(row.sent_us),
+            finished=_time(row.finished_us),
+            timeout_s=row.timeout_s,
+            expires_at=_time(row.expires_us),
+            result=row.result,
+            error=row.error,
+            decided_by=row.decided_by,
+            history=[CommandTransitionPublic.of(h) for h in row.history] if history else None,
+        )
+
+
+class CommandsPublic(BaseModel):
+    """A page of a device's commands, newest first."""
+
+    data: list[CommandPublic]
+    next_cursor: str | None
+
+
+class CommandTypePublic(BaseModel):
+    """A command a device's format knows."""
+
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+
+
+class CommandTypesPublic(BaseModel):
+    """How a device is commanded: its format and the commands it knows."""
+
+    format: str | None = Field(description="null: the device's stack takes no commands")
+    topic: str | None
+    accepts_other_names: bool = Field(
+        description="true: names outside the list are sent unchecked (the device answers)"
+    )
+    commands: list[CommandTypePublic]

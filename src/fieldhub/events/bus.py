@@ -1,6 +1,7 @@
 """The in-process event bus: committed data fanned out to bounded, per-subscriber queues.
 
-Ingest publishes one `Committed` event per batch after the commit and the broker ack. Publishing
+Ingest publishes one `Committed` event per batch after the commit and the broker ack; the command
+service one `CommandChanged` per stored command transition. Publishing
 is an append per subscriber, never a wait: a subscriber that falls behind loses its oldest events,
 and the loss is counted, so a stuck consumer (a frozen browser tab, a slow rule) can never hold
 back storage. Everything here runs on the event loop thread.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub.protocol.messages import Decoded
-from fieldhub.store.base import DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.base import CommandRow, DeadLetter, PresenceChange, WriteBatch, WriteResult
 
 # Events (= committed batches) a subscriber may hold before its oldest are dropped. A batch is
 # committed every 5-100 ms, so this is seconds of backlog: enough to ride out a GC pause or a
@@ -34,6 +35,16 @@ class Committed:
     presence_changes: list[PresenceChange]
 
 
+@dataclass(frozen=True, slots=True)
+class CommandChanged:
+    """A command moved on: the row as it now is, `history` holding the entries just added."""
+
+    command: CommandRow
+
+
+BusEvent = Committed | CommandChanged
+
+
 @dataclass(slots=True)
 class Subscription:
     """One consumer's bounded queue. `get` waits for the next event."""
@@ -41,11 +52,11 @@ class Subscription:
     name: str
     bus: EventBus
     maxlen: int
-    _queue: deque[Committed] = field(default_factory=deque)
+    _queue: deque[BusEvent] = field(default_factory=deque)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
 
-    def put(self, event: Committed) -> None:
+    def put(self, event: BusEvent) -> None:
         if len(self._queue) >= self.maxlen:
             self._queue.popleft()
             self.dropped += 1
@@ -54,14 +65,14 @@ class Subscription:
         self._queue.append(event)
         self._ready.set()
 
-    async def get(self) -> Committed:
+    async def get(self) -> BusEvent:
         """The oldest event still queued; waits while there is none."""
         while not self._queue:
             self._ready.clear()
             await self._ready.wait()
         return self._queue.popleft()
 
-    def get_nowait(self) -> Committed | None:
+    def get_nowait(self) -> BusEvent | None:
         """The oldest event still queued, or None."""
         return self._queue.popleft() if self._queue else None
 
@@ -100,7 +111,7 @@ class EventBus:
         if subscription in self._subscribers:
             self._subscribers.remove(subscription)
 
-    def publish(self, event: Committed) -> None:
+    def publish(self, event: BusEvent) -> None:
         """Hand `event` to every subscriber; never blocks."""
         self.published += 1
         for subscription in self._subscribers:

@@ -18,7 +18,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub import __version__
-from fieldhub.events.bus import Committed, EventBus
+from fieldhub.api.models import CommandPublic, CommandTransitionPublic
+from fieldhub.events.bus import CommandChanged, Committed, EventBus
 from fieldhub.live.coalesce import SeriesCoalescer, Update
 from fieldhub.live.subscriptions import LiveFilter
 from fieldhub.protocol.payload import payload_preview
@@ -125,6 +126,7 @@ class Group:
         self.devices = "devices" in key.events
         self.dead_letters = "dead_letters" in key.events
         self.stats = "stats" in key.events
+        self.commands = "commands" in key.events
         self.coalescer = SeriesCoalescer(key.min_interval_ms * 1_000)
         self.out: list[Update] = []
         self._dl_items: list[dict[str, Any]] = []
@@ -250,12 +252,37 @@ class LiveHub:
                 event = await self._subscription.get()
                 if self._groups:
                     try:
-                        self.dispatch(event, _now_us())
+                        if isinstance(event, CommandChanged):
+                            self.dispatch_command(event)
+                        else:
+                            self.dispatch(event, _now_us())
                     except Exception:  # a bug here must not stop live updates for good
                         log.exception("live dispatch failed; batch skipped for live viewers")
         finally:
             ticker.cancel()
             self._subscription.close()
+
+    def dispatch_command(self, event: CommandChanged) -> None:
+        """A command moved on: one `command` frame per new history entry, so a viewer sees every
+        state even when two were stored at once (an ack that implied `sent`). A frame for an
+        entry before the last shows the command as it was then: no outcome yet."""
+        row = event.command
+        groups = [g for g in self._groups_for(row.device_id) if g.commands]
+        if not groups:
+            return
+        body: dict[str, Any] = CommandPublic.of(row).model_dump(mode="json", exclude={"history"})
+        last = len(row.history) - 1
+        for index, step in enumerate(row.history):
+            transition = CommandTransitionPublic.of(step).model_dump(mode="json")
+            frame_body = {**body, "state": transition["state"], "transition": transition}
+            if index < last:
+                frame_body.update(
+                    updated=transition["at"], finished=None, result=None, error=None,
+                    decided_by=None,
+                )  # fmt: skip
+            frame = {"type": "command", "command": frame_body}
+            for group in groups:
+                group.broadcast(frame)
 
     def dispatch(self, event: Committed, now_us: int) -> None:
         """Route one committed batch to the groups that want it."""

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from fieldhub.protocol.decoders import BARE_VALUE_DECODERS, DECODERS, DecodeContext
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
-from fieldhub.protocol.messages import DecodeResult, Rejected, RejectReason
+from fieldhub.protocol.messages import Decoded, DecodeResult, Rejected, RejectReason
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES, PayloadError
 from fieldhub.protocol.profiles import Profile
 from fieldhub.protocol.timestamps import AbsurdTimestamp
@@ -89,7 +89,14 @@ class MessageDecoder:
         match, device_id = routed
         ctx = DecodeContext(device_id, match.profile, match.route, received_us)
         try:
-            return DECODERS[match.route.decoder](payload, ctx)
+            result = DECODERS[match.route.decoder](payload, ctx)
+            if isinstance(result, Decoded):
+                route = match.route
+                if match.profile.command_format is not None:
+                    result.topic_id = match.raw_device_id
+                    result.command_format = route.command_format
+                result.from_device = route.from_device
+            return result
         except PayloadError as exc:
             return Rejected(exc.reason, exc.detail, device_id, match.profile.name)
         except AbsurdTimestamp as exc:

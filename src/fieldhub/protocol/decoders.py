@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fieldhub.protocol.audio import AudioError, measure_pcm, measure_wav
-from fieldhub.protocol.messages import Decoded, Ignored, Reading, RejectReason
+from fieldhub.protocol.messages import CommandReply, Decoded, Ignored, Reading, RejectReason
 from fieldhub.protocol.payload import (
     PayloadError,
     check_size,
@@ -68,7 +68,11 @@ class DecodeContext:
         return self.route.metric
 
 
-Decoder = Callable[[bytes, DecodeContext], Decoded | Ignored]
+Decoder = Callable[[bytes, DecodeContext], Decoded | Ignored | CommandReply]
+# The longest command id a device may echo back (the firmware's limit, fieldhub_node.commands).
+MAX_COMMAND_ID_CHARS = 64
+# A device's error text is kept up to this length; the firmware cuts its own shorter.
+MAX_COMMAND_ERROR_CHARS = 500
 
 
 def _device_time(
@@ -271,6 +275,39 @@ def decode_sound_level(payload: bytes, ctx: DecodeContext) -> Decoded:
     return result
 
 
+def decode_command_ack(payload: bytes, ctx: DecodeContext) -> CommandReply:
+    """`{"id","status":"ok","result":{...}}` or `{"id","status":"error","error":"..."}`."""
+    data = parse_json(payload)
+    if not isinstance(data, dict):
+        raise PayloadError(RejectReason.NOT_AN_OBJECT, "a command ack must be a JSON object")
+    command_id = data.get("id")
+    if not isinstance(command_id, str) or not 1 <= len(command_id) <= MAX_COMMAND_ID_CHARS:
+        raise PayloadError(
+            RejectReason.BAD_COMMAND_ACK,
+            f"ack id must be a string of 1..{MAX_COMMAND_ID_CHARS} characters, got {command_id!r}",
+        )
+    status = data.get("status")
+    if status not in ("ok", "error"):
+        raise PayloadError(
+            RejectReason.BAD_COMMAND_ACK, f"ack status must be 'ok' or 'error', got {status!r}"
+        )
+    error = data.get("error")
+    if status == "error":
+        text = error if isinstance(error, str) and error else "the device reported an error"
+        error = text[:MAX_COMMAND_ERROR_CHARS]
+    else:
+        error = None
+    return CommandReply(
+        device_id=ctx.device_id,
+        profile=ctx.profile.name,
+        command_id=command_id,
+        ok=status == "ok",
+        result=data.get("result"),
+        error=error,
+        received_us=ctx.received_us,
+    )
+
+
 def decode_ignore(payload: bytes, ctx: DecodeContext) -> Ignored:
     """Topics fieldhub publishes itself or that a later feature consumes."""
     return Ignored(ctx.route.channel)
@@ -285,5 +322,6 @@ DECODERS: Mapping[str, Decoder] = {
     "status": decode_status,
     "number_text": decode_number_text,
     "sound_level": decode_sound_level,
+    "command_ack": decode_command_ack,
     "ignore": decode_ignore,
 }

@@ -29,6 +29,7 @@ class RejectReason(StrEnum):
     BAD_DEVICE_ID = "bad_device_id"
     BAD_STATUS = "bad_status"
     BAD_AUDIO = "bad_audio"
+    BAD_COMMAND_ACK = "bad_command_ack"
     INTERNAL_ERROR = "internal_error"
     STORE_REJECTED = "store_rejected"
 
@@ -74,6 +75,12 @@ class Decoded:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
     presence: Presence | None = None
     device_time: bool = False
+    # For profiles that take commands: the device's id as spelled in its topics (they are
+    # case-sensitive) and, from routes that tell, which stack's command format it speaks.
+    command_format: str | None = None
+    topic_id: str | None = None
+    # False when someone else published it about the device (Route.from_device).
+    from_device: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,4 +100,17 @@ class Ignored:
     channel: str
 
 
-DecodeResult = Decoded | Rejected | Ignored
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """A device's answer to a command: `{"id","status":"ok"|"error","result"|"error"}`."""
+
+    device_id: str
+    profile: str
+    command_id: str
+    ok: bool
+    result: object
+    error: str | None
+    received_us: int
+
+
+DecodeResult = Decoded | Rejected | Ignored | CommandReply

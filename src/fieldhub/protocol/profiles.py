@@ -23,7 +23,11 @@ class Route:
     `required` names numeric fields the decoder insists on (a strict legacy schema).
     `metric` names the reading of payloads that carry a bare value with no field name (a number
     as text, an audio clip's level). `max_payload_bytes` is the largest payload accepted; only
-    routes that carry audio need more than the default.
+    routes that carry audio need more than the default. `command_format` marks routes whose
+    messages tell which stack a device runs, and so how to send it commands (fieldhub/commands).
+    `from_device` is False for topics other systems publish about a device (the window-control
+    stack's ML orders, fieldhub's own commands there): they are stored, but do not prove the
+    device is alive, so they leave its last-seen time alone.
     """
 
     pattern: str
@@ -33,6 +37,8 @@ class Route:
     required: tuple[str, ...] = ()
     metric: str | None = None
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    command_format: str | None = None
+    from_device: bool = True
 
     def __post_init__(self) -> None:
         levels = self.pattern.split("/")
@@ -53,6 +59,7 @@ class Profile:
     the prefix that matches no route reaches dead letters instead of vanishing. `renames` maps a
     payload's field names to fieldhub metric names where the stack's names mislead (units).
     `stale_after_s` is how long a device may stay silent before its presence shows `stale`.
+    `command_format` is how to command a device of the profile whose messages did not say more.
     """
 
     name: str
@@ -60,19 +67,21 @@ class Profile:
     routes: tuple[Route, ...]
     stale_after_s: int
     renames: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    command_format: str | None = None
 
 
 NATIVE = Profile(
     name="native",
     subscriptions=("devices/#",),
     routes=(
-        Route("devices/+/telemetry", "telemetry", "json_telemetry"),
-        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second.
-        Route("devices/+/data", "telemetry", "json_telemetry"),
+        Route("devices/+/telemetry", "telemetry", "json_telemetry", command_format="native"),
+        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second; they take
+        # that stack's `{"action": ...}` commands, not fieldhub's.
+        Route("devices/+/data", "telemetry", "json_telemetry", command_format="fastapi"),
         Route("devices/+/status", "status", "status", publishes_retained=True),
         # Down-link topics fieldhub itself publishes to, and up-links later features consume.
         Route("devices/+/commands", "commands", "ignore"),
-        Route("devices/+/commands/ack", "command_ack", "ignore"),
+        Route("devices/+/commands/ack", "command_ack", "command_ack"),
         Route("devices/+/audio", "audio", "ignore"),
         Route("devices/+/ota", "ota", "ignore"),
         Route("devices/+/ota/status", "ota_status", "ignore"),
@@ -83,6 +92,7 @@ NATIVE = Profile(
     # RSSI in dBm and uptime in seconds; stored under fieldhub's names, as for iot-node. fieldhub's
     # own firmware sends `rssi` and `uptime_s` and is not affected.
     renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
+    command_format="native",
 )
 
 READINGS = Profile(
@@ -117,11 +127,17 @@ IOT_NODE = Profile(
     subscriptions=("iot/node/#",),
     routes=(
         # `{"node_id", "timestamp": <epoch s>, "sensors": {...}, "wifi_rssi", "uptime"}`
-        Route("iot/node/+/telemetry", "telemetry", "json_telemetry"),
+        Route("iot/node/+/telemetry", "telemetry", "json_telemetry", command_format="iot-node"),
         # Node health as JSON (uptime, RSSI, ...): a heartbeat that also carries readings. Nodes
         # may publish it retained (so a dashboard sees the last health at once), and a retained
         # heartbeat handed over again on a new session must not store its readings twice.
-        Route("iot/node/+/status", "status", "status", publishes_retained=True),
+        Route(
+            "iot/node/+/status",
+            "status",
+            "status",
+            publishes_retained=True,
+            command_format="iot-node",
+        ),
         # Down-link: the stack's management utility (and later fieldhub) publishes commands here.
         Route("iot/node/+/command", "commands", "ignore"),
     ),
@@ -130,6 +146,7 @@ IOT_NODE = Profile(
     # Same names as every other profile's: RSSI in dBm is `rssi`, and the unit of `uptime`
     # (seconds here, milliseconds in the Flask firmware) goes into its name.
     renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
+    command_format="iot-node",
 )
 
 # Two seconds of 16 kHz 16-bit mono WAV is 64 KB, 85 KB as base64 in JSON. 512 KiB takes up to
@@ -141,8 +158,20 @@ SENSOR = Profile(
     subscriptions=("sensor/#", "window/#", "ml/inference/request/#"),
     routes=(
         # Each value on its own topic as bare text (`25.5`), named by the topic's last level.
-        Route("sensor/+/temperature", "telemetry", "number_text", metric="temperature"),
-        Route("sensor/+/humidity", "telemetry", "number_text", metric="humidity"),
+        Route(
+            "sensor/+/temperature",
+            "telemetry",
+            "number_text",
+            metric="temperature",
+            command_format="sensor",
+        ),
+        Route(
+            "sensor/+/humidity",
+            "telemetry",
+            "number_text",
+            metric="humidity",
+            command_format="sensor",
+        ),
         # `{"data": "<base64 WAV>", "sample_rate": 16000, "duration": 2.0}` from the I2S
         # microphone: stored as its RMS level in dBFS (protocol/audio.py), not as audio.
         Route(
@@ -151,10 +180,11 @@ SENSOR = Profile(
             "sound_level",
             metric="sound_volume",
             max_payload_bytes=AUDIO_MAX_PAYLOAD_BYTES,
+            command_format="sensor",
         ),
         # The ML service's order to the window motor: the position it commands is the actuator's
         # state (the firmware obeys without an echo), kept with the model's confidence.
-        Route("window/+/control", "actuator", "json_telemetry"),
+        Route("window/+/control", "actuator", "json_telemetry", from_device=False),
         # The stack's backend asks its ML service for a decision with readings fieldhub already
         # stores from the sensor topics; observing them again would duplicate them.
         Route("ml/inference/request/+", "ml_request", "ignore"),
@@ -162,6 +192,7 @@ SENSOR = Profile(
     # The stack's firmware reports "on change or periodic"; the audio clip goes every few seconds.
     stale_after_s=180,
     renames=MappingProxyType({"position": "window_position", "confidence": "window_confidence"}),
+    command_format="sensor",
 )
 
 BUILTIN_PROFILES: Mapping[str, Profile] = MappingProxyType(

@@ -123,6 +123,10 @@ def _from_string(text: str, received_us: int) -> DeviceTime:
     return DeviceTime("time", _check_range(_datetime_us(parsed), received_us, text))
 
 
+PARAM_MIN_US = -62_135_596_800 * US_PER_S  # 0001-01-01T00:00:00Z
+PARAM_MAX_US = 253_402_300_799 * US_PER_S + 999_999  # 9999-12-31T23:59:59.999999Z
+
+
 def parse_time_param(text: str) -> int:
     """Parse a time given by a person or client (API query): ISO 8601 or epoch s/ms/us -> epoch us.
 
@@ -136,12 +140,17 @@ def parse_time_param(text: str) -> int:
         number = math.nan
     if math.isfinite(number):
         if abs(number) < _MILLIS_FLOOR:
-            return round(number * US_PER_S)
-        if abs(number) < _MICROS_FLOOR:
-            return round(number * 1_000)
-        if abs(number) < _NANOS_FLOOR:
-            return round(number)
-        raise ValueError(f"{text!r} is too large to be an epoch time")
+            value = round(number * US_PER_S)
+        elif abs(number) < _MICROS_FLOOR:
+            value = round(number * 1_000)
+        elif abs(number) < _NANOS_FLOOR:
+            value = round(number)
+        else:
+            raise ValueError(f"{text!r} is too large to be an epoch time")
+        # An answer prints times as ISO 8601, which ends with year 9999.
+        if not PARAM_MIN_US <= value <= PARAM_MAX_US:
+            raise ValueError(f"{text!r} is out of the supported time range (years 1-9999)")
+        return value
     candidate = stripped[:-1] + "+00:00" if stripped.endswith(("Z", "z")) else stripped
     try:
         parsed = datetime.fromisoformat(candidate)

@@ -9,9 +9,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from fieldhub.protocol.messages import AttributeValue, Decoded
+from fieldhub.commands.states import CommandState
+
+if TYPE_CHECKING:
+    from fieldhub.store.retention import Selector, Tier
+    from fieldhub.store.rollups import Part, Partial
+from fieldhub.protocol.messages import AttributeValue, CommandReply, Decoded
 
 PresenceState = Literal["online", "offline", "stale", "unknown"]
 Aggregate = Literal["avg", "min", "max", "sum", "count", "first", "last"]
@@ -46,9 +51,10 @@ class WriteBatch:
     decoded: list[Decoded] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     retained_digests: dict[str, bytes] = field(default_factory=dict)
+    command_replies: list[CommandReply] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.decoded) + len(self.dead_letters)
+        return len(self.decoded) + len(self.dead_letters) + len(self.command_replies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,53 @@ class WriteResult:
     dead_letters: int = 0
     new_devices: list[str] = field(default_factory=list)
     presence_changes: list[PresenceChange] = field(default_factory=list)
+    # Commands the batch's replies ended (each row as it now is, with its new history entries).
+    command_transitions: list[CommandRow] = field(default_factory=list)
+    # Replies that matched no command still waiting for one (already final, or unknown ids).
+    late_replies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTransition:
+    """One stored step of a command's life."""
+
+    state: CommandState
+    at_us: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRow:
+    """A command as stored. `history` holds its transitions, oldest first, when asked for
+    (a store write returns the entries it added)."""
+
+    device_id: str
+    command_id: str
+    name: str
+    params: dict[str, object]
+    format: str
+    topic: str
+    state: CommandState
+    created_us: int
+    updated_us: int
+    timeout_s: float
+    expires_us: int | None
+    sent_us: int | None = None
+    finished_us: int | None = None
+    result: object = None
+    error: str | None = None
+    decided_by: str | None = None
+    history: tuple[CommandTransition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """What a transition stores besides the new state (for end states)."""
+
+    detail: str
+    decided_by: str | None = None
+    result: object = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +136,10 @@ class DeviceRow:
     presence_changed_us: int | None
     attributes: dict[str, AttributeValue]
     stale_after_s: int
+    # How to command the device (fieldhub/commands/formats.py) and its id as its topics spell it;
+    # None until a message said (the profile's default then applies).
+    command_format: str | None = None
+    topic_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +285,6 @@ class Store(abc.ABC):
     ) -> list[ReadingRow]:
         """Raw readings ordered by metric then time; `after` is the (metric, ts) cursor."""
 
-    @abc.abstractmethod
     async def query_series(
         self,
         device_id: str,
@@ -239,7 +295,24 @@ class Store(abc.ABC):
         interval_us: int,
         agg: Aggregate,
     ) -> list[SeriesPoint]:
-        """Readings aggregated into buckets aligned to multiples of the interval since the epoch."""
+        """Readings aggregated into buckets aligned to multiples of the interval since the epoch.
+
+        Read from the hour or minute rollups where the interval allows, raw readings only for
+        the edges the rollups do not cover (store/rollups.py).
+        """
+        from fieldhub.store.rollups import combine, plan_series
+
+        parts = [
+            await self.series_partials(device_id, metric, part, interval_us)
+            for part in plan_series(start_us, end_us, interval_us)
+        ]
+        return combine(parts, agg)
+
+    @abc.abstractmethod
+    async def series_partials(
+        self, device_id: str, metric: str, part: Part, interval_us: int
+    ) -> list[tuple[int, Partial]]:
+        """One part of a series query: (bucket, partial aggregate) rows, buckets ascending."""
 
     @abc.abstractmethod
     async def list_dead_letters(
@@ -271,6 +344,67 @@ class Store(abc.ABC):
         """One row per reading of `metric` in [start, end), newest first, each with the values
         of `with_metrics` stored at the same time; `before_us` is the cursor (the previous
         page's last time)."""
+
+    # -- commands (docs/commands.md) ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_command(self, command: CommandRow, detail: str) -> CommandRow | None:
+        """Store a new `pending` command with its first history entry; None (and nothing stored)
+        when the device already has a command with that id."""
+
+    @abc.abstractmethod
+    async def transition_command(
+        self,
+        device_id: str,
+        command_id: str,
+        target: CommandState,
+        at_us: int,
+        outcome: CommandOutcome,
+    ) -> CommandRow | None:
+        """Move a command to `target` if its stored state may precede it (states.sources);
+        returns the row as it now is with the new history entry, or None when it could not."""
+
+    @abc.abstractmethod
+    async def get_command(self, device_id: str, command_id: str) -> CommandRow | None:
+        """One command with its whole history."""
+
+    @abc.abstractmethod
+    async def list_commands(
+        self,
+        device_id: str,
+        *,
+        state: CommandState | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[CommandRow]:
+        """A device's commands, newest first (by creation time, then id), without history;
+        `before` is the (created_us, command_id) cursor."""
+
+    @abc.abstractmethod
+    async def active_commands(self) -> list[CommandRow]:
+        """Every command not in a final state, oldest first (loaded at start)."""
+
+    # -- retention (store/retention.py) --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def delete_older(
+        self,
+        tier: Tier,
+        cutoff_us: int,
+        *,
+        selector: Selector,
+        keep: Sequence[Selector],
+    ) -> int:
+        """Delete the tier's rows older than `cutoff_us` of the selected series, except those
+        `keep` selects; returns how many."""
+
+    @abc.abstractmethod
+    async def maintain(self, now_us: int) -> None:
+        """Periodic upkeep the engine needs (PostgreSQL: partitions ahead of time)."""
+
+    @abc.abstractmethod
+    async def size_bytes(self) -> int:
+        """The database's size on disk."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -25,7 +25,10 @@ def open_store(url: str, *, stale_after_s: Mapping[str, int] | None = None) -> S
 
         return SqliteStore(sqlite_path(url), stale_after_s=stale_after_s or {})
     if url.startswith(("postgresql:", "postgres:")):
-        raise StoreError(
-            "the PostgreSQL store is not part of this version yet; use sqlite:///path/to/fieldhub.db"
-        )
-    raise StoreError(f"{url!r}: unsupported database URL; use sqlite:///path/to/fieldhub.db")
+        from fieldhub.store.postgres import PostgresStore
+
+        return PostgresStore(url, stale_after_s=stale_after_s or {})
+    raise StoreError(
+        f"{url!r}: unsupported database URL; use sqlite:///path/to/fieldhub.db or "
+        "postgresql://user@host:port/database"
+    )

@@ -21,8 +21,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from fieldhub.commands.states import CommandState
+from fieldhub.protocol.messages import CommandReply
+from fieldhub.store import sqlite_commands
 from fieldhub.store.base import (
-    Aggregate,
+    CommandOutcome,
+    CommandRow,
     DeadLetterRow,
     DeviceRow,
     MetricSummary,
@@ -30,12 +34,21 @@ from fieldhub.store.base import (
     PresenceEvent,
     PresenceState,
     ReadingRow,
-    SeriesPoint,
     Store,
     StoreError,
     TimeRow,
     WriteBatch,
     WriteResult,
+)
+from fieldhub.store.retention import Selector, Tier, delete_sql
+from fieldhub.store.rollups import (
+    ROLLUP_TABLES,
+    Part,
+    Partial,
+    partial_rows,
+    partials_sql,
+    rollup_rows,
+    upsert_sql,
 )
 from fieldhub.store.sqlite_schema import MIGRATIONS
 
@@ -87,7 +100,7 @@ _PRESENCE_SQL = """
 
 def _execute_rows(
     conn: sqlite3.Connection, head: str, tail: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
+) -> list[Any]:
     """Run `head (?, ...), (?, ...) tail` over `rows`, ROWS_PER_STATEMENT rows per statement.
 
     executemany() steps once per row, and the sqlite3 module releases and retakes the GIL around
@@ -96,13 +109,15 @@ def _execute_rows(
     the B-tree work for hundreds of rows while the network thread runs.
     """
     if not rows:
-        return
+        return []
     width = len(rows[0])
     group = "(" + ", ".join("?" * width) + ")"
+    out: list[Any] = []
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
         sql = head + ", ".join([group] * len(chunk)) + tail
-        conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+        out += conn.execute(sql, list(itertools.chain.from_iterable(chunk))).fetchall()
+    return out
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -174,6 +189,7 @@ class SqliteStore(Store):
         self._metric_names: dict[int, str] = {}
         self._series: set[tuple[int, int]] = set()
         self._presence: dict[int, str] = {}
+        self._formats: dict[int, tuple[str | None, str | None]] = {}
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
 
@@ -223,6 +239,12 @@ class SqliteStore(Store):
             )
         self._device_ids = dict(conn.execute("SELECT uid, id FROM devices").fetchall())
         self._presence = dict(conn.execute("SELECT id, presence FROM devices").fetchall())
+        self._formats = {
+            pk: (fmt, topic_id)
+            for pk, fmt, topic_id in conn.execute(
+                "SELECT id, command_format, topic_id FROM devices"
+            )
+        }
         self._metric_ids = dict(conn.execute("SELECT name, id FROM metrics").fetchall())
         self._metric_names = {v: k for k, v in self._metric_ids.items()}
         self._series = set(
@@ -302,6 +324,7 @@ class SqliteStore(Store):
             series = self._series
             attributes: dict[int, dict[str, Any]] = {}
             presence_events: list[tuple[int, int, str]] = []
+            formats: dict[int, tuple[str | None, str | None]] = {}
             for item in batch.decoded:
                 device_pk = self._device_ids.get(item.device_id)
                 if device_pk is None:
@@ -311,7 +334,7 @@ class SqliteStore(Store):
                     created[item.device_id] = device_pk
                     presence_cache[device_pk] = "unknown"
                     result.new_devices.append(item.device_id)
-                if last_seen.get(device_pk, 0) < item.received_us:
+                if item.from_device and last_seen.get(device_pk, 0) < item.received_us:
                     last_seen[device_pk] = item.received_us
                 for reading in item.readings:
                     metric_pk = metric_cache.get(reading.metric)
@@ -325,6 +348,11 @@ class SqliteStore(Store):
                         new_series.add((device_pk, metric_pk))
                 if item.attributes:
                     attributes.setdefault(device_pk, {}).update(item.attributes)
+                if item.topic_id is not None:
+                    known = formats.get(device_pk) or self._formats.get(device_pk, (None, None))
+                    spoken = (item.command_format or known[0], item.topic_id)
+                    if spoken != known:
+                        formats[device_pk] = spoken
                 if item.presence is not None and presence_cache.get(device_pk) != item.presence:
                     presence_cache[device_pk] = item.presence
                     presence_events.append((device_pk, item.received_us, item.presence))
@@ -333,15 +361,18 @@ class SqliteStore(Store):
                     )
             # Key order walks the B-tree once instead of jumping between leaves for every row.
             rows.sort()
-            before = conn.total_changes
-            _execute_rows(
+            # RETURNING gives only the rows inserted, not the duplicates: what the rollups add.
+            inserted = _execute_rows(
                 conn,
                 "INSERT INTO readings (device_id, metric_id, ts, value, received_at) VALUES ",
-                " ON CONFLICT DO NOTHING",
+                " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
                 rows,
             )
-            result.readings_written = conn.total_changes - before
+            result.readings_written = len(inserted)
             result.readings_duplicate = len(rows) - result.readings_written
+            for size_us, table in ROLLUP_TABLES:
+                head, tail = upsert_sql(table, "min", "max")
+                _execute_rows(conn, head + "VALUES ", tail, rollup_rows(inserted, size_us))
             _execute_rows(
                 conn,
                 "INSERT INTO device_metrics (device_id, metric_id) VALUES ",
@@ -397,8 +428,20 @@ class SqliteStore(Store):
                     "ON CONFLICT DO UPDATE SET digest = excluded.digest",
                     list(batch.retained_digests.items()),
                 )
+            if formats:
+                conn.executemany(
+                    "UPDATE devices SET command_format = ?, topic_id = ? WHERE id = ?",
+                    [(fmt, topic_id, pk) for pk, (fmt, topic_id) in formats.items()],
+                )
+            for reply in batch.command_replies:
+                ended = self._apply_reply(conn, reply)
+                if ended is None:
+                    result.late_replies += 1
+                else:
+                    result.command_transitions.append(ended)
             conn.execute("COMMIT")
             self._series |= new_series
+            self._formats.update(formats)
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -412,6 +455,98 @@ class SqliteStore(Store):
             raise
         self._presence = presence_cache
         return result
+
+    def _apply_reply(self, conn: sqlite3.Connection, reply: CommandReply) -> CommandRow | None:
+        device_pk = self._device_ids.get(reply.device_id)
+        if device_pk is None:
+            return None
+        if reply.ok:
+            target, detail = CommandState.SUCCEEDED, "the device acknowledged it: ok"
+        else:
+            target, detail = CommandState.FAILED, f"the device answered error: {reply.error}"
+        return sqlite_commands.transition(
+            conn,
+            device_pk,
+            reply.command_id,
+            target,
+            reply.received_us,
+            CommandOutcome(detail, "ack", reply.result, reply.error),
+        )
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def insert_command(self, command: CommandRow, detail: str) -> CommandRow | None:
+        """Store a new pending command (see `Store.insert_command`)."""
+        return await self._on_writer(
+            lambda: self._in_transaction(
+                lambda conn: sqlite_commands.insert(
+                    conn, self._require_device(command.device_id), command, detail
+                )
+            )
+        )
+
+    async def transition_command(
+        self,
+        device_id: str,
+        command_id: str,
+        target: CommandState,
+        at_us: int,
+        outcome: CommandOutcome,
+    ) -> CommandRow | None:
+        """Move a command on if the transition table allows it (see `Store.transition_command`)."""
+        device_pk = self._device_ids.get(device_id)
+        if device_pk is None:
+            return None
+        return await self._on_writer(
+            lambda: self._in_transaction(
+                lambda conn: sqlite_commands.transition(
+                    conn, device_pk, command_id, target, at_us, outcome
+                )
+            )
+        )
+
+    def _require_device(self, device_id: str) -> int:
+        device_pk = self._device_ids.get(device_id)
+        if device_pk is None:
+            raise StoreError(f"no device {device_id!r}")
+        return device_pk
+
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._writer
+        if conn is None:
+            raise StoreError("the store is not open")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"writing a command failed: {exc}") from exc
+            raise
+        return value
+
+    async def get_command(self, device_id: str, command_id: str) -> CommandRow | None:
+        """One command with its history."""
+        return await self._on_reader(lambda conn: sqlite_commands.get(conn, device_id, command_id))
+
+    async def list_commands(
+        self,
+        device_id: str,
+        *,
+        state: CommandState | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[CommandRow]:
+        """A device's commands, newest first."""
+        return await self._on_reader(
+            lambda conn: sqlite_commands.page(conn, device_id, state, limit, before)
+        )
+
+    async def active_commands(self) -> list[CommandRow]:
+        """Commands not yet final, oldest first."""
+        return await self._on_reader(sqlite_commands.active)
 
     def _create_device(self, conn: sqlite3.Connection, uid: str, profile: str, seen_us: int) -> int:
         stale = self._stale_after_s.get(profile, DEFAULT_STALE_AFTER_S)
@@ -466,6 +601,8 @@ class SqliteStore(Store):
             presence_changed_us=row["presence_changed_us"],
             attributes=orjson.loads(row["attributes"]),
             stale_after_s=row["stale_after_s"],
+            command_format=row["command_format"],
+            topic_id=row["topic_id"],
         )
 
     async def list_devices(
@@ -612,55 +749,20 @@ class SqliteStore(Store):
             lambda conn: [ReadingRow(r[0], r[1], r[2], r[3]) for r in conn.execute(sql, params)]
         )
 
-    async def query_series(
-        self,
-        device_id: str,
-        metric: str,
-        *,
-        start_us: int,
-        end_us: int,
-        interval_us: int,
-        agg: Aggregate,
-    ) -> list[SeriesPoint]:
-        """Bucketed aggregates. first/last use SQLite's documented bare-column rule: with a
-        single min() or max() aggregate, other columns come from the row holding that extreme."""
-        expr = {
-            "avg": "avg(r.value)",
-            "min": "min(r.value)",
-            "max": "max(r.value)",
-            "sum": "sum(r.value)",
-            "count": "count(*)",
-        }.get(agg)
-        bucket = "(r.ts - (r.ts % :iv))"
-        base = (
-            "FROM readings r WHERE r.device_id = (SELECT id FROM devices WHERE uid = :uid) "
-            "AND r.metric_id = (SELECT id FROM metrics WHERE name = :metric) "
-            "AND r.ts >= :start AND r.ts < :end"
-        )
+    async def series_partials(
+        self, device_id: str, metric: str, part: Part, interval_us: int
+    ) -> list[tuple[int, Partial]]:
+        """One part of a series query, from raw readings or a rollup table."""
+        sql = partials_sql(part.table, lambda name: f":{name}")
         params = {
             "uid": device_id,
             "metric": metric,
-            "start": start_us,
-            "end": end_us,
+            "start": part.start_us,
+            "end": part.end_us,
             "iv": interval_us,
+            "size": part.size_us,
         }
-        if expr is not None:
-            sql = f"SELECT {bucket} AS b, {expr}, count(*) {base} GROUP BY b ORDER BY b"
-
-            def run(conn: sqlite3.Connection) -> list[SeriesPoint]:
-                return [SeriesPoint(r[0], float(r[1]), r[2]) for r in conn.execute(sql, params)]
-
-        else:
-            pick = "min(r.ts)" if agg == "first" else "max(r.ts)"
-            sql = (
-                f"SELECT b, value, n FROM (SELECT {bucket} AS b, r.value AS value, {pick}, "
-                f"count(*) AS n {base} GROUP BY b) ORDER BY b"
-            )
-
-            def run(conn: sqlite3.Connection) -> list[SeriesPoint]:
-                return [SeriesPoint(r[0], float(r[1]), r[2]) for r in conn.execute(sql, params)]
-
-        return await self._on_reader(run)
+        return await self._on_reader(lambda conn: partial_rows(conn.execute(sql, params)))
 
     async def list_dead_letters(
         self,
@@ -756,6 +858,41 @@ class SqliteStore(Store):
             return rows
 
         return await self._on_reader(run)
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def delete_older(
+        self,
+        tier: Tier,
+        cutoff_us: int,
+        *,
+        selector: Selector,
+        keep: Sequence[Selector],
+    ) -> int:
+        """One retention sweep, in the writer's thread between ingest batches."""
+        params: list[object] = []
+
+        def ph(value: object) -> str:
+            params.append(value)
+            return "?"
+
+        sql = delete_sql(tier, cutoff_us, selector, keep, ph)
+
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, params).rowcount)
+
+        return await self._on_writer(lambda: self._in_transaction(run))
+
+    async def maintain(self, now_us: int) -> None:
+        """Nothing to prepare ahead of time: SQLite tables are not partitioned."""
+
+    async def size_bytes(self) -> int:
+        """The database file and its WAL."""
+        return sum(
+            path.stat().st_size
+            for path in (self.path, self.path.with_name(self.path.name + "-wal"))
+            if path.exists()
+        )
 
     async def ping(self) -> None:
         """A trivial query through the reader pool."""

@@ -78,4 +78,102 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX dead_letters_received ON dead_letters (received_at);
         """,
     ),
+    (
+        3,
+        "commands with their history; each device's command format and topic id spelling",
+        """
+        ALTER TABLE devices ADD COLUMN command_format TEXT;
+        ALTER TABLE devices ADD COLUMN topic_id TEXT;
+        -- One row per command; `uid` is the id on the wire (a UUID or the caller's idempotency
+        -- key), unique per device because acks are matched on the device's own ack topic.
+        CREATE TABLE commands (
+            id INTEGER PRIMARY KEY,
+            device_id INTEGER NOT NULL,
+            uid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            params TEXT NOT NULL,
+            format TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            updated_us INTEGER NOT NULL,
+            timeout_s REAL NOT NULL,
+            expires_us INTEGER,
+            sent_us INTEGER,
+            finished_us INTEGER,
+            result TEXT,
+            error TEXT,
+            decided_by TEXT,
+            UNIQUE (device_id, uid)
+        );
+        CREATE INDEX commands_device_created ON commands (device_id, created_us, uid);
+        -- Only the few commands not yet final, loaded at every start.
+        CREATE INDEX commands_active ON commands (state) WHERE state IN ('pending', 'sent');
+        CREATE TABLE command_history (
+            command_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            at_us INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (command_id, seq)
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        4,
+        "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
+        """
+        CREATE TABLE rollup_minute (
+            device_id INTEGER NOT NULL,
+            metric_id INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            total REAL NOT NULL,
+            lo REAL NOT NULL,
+            hi REAL NOT NULL,
+            first_ts INTEGER NOT NULL,
+            first_value REAL NOT NULL,
+            last_ts INTEGER NOT NULL,
+            last_value REAL NOT NULL,
+            PRIMARY KEY (device_id, metric_id, bucket)
+        ) WITHOUT ROWID;
+        CREATE TABLE rollup_hour (
+            device_id INTEGER NOT NULL,
+            metric_id INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            total REAL NOT NULL,
+            lo REAL NOT NULL,
+            hi REAL NOT NULL,
+            first_ts INTEGER NOT NULL,
+            first_value REAL NOT NULL,
+            last_ts INTEGER NOT NULL,
+            last_value REAL NOT NULL,
+            PRIMARY KEY (device_id, metric_id, bucket)
+        ) WITHOUT ROWID;
+        -- Rollups of the readings already stored (an existing installation upgrading).
+        INSERT INTO rollup_minute
+        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
+            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.ts = q.first_ts),
+            q.last_ts,
+            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.ts = q.last_ts)
+        FROM (SELECT device_id, metric_id, ts - ts % 60000000 AS b, count(*) AS n,
+                sum(value) AS total, min(value) AS lo, max(value) AS hi, min(ts) AS first_ts,
+                max(ts) AS last_ts
+            FROM readings GROUP BY device_id, metric_id, b) q;
+        INSERT INTO rollup_hour
+        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
+            (SELECT x.first_value FROM rollup_minute x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.bucket = q.first_ts - q.first_ts % 60000000),
+            q.last_ts,
+            (SELECT x.last_value FROM rollup_minute x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.bucket = q.last_ts - q.last_ts % 60000000)
+        FROM (SELECT device_id, metric_id, bucket - bucket % 3600000000 AS b, sum(n) AS n,
+                sum(total) AS total, min(lo) AS lo, max(hi) AS hi, min(first_ts) AS first_ts,
+                max(last_ts) AS last_ts
+            FROM rollup_minute GROUP BY device_id, metric_id, b) q;
+        """,
+    ),
 ]

@@ -40,7 +40,7 @@ TimeParam = Annotated[
 ]
 
 
-async def _device(store: Store, device_id: str, now: int) -> DeviceRow:
+async def device_or_404(store: Store, device_id: str, now: int) -> DeviceRow:
     row = await store.get_device(device_id, now_us=now)
     if row is None:
         raise NotFound(f"no device {device_id!r}")
@@ -91,7 +91,7 @@ async def list_devices(
 @router.get("/{device_id}", response_model=DeviceDetail)
 async def get_device(store: StoreDep, device_id: DeviceIdDep, now: NowDep) -> DeviceDetail:
     """One device with presence, attributes and each metric's latest value."""
-    row = await _device(store, device_id, now)
+    row = await device_or_404(store, device_id, now)
     metrics = await store.device_metrics(device_id)
     return DeviceDetail(
         **DevicePublic.of(row).model_dump(), metrics=[MetricPublic.of(m) for m in metrics]
@@ -115,7 +115,7 @@ async def get_presence(
     start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
     if start_us >= end_us:
         raise InvalidParameter("start must be before end (end defaults to now)")
-    await _device(store, device_id, now)
+    await device_or_404(store, device_id, now)
     events = await store.presence_history(device_id, start_us=start_us, end_us=end_us, limit=limit)
     return PresencePublic(
         device_id=device_id,
@@ -139,7 +139,7 @@ async def get_readings(
 ) -> ReadingsPublic:
     """Raw readings in [start, end), ordered by metric then time; follow next_cursor for more."""
     start_us, end_us = parse_range(start, end)
-    await _device(store, device_id, now)
+    await device_or_404(store, device_id, now)
     after: tuple[str, int] | None = None
     if cursor:
         name, ts = decode_cursor(cursor, str, int)
@@ -191,7 +191,7 @@ async def get_series(
             f"{buckets} buckets requested; at most {MAX_SERIES_BUCKETS}: widen the interval or "
             "narrow the range"
         )
-    await _device(store, device_id, now)
+    await device_or_404(store, device_id, now)
     points = await store.query_series(
         device_id, metric, start_us=start_us, end_us=end_us, interval_us=interval_us, agg=agg
     )

@@ -21,9 +21,7 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import NowDep, PlatformDep, StoreDep
@@ -43,6 +41,7 @@ from fieldhub.api.routes.flask_compat_schema import (
     json_number,
     parse_flask_time,
 )
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import Decoded, Rejected, RejectReason
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
@@ -136,31 +135,15 @@ def _refuse_body_headers(request: Request) -> JSONResponse | None:
     return None
 
 
-# Path -> the methods of every compat route on it, for the Allow header of a 405.
-_METHODS_BY_PATH: dict[str, set[str]] = {}
-
-
-class FlaskCompatRoute(APIRoute):
+class FlaskCompatRoute(AllMethodsRoute):
     """A route whose every error, FastAPI's own included, leaves in the Flask app's shape.
 
     The app-wide handlers answer `{"error": {"code", "message"}}`; the Flask app's clients read
     `error` as a string, so these routes translate before those handlers see anything.
     """
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        _METHODS_BY_PATH.setdefault(self.path, set()).update(self.methods or ())
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """405 naming every method of the path: GET and POST of one path are two routes here,
-        and Starlette's own 405 would name only the first route's methods (RFC 9110 wants all)."""
-        if self.methods and scope["method"] not in self.methods:
-            allowed = ", ".join(sorted(_METHODS_BY_PATH.get(self.path, self.methods)))
-            response = flask_error(405, "method_not_allowed", f"use {allowed}")
-            response.headers["Allow"] = allowed
-            await response(scope, receive, send)
-            return
-        await super().handle(scope, receive, send)
+    def method_not_allowed(self, allowed: str) -> JSONResponse:
+        return flask_error(405, "method_not_allowed", f"use {allowed}")
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -470,7 +453,7 @@ async def _ingest(
             detail = f"timestamp {timestamp!r} (passed on as epoch microseconds): {detail}"
         raise CompatError(422, result.reason.value, f"{detail} (kept in dead letters)")
     if not isinstance(result, Decoded):
-        raise CompatError(422, "not_data", f"topic {topic!r} carries {result.channel}, not data")
+        raise CompatError(422, "not_data", f"topic {topic!r} carries no readings")
     stored = next(r for r in result.readings if r.metric == metric)
     return ReadingCreated(statusCode=201, device_id=result.device_id, id=stored.ts_us)
 

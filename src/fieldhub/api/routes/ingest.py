@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from fieldhub.api.deps import PlatformDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
 from fieldhub.api.models import IngestAccepted
-from fieldhub.protocol.messages import Decoded, Ignored, Rejected
+from fieldhub.protocol.messages import CommandReply, Ignored, Rejected
 from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
 
@@ -79,7 +79,9 @@ async def ingest(
         return _rejected(422, result.reason.value, f"{result.detail} (kept in dead letters)")
     if isinstance(result, Ignored):
         return _rejected(422, "not_data", f"topic {topic!r} carries {result.channel}, not data")
-    assert isinstance(result, Decoded)
+    if isinstance(result, CommandReply):
+        # A device answering a command over HTTP: applied with the batch, no readings.
+        return IngestAccepted(device_id=result.device_id, readings=0, written=0, duplicates=0)
     return IngestAccepted(
         device_id=result.device_id,
         readings=len(result.readings),

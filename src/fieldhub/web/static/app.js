@@ -509,6 +509,7 @@ async function devicePage() {
   }
 
   const presenceBadge = document.getElementById("presence");
+  const commands = commandsPanel(deviceId);
   const live = new Live(
     {
       readings(frame) {
@@ -523,10 +524,15 @@ async function devicePage() {
         timeline.draw();
       },
       attributes(frame) { if (frame.device === deviceId) setAttributes(frame.attributes); },
+      command(frame) { commands.frame(frame); },
     },
-    () => load(),
+    () => {
+      commands.resync();
+      return load();
+    },
   );
-  live.subscribe({ devices: [deviceId], events: ["readings", "presence", "devices"] });
+  live.subscribe({ devices: [deviceId], events: ["readings", "presence", "devices", "commands"] });
+  commands.start();
 
   const rangeForm = document.getElementById("ranges");
   rangeForm.addEventListener("click", (e) => {
@@ -552,6 +558,313 @@ async function devicePage() {
     timeline.draw();
   }, 1000);
   await load();
+}
+
+// ---- device page: commands --------------------------------------------------------------------
+
+// docs/commands.md: a command only moves forward (pending -> sent -> one final state). What the
+// page learns may arrive out of that order (the POST's answer after the command's own live
+// frames, a list read just before a transition), so a row never goes back to an earlier state.
+const COMMAND_RANK = { pending: 0, sent: 1, succeeded: 2, failed: 2, timed_out: 2, expired: 2, cancelled: 2 };
+const COMMAND_ROWS = 20;
+
+function commandsPanel(deviceId) {
+  const enc = encodeURIComponent(deviceId);
+  const typesEl = document.getElementById("command-types");
+  const tbody = document.querySelector("#command-log tbody");
+  const empty = document.getElementById("no-commands");
+  const cancelError = document.getElementById("command-log-error");
+  const rowOf = (id) => tbody.querySelector(`tr[data-command-id="${CSS.escape(id)}"]`);
+  const rankOf = (state) => COMMAND_RANK[state] ?? 1; // an unknown state: after pending, before final
+
+  function note(text, id) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    if (id) p.id = id;
+    p.textContent = text;
+    return p;
+  }
+
+  // One input per property of the command's params schema. Bounds go on the inputs as hints,
+  // but the form does not validate: the API checks the params and its message says what is wrong.
+  function fieldFor(name, schema, required) {
+    const label = document.createElement("label");
+    label.className = "param";
+    const caption = document.createElement("span");
+    caption.textContent = name;
+    const type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
+    let input;
+    if (Array.isArray(schema.enum)) {
+      input = document.createElement("select");
+      input.dataset.kind = "enum";
+      if (!required) input.append(new Option("—", ""));
+      for (const v of schema.enum) input.append(new Option(String(v), JSON.stringify(v)));
+      if (schema.default !== undefined) input.value = JSON.stringify(schema.default);
+    } else if (type === "boolean") {
+      input = document.createElement("input");
+      input.type = "checkbox";
+      input.dataset.kind = "boolean";
+      input.checked = schema.default === true;
+      label.classList.add("check");
+    } else if (type === "integer" || type === "number") {
+      input = document.createElement("input");
+      input.type = "number";
+      input.dataset.kind = type;
+      input.step = type === "integer" ? "1" : "any";
+      const lo = schema.minimum ?? schema.exclusiveMinimum;
+      const hi = schema.maximum ?? schema.exclusiveMaximum;
+      if (typeof schema.minimum === "number") input.min = String(schema.minimum);
+      if (typeof schema.maximum === "number") input.max = String(schema.maximum);
+      if (typeof lo === "number" || typeof hi === "number") input.placeholder = `${lo ?? ""}–${hi ?? ""}`;
+      if (typeof schema.default === "number") input.value = String(schema.default);
+    } else {
+      input = document.createElement("input");
+      input.type = "text";
+      // A string as typed; anything else (objects, arrays, untyped) is read as JSON.
+      input.dataset.kind = type === "string" ? "string" : "json";
+      if (input.dataset.kind === "json") input.placeholder = "JSON";
+      if (typeof schema.maxLength === "number") input.maxLength = schema.maxLength;
+      if (schema.default !== undefined) input.value = type === "string" ? String(schema.default) : JSON.stringify(schema.default);
+    }
+    input.name = name;
+    input.dataset.param = name;
+    if (required) input.setAttribute("aria-required", "true");
+    if (schema.description) input.title = schema.description;
+    if (input.type === "checkbox") label.append(input, caption);
+    else label.append(caption, input);
+    return label;
+  }
+
+  function readParams(form) {
+    const params = {};
+    for (const input of form.querySelectorAll("[data-param]")) {
+      const name = input.dataset.param;
+      const kind = input.dataset.kind;
+      if (kind === "boolean") { params[name] = input.checked; continue; }
+      const raw = kind === "string" ? input.value : input.value.trim();
+      if (raw === "") continue; // left out: the API says whether it was required
+      if (kind === "enum") params[name] = JSON.parse(raw);
+      else if (kind === "integer" || kind === "number") params[name] = Number(raw);
+      else if (kind === "json") {
+        try { params[name] = JSON.parse(raw); } catch { params[name] = raw; }
+      } else params[name] = raw;
+    }
+    return params;
+  }
+
+  function showError(form, message) {
+    const out = form.querySelector(".command-error");
+    out.textContent = message;
+    out.hidden = !message;
+  }
+
+  async function send(form, name) {
+    const button = form.querySelector("button[type=submit]");
+    showError(form, "");
+    button.disabled = true;
+    form.setAttribute("aria-busy", "true");
+    try {
+      const r = await fetch(`/api/v1/devices/${enc}/commands`, {
+        method: "POST",
+        headers: { "content-type": "application/json", accept: "application/json" },
+        body: JSON.stringify({ name, params: readParams(form) }),
+      });
+      let body = null;
+      try { body = await r.json(); } catch { /* not JSON: reported by status below */ }
+      if (r.ok && body?.id) {
+        // Drawn at once, in this task: the command's first state is always on screen, even
+        // when its live frames have already moved on (they then win; see upsert).
+        upsert(body);
+        return;
+      }
+      let message = body?.error?.message || `HTTP ${r.status} ${r.statusText}`.trim();
+      const retry = r.headers.get("retry-after");
+      if (r.status === 429 && retry) message += ` (retry after ${retry} s)`;
+      showError(form, message);
+    } catch (err) {
+      showError(form, `could not send: ${err.message || err}`);
+    } finally {
+      button.disabled = false;
+      form.removeAttribute("aria-busy");
+    }
+  }
+
+  function formFor(command) {
+    const form = document.createElement("form");
+    form.className = "command";
+    form.dataset.command = command.name;
+    form.noValidate = true;
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.dataset.command = command.name;
+    button.textContent = command.name;
+    if (command.description) button.title = command.description;
+    form.append(button);
+    const schema = command.params_schema || {};
+    const required = new Set(schema.required || []);
+    for (const [name, prop] of Object.entries(schema.properties || {})) {
+      form.append(fieldFor(name, prop || {}, required.has(name)));
+    }
+    if (command.description) {
+      const d = document.createElement("span");
+      d.className = "description";
+      d.textContent = command.description;
+      form.append(d);
+    }
+    const out = document.createElement("output");
+    out.className = "command-error";
+    out.setAttribute("role", "alert");
+    out.hidden = true;
+    form.append(out);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      if (!button.disabled) send(form, command.name);
+    });
+    return form;
+  }
+
+  function renderTypes(body) {
+    const commands = body.format ? body.commands || [] : [];
+    typesEl.dataset.format = body.format || "";
+    if (!commands.length) {
+      typesEl.replaceChildren(note("This device accepts no commands.", "no-command-types"));
+      return;
+    }
+    const format = document.createElement("p");
+    format.className = "command-format";
+    format.innerHTML = "format <code></code>";
+    format.querySelector("code").textContent = body.format;
+    typesEl.replaceChildren(format, ...commands.map(formFor));
+  }
+
+  function fillRow(row, cmd, transition) {
+    const cell = row.querySelector("td.state");
+    if (cell.dataset.state !== cmd.state) cell.dataset.state = cmd.state;
+    cell.querySelector(".badge").textContent = cmd.state;
+    const last = transition || cmd.history?.[cmd.history.length - 1];
+    cell.title = last ? `${last.state} at ${last.at}${last.detail ? `: ${last.detail}` : ""}` : "";
+    const outcome = row.querySelector("td.outcome");
+    outcome.querySelector(".decided-by").textContent = cmd.decided_by || "";
+    outcome.querySelector(".error").textContent = cmd.error || "";
+    const result = outcome.querySelector(".result");
+    result.textContent = cmd.result == null ? "" : `result ${JSON.stringify(cmd.result)}`;
+    syncCancel(row, cmd);
+  }
+
+  // A pending command can still be cancelled: its row offers a button until it leaves pending,
+  // whichever says so first (the DELETE's answer, a live frame, a resync).
+  function syncCancel(row, cmd) {
+    const cell = row.querySelector("td.actions");
+    const button = cell.querySelector("button.cancel");
+    if (cmd.state !== "pending") {
+      button?.remove();
+      return;
+    }
+    if (button) return;
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "cancel";
+    b.textContent = "Cancel";
+    b.title = `Cancel ${cmd.name} before it is sent`;
+    cell.append(b);
+  }
+
+  function showCancelError(message) {
+    cancelError.textContent = message;
+    cancelError.hidden = !message;
+  }
+
+  // DELETE answers 200 with the command, now cancelled, or 409 once it was handed to the broker
+  // or is final (docs/commands.md): then the API's message is shown and the row re-read.
+  async function cancel(row, button) {
+    const id = row.dataset.commandId;
+    const name = row.querySelector("td.name code").textContent;
+    const url = `/api/v1/devices/${enc}/commands/${encodeURIComponent(id)}`;
+    showCancelError("");
+    button.disabled = true;
+    row.setAttribute("aria-busy", "true");
+    try {
+      const r = await fetch(url, { method: "DELETE", headers: { accept: "application/json" } });
+      let body = null;
+      try { body = await r.json(); } catch { /* not JSON: reported by status below */ }
+      if (r.ok && body?.id) {
+        upsert(body); // never backwards: a live frame that came first stays
+        return;
+      }
+      const message = body?.error?.message || `HTTP ${r.status} ${r.statusText}`.trim();
+      showCancelError(`Could not cancel ${name}: ${message}`);
+      if (r.status === 409) {
+        // The command moved on; its live frame may not have arrived yet (or the socket is down).
+        getJSON(url).then((cmd) => upsert(cmd), () => {});
+      }
+    } catch (err) {
+      showCancelError(`Could not cancel ${name}: ${err.message || err}`);
+    } finally {
+      button.disabled = false;
+      row.removeAttribute("aria-busy");
+    }
+  }
+
+  tbody.addEventListener("click", (e) => {
+    const button = e.target.closest("button.cancel");
+    const row = button?.closest("tr[data-command-id]");
+    if (row && !button.disabled) cancel(row, button);
+  });
+
+  // Insert the command or bring its row up to date; rows stay newest first (by `created`).
+  function upsert(cmd, transition) {
+    let row = rowOf(cmd.id);
+    if (row) {
+      if (rankOf(cmd.state) < rankOf(row.querySelector("td.state").dataset.state)) return;
+      fillRow(row, cmd, transition);
+      return;
+    }
+    row = document.getElementById("command-row").content.firstElementChild.cloneNode(true);
+    row.dataset.commandId = cmd.id;
+    const created = cmd.created ? usOf(cmd.created) : Date.now() * 1000;
+    row.dataset.created = String(created);
+    row.querySelector("td.created time").dataset.us = String(created);
+    row.querySelector("td.name code").textContent = cmd.name;
+    const params = cmd.params && Object.keys(cmd.params).length ? JSON.stringify(cmd.params) : "";
+    row.querySelector("td.params code").textContent = params;
+    fillRow(row, cmd, transition);
+    const before = [...tbody.children].find((r) => Number(r.dataset.created) < created);
+    row.classList.add("new");
+    refreshTimes(row);
+    tbody.insertBefore(row, before || null);
+    while (tbody.children.length > COMMAND_ROWS) tbody.lastElementChild.remove();
+    empty.hidden = true;
+  }
+
+  async function loadTypes() {
+    try {
+      renderTypes(await getJSON(`/api/v1/devices/${enc}/command-types`));
+    } catch (err) {
+      typesEl.replaceChildren(note(`Could not read the commands of this device: ${err.message}`));
+    }
+  }
+
+  async function loadLog() {
+    try {
+      const body = await getJSON(`/api/v1/devices/${enc}/commands?limit=${COMMAND_ROWS}`);
+      for (const cmd of [...body.data].reverse()) upsert(cmd);
+      empty.textContent = "No commands sent to this device yet.";
+    } catch (err) {
+      empty.textContent = `Could not read the commands of this device: ${err.message}`;
+    }
+    empty.hidden = tbody.children.length > 0;
+  }
+
+  empty.hidden = true;
+  return {
+    start() { loadTypes(); loadLog(); },
+    resync: loadLog,
+    frame(frame) {
+      const cmd = frame.command;
+      if (!cmd || (cmd.device && cmd.device !== deviceId)) return;
+      upsert(cmd, cmd.transition);
+    },
+  };
 }
 
 // ---- dead letters page ------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Commands to devices: formats per stack, the lifecycle state machine, dispatch and tracking."""
