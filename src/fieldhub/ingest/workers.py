@@ -1,0 +1,160 @@
+"""Ingest as separate processes: N stateless workers on one MQTT shared subscription.
+
+`fieldhub ingest --workers N` runs N copies of the ingest pipeline (decode, batch, commit, ack
+after commit) without the HTTP API, each subscribed to `$share/<group>/<filter>` so the broker
+hands every message to exactly one of them, all writing to one PostgreSQL database. The parent
+process starts them and starts again any that dies: a worker's persistent session keeps the
+messages the broker had sent it but it had not acknowledged, and its broker hands them over
+only to the same client id, so a worker killed mid-batch loses nothing once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from fieldhub.config import Settings
+from fieldhub.ingest.metrics import IngestMetrics
+from fieldhub.ingest.pipeline import Ingest
+from fieldhub.mqtt.client import MqttSubscriber
+from fieldhub.protocol.decode import MessageDecoder
+from fieldhub.protocol.profiles import select_profiles
+from fieldhub.store.open import open_store
+
+log = logging.getLogger("fieldhub.ingest")
+
+SHARE_GROUP = "fieldhub"
+# A worker that dies is started again after this pause (doubling up to the maximum while it
+# keeps dying within a minute of starting: a bad config must not spin the CPU).
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+STOP_GRACE_S = 30.0
+
+
+def shared_filters(filters: list[str], group: str = SHARE_GROUP) -> list[str]:
+    """The profiles' filters as one shared subscription group."""
+    return [f"$share/{group}/{topic_filter}" for topic_filter in filters]
+
+
+async def run_worker(settings: Settings, index: int, stop: asyncio.Event) -> None:
+    """One ingest worker until `stop` is set: drains what it received, then disconnects."""
+    if settings.external_broker is None:
+        raise ValueError("ingest workers need --mqtt-url (the broker they share)")
+    profiles = select_profiles(settings.profiles)
+    decoder = MessageDecoder(profiles)
+    store = open_store(settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles})
+    ingest = Ingest(store=store, decoder=decoder, metrics=IngestMetrics(CollectorRegistry()))
+    subscriber = MqttSubscriber(
+        endpoint=settings.external_broker,
+        client_id=f"{settings.mqtt_client_id}-{index}",
+        filters=shared_filters(decoder.subscriptions),
+        on_message=ingest.on_message,
+        protocol=settings.protocol_version,
+    )
+    ingest.acker = subscriber.ack
+    await store.open()
+    await ingest.load_state()
+    writer = asyncio.create_task(ingest.run(), name="ingest.writer")
+    subscriber.start()
+    log.info("ingest worker %d: %s on %s", index, subscriber.client_id, store.__class__.__name__)
+    try:
+        await stop.wait()
+    finally:
+        await ingest.drain()
+        await asyncio.to_thread(subscriber.stop)
+        await ingest.drain()
+        writer.cancel()
+        await asyncio.wait([writer])
+        await store.close()
+        log.info("ingest worker %d stopped after %d batches", index, ingest.batches_committed)
+
+
+def worker_main(settings: Settings, index: int) -> None:
+    """A worker process: run until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, index, stop)
+
+    asyncio.run(main())
+
+
+class WorkerSupervisor:
+    """Starts `count` worker processes (`fieldhub ingest --worker-index i`) and restarts any
+    that exits until told to stop."""
+
+    def __init__(self, count: int, *, executable: Path | None = None) -> None:
+        self.count = count
+        self.executable = executable or Path(sys.executable).with_name("fieldhub")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started_at: dict[int, float] = {}
+        self.delays: dict[int, float] = {}
+        self.restarts = 0
+        self._stopping = False
+
+    def _spawn(self, index: int) -> None:
+        # The worker inherits FIELDHUB_* variables and flags passed on as variables by the CLI.
+        self.procs[index] = subprocess.Popen(
+            [str(self.executable), "ingest", "--worker-index", str(index)], env=os.environ.copy()
+        )
+        self.started_at[index] = time.monotonic()
+
+    def run(self) -> int:
+        """Supervise until SIGTERM/SIGINT; returns an exit status."""
+
+        def stop(signum: int, frame: object) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        for index in range(1, self.count + 1):
+            self._spawn(index)
+        print(f"fieldhub ingest: {self.count} workers started", flush=True)
+        pending: dict[int, float] = {}
+        while not self._stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for index, proc in list(self.procs.items()):
+                if index in pending or proc.poll() is None:
+                    continue
+                lived = now - self.started_at[index]
+                delay = self.delays.get(index, RESTART_MIN_S)
+                delay = RESTART_MIN_S if lived > STABLE_AFTER_S else min(delay * 2, RESTART_MAX_S)
+                self.delays[index] = delay
+                log.warning(
+                    "ingest worker %d exited (%s) after %.1f s; starting it again in %.1f s",
+                    index,
+                    proc.returncode,
+                    lived,
+                    delay,
+                )
+                pending[index] = now + delay
+            for index, at in list(pending.items()):
+                if now >= at:
+                    del pending[index]
+                    self.restarts += 1
+                    self._spawn(index)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        status = 0
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                status = 1
+        return status

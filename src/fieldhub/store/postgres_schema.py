@@ -1,0 +1,168 @@
+"""PostgreSQL schema as numbered migrations (the same versioned migrator as SQLite's).
+
+The readings table is partitioned by time (`ts`, epoch microseconds) into months: a query over
+a window touches only its months, and retention drops whole partitions instead of deleting rows
+(NOTES.md trap 9: BRIN on `ts` is useless when rows arrive out of time order; partitions plus a
+b-tree on (device, metric, ts) are not). Partitions are created ahead by the store
+(`ensure_partitions`); a default partition takes whatever falls outside them (years-old
+backfill, a clock far in the future) so no write ever fails for want of one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "devices, metrics, time-partitioned readings, dead letters, presence, retained digests",
+        """
+        CREATE TABLE devices (
+            id BIGSERIAL PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            profile TEXT NOT NULL,
+            first_seen_us BIGINT NOT NULL,
+            last_seen_us BIGINT NOT NULL,
+            presence TEXT NOT NULL DEFAULT 'unknown',
+            presence_changed_us BIGINT,
+            stale_after_s INTEGER NOT NULL,
+            attributes JSONB NOT NULL DEFAULT '{}'
+        );
+        CREATE TABLE metrics (
+            id SERIAL PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        );
+        CREATE TABLE readings (
+            device_id BIGINT NOT NULL,
+            metric_id INTEGER NOT NULL,
+            ts BIGINT NOT NULL,
+            value DOUBLE PRECISION NOT NULL,
+            received_at BIGINT NOT NULL,
+            PRIMARY KEY (device_id, metric_id, ts)
+        ) PARTITION BY RANGE (ts);
+        CREATE TABLE readings_default PARTITION OF readings DEFAULT;
+        CREATE TABLE device_metrics (
+            device_id BIGINT NOT NULL,
+            metric_id INTEGER NOT NULL,
+            PRIMARY KEY (device_id, metric_id)
+        );
+        CREATE TABLE dead_letters (
+            id BIGSERIAL PRIMARY KEY,
+            received_at BIGINT NOT NULL,
+            topic TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            payload BYTEA NOT NULL,
+            size INTEGER NOT NULL,
+            device_uid TEXT,
+            profile TEXT
+        );
+        CREATE INDEX dead_letters_reason ON dead_letters (reason, id);
+        CREATE INDEX dead_letters_device ON dead_letters (device_uid, id);
+        CREATE INDEX dead_letters_received ON dead_letters (received_at);
+        CREATE TABLE presence_events (
+            device_id BIGINT NOT NULL,
+            ts BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (device_id, ts)
+        );
+        CREATE TABLE retained_digests (
+            topic TEXT PRIMARY KEY,
+            digest BYTEA NOT NULL
+        );
+        """,
+    ),
+    (
+        2,
+        "commands with their history; each device's command format and topic id spelling",
+        """
+        ALTER TABLE devices ADD COLUMN command_format TEXT;
+        ALTER TABLE devices ADD COLUMN topic_id TEXT;
+        CREATE TABLE commands (
+            id BIGSERIAL PRIMARY KEY,
+            device_id BIGINT NOT NULL,
+            uid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            params JSONB NOT NULL,
+            format TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            updated_us BIGINT NOT NULL,
+            timeout_s DOUBLE PRECISION NOT NULL,
+            expires_us BIGINT,
+            sent_us BIGINT,
+            finished_us BIGINT,
+            result JSONB,
+            error TEXT,
+            decided_by TEXT,
+            UNIQUE (device_id, uid)
+        );
+        CREATE INDEX commands_device_created ON commands (device_id, created_us, uid);
+        CREATE INDEX commands_active ON commands (state) WHERE state IN ('pending', 'sent');
+        CREATE TABLE command_history (
+            command_id BIGINT NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            at_us BIGINT NOT NULL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (command_id, seq)
+        );
+        """,
+    ),
+    (
+        3,
+        "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
+        """
+        CREATE TABLE rollup_minute (
+            device_id BIGINT NOT NULL,
+            metric_id INTEGER NOT NULL,
+            bucket BIGINT NOT NULL,
+            n BIGINT NOT NULL,
+            total DOUBLE PRECISION NOT NULL,
+            lo DOUBLE PRECISION NOT NULL,
+            hi DOUBLE PRECISION NOT NULL,
+            first_ts BIGINT NOT NULL,
+            first_value DOUBLE PRECISION NOT NULL,
+            last_ts BIGINT NOT NULL,
+            last_value DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device_id, metric_id, bucket)
+        );
+        CREATE TABLE rollup_hour (
+            device_id BIGINT NOT NULL,
+            metric_id INTEGER NOT NULL,
+            bucket BIGINT NOT NULL,
+            n BIGINT NOT NULL,
+            total DOUBLE PRECISION NOT NULL,
+            lo DOUBLE PRECISION NOT NULL,
+            hi DOUBLE PRECISION NOT NULL,
+            first_ts BIGINT NOT NULL,
+            first_value DOUBLE PRECISION NOT NULL,
+            last_ts BIGINT NOT NULL,
+            last_value DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (device_id, metric_id, bucket)
+        );
+        -- Rollups of the readings already stored (an existing installation upgrading).
+        INSERT INTO rollup_minute
+        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
+            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.ts = q.first_ts),
+            q.last_ts,
+            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.ts = q.last_ts)
+        FROM (SELECT device_id, metric_id, ts - ts % 60000000 AS b, count(*) AS n,
+                sum(value) AS total, min(value) AS lo, max(value) AS hi, min(ts) AS first_ts,
+                max(ts) AS last_ts
+            FROM readings GROUP BY device_id, metric_id, b) q;
+        INSERT INTO rollup_hour
+        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
+            (SELECT x.first_value FROM rollup_minute x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.bucket = q.first_ts - q.first_ts % 60000000),
+            q.last_ts,
+            (SELECT x.last_value FROM rollup_minute x WHERE x.device_id = q.device_id
+                AND x.metric_id = q.metric_id AND x.bucket = q.last_ts - q.last_ts % 60000000)
+        FROM (SELECT device_id, metric_id, bucket - bucket % 3600000000 AS b, sum(n) AS n,
+                sum(total) AS total, min(lo) AS lo, max(hi) AS hi, min(first_ts) AS first_ts,
+                max(last_ts) AS last_ts
+            FROM rollup_minute GROUP BY device_id, metric_id, b) q;
+        """,
+    ),
+]

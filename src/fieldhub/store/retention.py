@@ -1,0 +1,234 @@
+"""Retention: how long each tier of data is kept, and the job that deletes what is older.
+
+Three tiers: raw readings, minute rollups, hour rollups (defaults 30 days, 1 year, forever).
+Rules may override a tier for one device, one metric, or one device's metric; the most specific
+rule that sets a tier wins for a series (device + metric, then device, then metric, then the
+default), so a sweep never deletes what a more specific rule keeps. Series are never deleted
+as a whole: the rollups outlive the raw readings they summarise, which is what keeps a year of
+charts fast and small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from fieldhub.store.base import Store
+
+log = logging.getLogger("fieldhub.retention")
+
+Tier = Literal["raw", "minute", "hour"]
+TIERS: tuple[Tier, ...] = ("raw", "minute", "hour")
+US_PER_DAY = 86_400 * 1_000_000
+# The disk-budget warning fires from this share of the budget on, before it is hit.
+BUDGET_WARN_FRACTION = 0.9
+FIRST_RUN_DELAY_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which series a rule covers: a device, a metric, both, or (neither) every series."""
+
+    device: str | None = None
+    metric: str | None = None
+
+    @property
+    def specificity(self) -> int:
+        return (2 if self.device is not None else 0) + (1 if self.metric is not None else 0)
+
+    def overlaps(self, other: Selector) -> bool:
+        """True when some series matches both."""
+        return (self.device is None or other.device is None or self.device == other.device) and (
+            self.metric is None or other.metric is None or self.metric == other.metric
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Days to keep per tier for the selected series; None in `days` = forever, a tier absent
+    from `days` = this rule says nothing about it."""
+
+    selector: Selector
+    days: dict[Tier, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """One DELETE: a tier's rows older than `cutoff_us` of the series `selector` covers,
+    except those of `keep` (more specific rules decide for them)."""
+
+    tier: Tier
+    cutoff_us: int
+    selector: Selector
+    keep: tuple[Selector, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """The defaults and the override rules (Settings `retention_*`)."""
+
+    raw_days: float | None = 30.0
+    minute_days: float | None = 365.0
+    hour_days: float | None = None
+    overrides: tuple[Rule, ...] = ()
+
+    def rules(self) -> list[Rule]:
+        default = Rule(
+            Selector(), {"raw": self.raw_days, "minute": self.minute_days, "hour": self.hour_days}
+        )
+        return [default, *self.overrides]
+
+    def sweeps(self, now_us: int) -> list[Sweep]:
+        """The deletes that apply the policy at `now_us`."""
+        out = []
+        rules = self.rules()
+        for tier in TIERS:
+            deciding = [r for r in rules if tier in r.days]
+            for rule in deciding:
+                days = rule.days[tier]
+                if days is None:
+                    continue  # kept forever; it still shields its series (below)
+                keep = tuple(
+                    other.selector
+                    for other in deciding
+                    if other.selector.specificity > rule.selector.specificity
+                    and other.selector.overlaps(rule.selector)
+                )
+                out.append(Sweep(tier, now_us - int(days * US_PER_DAY), rule.selector, keep))
+        return out
+
+
+@dataclass
+class RetentionJob:
+    """Applies the policy now and then (at start, then every `interval_s`), with a log line per
+    run, Prometheus metrics, and a warning when the database nears its disk budget."""
+
+    store: Store
+    policy: RetentionPolicy
+    registry: CollectorRegistry
+    interval_s: float = 3600.0
+    disk_budget_bytes: int | None = None
+    clock_us: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000)
+    runs: int = 0
+
+    def __post_init__(self) -> None:
+        self._deleted = Counter(
+            "fieldhub_retention_deleted_rows",
+            "Rows retention deleted, by tier",
+            ["tier"],
+            registry=self.registry,
+        )
+        self._last_run = Gauge(
+            "fieldhub_retention_last_run_timestamp_seconds",
+            "When retention last completed",
+            registry=self.registry,
+        )
+        self._db_bytes = Gauge(
+            "fieldhub_database_bytes", "Size of the database on disk", registry=self.registry
+        )
+        self._over_budget = Gauge(
+            "fieldhub_database_budget_warning",
+            "1 while the database uses 90 % or more of its disk budget",
+            registry=self.registry,
+        )
+
+    async def run_once(self) -> dict[Tier, int]:
+        """Apply the policy at the clock's now; returns rows deleted per tier."""
+        started = time.perf_counter()
+        now_us = self.clock_us()
+        deleted: dict[Tier, int] = dict.fromkeys(TIERS, 0)
+        for sweep in self.policy.sweeps(now_us):
+            count = await self.store.delete_older(
+                sweep.tier, sweep.cutoff_us, selector=sweep.selector, keep=sweep.keep
+            )
+            deleted[sweep.tier] += count
+        await self.store.maintain(now_us)
+        for tier, count in deleted.items():
+            self._deleted.labels(tier).inc(count)
+        self.runs += 1
+        self._last_run.set(now_us / 1e6)
+        size = await self.store.size_bytes()
+        self._db_bytes.set(size)
+        log.info(
+            "retention: deleted %d raw readings, %d minute and %d hour rollup rows in %.1f s; "
+            "database %.1f MiB",
+            deleted["raw"],
+            deleted["minute"],
+            deleted["hour"],
+            time.perf_counter() - started,
+            size / 2**20,
+        )
+        self._check_budget(size)
+        return deleted
+
+    def _check_budget(self, size: int) -> None:
+        budget = self.disk_budget_bytes
+        near = budget is not None and size >= BUDGET_WARN_FRACTION * budget
+        self._over_budget.set(1 if near else 0)
+        if budget is not None and near:
+            log.warning(
+                "the database uses %.1f MiB of its %.1f MiB disk budget (%.0f %%): shorten "
+                "retention (FIELDHUB_RETENTION_RAW_DAYS, ...) or raise FIELDHUB_DISK_BUDGET_MB",
+                size / 2**20,
+                budget / 2**20,
+                100 * size / budget,
+            )
+
+    async def run(self) -> None:
+        """Run forever (a task): first FIRST_RUN_DELAY_S after start (a start, and the backlog
+        that often follows it, never waits for a large delete), then every interval. Failures
+        are logged and retried at the next interval; ingest never waits for retention."""
+        await asyncio.sleep(min(self.interval_s, FIRST_RUN_DELAY_S))
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("retention run failed; retrying in %.0f s", self.interval_s)
+            await asyncio.sleep(self.interval_s)
+
+
+# Where each tier lives, its time column, and how much time one row spans.
+TIER_TABLES: dict[Tier, tuple[str, str, int]] = {
+    "raw": ("readings", "ts", 0),
+    "minute": ("rollup_minute", "bucket", 60 * 1_000_000),
+    "hour": ("rollup_hour", "bucket", 3600 * 1_000_000),
+}
+
+
+def delete_sql(
+    tier: Tier,
+    cutoff_us: int,
+    selector: Selector,
+    keep: Sequence[Selector],
+    ph: Callable[[object], str],
+) -> str:
+    """The DELETE of one sweep; `ph(value)` adds a parameter and returns its placeholder. A
+    rollup row goes only when all the time it summarises is older than the cutoff."""
+    table, column, span = TIER_TABLES[tier]
+
+    def match(s: Selector) -> str:
+        # coalesce: a rule naming a device or metric that does not exist (yet) matches nothing,
+        # rather than NULL, which under NOT would shield every row.
+        parts = []
+        if s.device is not None:
+            parts.append(
+                f"device_id = coalesce((SELECT id FROM devices WHERE uid = {ph(s.device)}), -1)"
+            )
+        if s.metric is not None:
+            parts.append(
+                f"metric_id = coalesce((SELECT id FROM metrics WHERE name = {ph(s.metric)}), -1)"
+            )
+        return " AND ".join(parts) or "TRUE"
+
+    sql = f"DELETE FROM {table} WHERE {column} < {ph(cutoff_us - span + (1 if span else 0))}"
+    if selector.specificity:
+        sql += f" AND {match(selector)}"
+    for other in keep:
+        sql += f" AND NOT ({match(other)})"
+    return sql

@@ -1,0 +1,118 @@
+"""Retention deletes what it should and nothing else, judged by a fake clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from fieldhub.config import RetentionRuleSetting
+from fieldhub.store import Store, WriteBatch
+from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule, Selector
+from fieldhub.store.rollups import HOUR_US
+from support.store_rows import S, msg
+
+NOW = 1_790_000_000 * S - (1_790_000_000 * S) % HOUR_US  # "now", on an hour boundary
+DAY = US_PER_DAY
+
+
+async def seed(store: Store) -> None:
+    """Two devices x two metrics with a reading at each of these ages (days)."""
+    ages = (0.5, 10, 29, 31, 100, 364, 366, 800)
+    batch = WriteBatch()
+    for device in ("dev-a", "dev-b"):
+        for age in ages:
+            ts = NOW - int(age * DAY)
+            batch.decoded.append(msg(device, NOW, [("temp", ts, age), ("sound", ts, -age)]))
+    await store.write_batch(batch)
+
+
+async def ages_left(store: Store, device: str, metric: str, interval_us: int) -> list[float]:
+    """The ages (days) still readable at this interval: raw for 1 s, rollups for 1 min / 1 h."""
+    points = await store.query_series(
+        device, metric, start_us=NOW - 1000 * DAY, end_us=NOW, interval_us=interval_us, agg="count"
+    )
+    return sorted(round((NOW - p.ts_us) / DAY) for p in points)
+
+
+def job(store: Store, policy: RetentionPolicy, **kw: object) -> RetentionJob:
+    return RetentionJob(
+        store=store,
+        policy=policy,
+        registry=CollectorRegistry(),
+        clock_us=lambda: NOW,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_defaults_keep_raw_30_days_minutes_a_year_hours_forever(store: Store) -> None:
+    await seed(store)
+    deleted = await job(store, RetentionPolicy()).run_once()
+    assert deleted == {"raw": 2 * 2 * 5, "minute": 2 * 2 * 2, "hour": 0}
+    for device in ("dev-a", "dev-b"):
+        assert await ages_left(store, device, "temp", S) == [0, 10, 29]  # raw: < 30 d
+        assert await ages_left(store, device, "temp", 60 * S) == [0, 10, 29, 31, 100, 364]
+        assert await ages_left(store, device, "temp", HOUR_US) == [
+            0, 10, 29, 31, 100, 364, 366, 800
+        ]  # fmt: skip
+    # Running again deletes nothing more: the same cutoffs.
+    assert await job(store, RetentionPolicy()).run_once() == {"raw": 0, "minute": 0, "hour": 0}
+
+
+async def test_the_most_specific_rule_wins(store: Store) -> None:
+    """sound: raw 7 d everywhere; dev-b: raw 100 d; dev-b's sound: raw kept forever; dev-a's
+    hour rollups 365 d."""
+    await seed(store)
+    policy = RetentionPolicy(
+        overrides=(
+            Rule(Selector(metric="sound"), {"raw": 7.0}),
+            Rule(Selector(device="dev-b"), {"raw": 100.5}),
+            Rule(Selector(device="dev-b", metric="sound"), {"raw": None}),
+            Rule(Selector(device="dev-a"), {"hour": 365.0}),
+        )
+    )
+    await job(store, policy).run_once()
+    assert await ages_left(store, "dev-a", "temp", S) == [0, 10, 29]
+    assert await ages_left(store, "dev-a", "sound", S) == [0]
+    assert await ages_left(store, "dev-b", "temp", S) == [0, 10, 29, 31, 100]
+    assert await ages_left(store, "dev-b", "sound", S) == [0, 10, 29, 31, 100, 364, 366, 800]
+    assert await ages_left(store, "dev-a", "temp", HOUR_US) == [0, 10, 29, 31, 100, 364]
+    assert await ages_left(store, "dev-b", "temp", HOUR_US) == [0, 10, 29, 31, 100, 364, 366, 800]
+
+
+async def test_rules_naming_unknown_devices_or_metrics_shield_nothing(store: Store) -> None:
+    await seed(store)
+    policy = RetentionPolicy(
+        overrides=(
+            Rule(Selector(device="nobody"), {"raw": None}),
+            Rule(Selector(metric="nothing"), {"raw": None}),
+        )
+    )
+    deleted = await job(store, policy).run_once()
+    assert deleted["raw"] == 20
+
+
+async def test_the_disk_budget_warns_before_it_is_hit(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await seed(store)
+    size = await store.size_bytes()
+    assert size > 0
+    with caplog.at_level(logging.INFO, logger="fieldhub.retention"):
+        await job(store, RetentionPolicy(), disk_budget_bytes=size * 100).run_once()
+        assert "disk budget" not in caplog.text
+        assert "retention: deleted 20 raw readings" in caplog.text
+        await job(store, RetentionPolicy(), disk_budget_bytes=int(size * 1.05)).run_once()
+    assert "disk budget" in caplog.text
+
+
+def test_settings_rules_name_what_they_override() -> None:
+    rule = RetentionRuleSetting.model_validate(
+        {"device": "3c-e9-0e-72-12-4c", "raw_days": 90, "hour_days": None}
+    ).rule()
+    assert rule == Rule(Selector("3C:E9:0E:72:12:4C", None), {"raw": 90.0, "hour": None})
+    with pytest.raises(ValueError, match="names a device"):
+        RetentionRuleSetting.model_validate({"raw_days": 3})
+    with pytest.raises(ValueError, match="sets raw_days"):
+        RetentionRuleSetting.model_validate({"metric": "t"})

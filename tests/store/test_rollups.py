@@ -1,0 +1,146 @@
+"""Rollups: series read through them equal series computed from every reading stored, whatever
+order the readings arrived in (late data into closed windows, backfill, duplicates)."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fieldhub.store import Store, WriteBatch, open_store
+from fieldhub.store.base import AGGREGATES, Aggregate
+from fieldhub.store.rollups import HOUR_US, MINUTE_US, plan_series
+from support.store_rows import T0, S, msg
+
+# A start on an hour boundary, so the test picks aligned and unaligned ranges on purpose.
+H0 = T0 - T0 % HOUR_US
+
+
+def reference(
+    readings: dict[int, float], start: int, end: int, interval: int, agg: Aggregate
+) -> list[tuple[int, float, int]]:
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    for ts, value in sorted(readings.items()):
+        if start <= ts < end:
+            buckets.setdefault(ts - ts % interval, []).append((ts, value))
+    out = []
+    for bucket, points in sorted(buckets.items()):
+        values = [v for _, v in points]
+        value = {
+            "avg": sum(values) / len(values),
+            "min": min(values),
+            "max": max(values),
+            "sum": sum(values),
+            "count": float(len(values)),
+            "first": values[0],
+            "last": values[-1],
+        }[agg]
+        out.append((bucket, value, len(values)))
+    return out
+
+
+async def store_shuffled(store: Store, seed: int) -> dict[int, float]:
+    """~3 hours of one series at irregular times, written in shuffled batches with some
+    readings sent twice (a redelivery), so closed minutes and hours get late data."""
+    rng = random.Random(seed)
+    readings: dict[int, float] = {}
+    ts = H0 - 7 * MINUTE_US + rng.randrange(S)
+    while ts < H0 + 3 * HOUR_US:
+        readings[ts] = round(rng.uniform(-20, 40), 3)
+        ts += rng.randrange(1, 90) * S + rng.randrange(S)
+    items = list(readings.items())
+    items += rng.sample(items, len(items) // 10)  # redelivered: must not count twice
+    rng.shuffle(items)
+    for start in range(0, len(items), 37):
+        chunk = items[start : start + 37]
+        await store.write_batch(
+            WriteBatch(decoded=[msg("dev-1", T0, [("t", ts, value)]) for ts, value in chunk])
+        )
+    return readings
+
+
+def test_plan_uses_the_largest_rollup_and_raw_edges() -> None:
+    parts = plan_series(H0 + 30 * S, H0 + 2 * HOUR_US + 90 * S, HOUR_US)
+    assert [(p.table, p.start_us - H0, p.end_us - H0) for p in parts] == [
+        (None, 30 * S, MINUTE_US),
+        ("rollup_minute", MINUTE_US, HOUR_US),
+        ("rollup_hour", HOUR_US, 2 * HOUR_US),
+        ("rollup_minute", 2 * HOUR_US, 2 * HOUR_US + MINUTE_US),
+        (None, 2 * HOUR_US + MINUTE_US, 2 * HOUR_US + 90 * S),
+    ]
+    # An interval the rollups do not divide reads raw readings only.
+    assert [p.table for p in plan_series(H0, H0 + HOUR_US, 90 * S)] == [None]
+
+
+@pytest.mark.parametrize("agg", AGGREGATES)
+async def test_series_through_rollups_equal_series_from_every_reading(
+    store: Store, agg: Aggregate
+) -> None:
+    readings = await store_shuffled(store, seed=7)
+    ranges = [
+        (H0, H0 + 3 * HOUR_US),  # aligned: rollups only
+        (H0 - 5 * MINUTE_US + 17 * S, H0 + 2 * HOUR_US + 41 * MINUTE_US + 3 * S),  # ragged
+        (H0 + 10 * MINUTE_US, H0 + 50 * MINUTE_US),  # inside one hour
+    ]
+    for start, end in ranges:
+        for interval in (MINUTE_US, 5 * MINUTE_US, HOUR_US, 2 * HOUR_US, 90 * S):
+            got = await store.query_series(
+                "dev-1", "t", start_us=start, end_us=end, interval_us=interval, agg=agg
+            )
+            want = reference(readings, start, end, interval, agg)
+            assert [(p.ts_us, p.count) for p in got] == [(b, n) for b, _, n in want], (
+                start - H0,
+                interval,
+            )
+            assert [p.value for p in got] == pytest.approx([v for _, v, _ in want], rel=1e-9)
+
+
+async def test_late_data_in_a_closed_hour_updates_its_rollup(store: Store) -> None:
+    await store.write_batch(
+        WriteBatch(
+            decoded=[msg("dev-1", T0, [("t", H0 + 10 * S, 5.0), ("t", H0 + HOUR_US + S, 9.0)])]
+        )
+    )
+    # An hour later, a buffered reading from the first hour arrives (and one twice).
+    late = msg("dev-1", T0 + HOUR_US, [("t", H0 + 5 * S, 1.0), ("t", H0 + 10 * S, 5.0)])
+    await store.write_batch(WriteBatch(decoded=[late]))
+    points = await store.query_series(
+        "dev-1", "t", start_us=H0, end_us=H0 + 2 * HOUR_US, interval_us=HOUR_US, agg="avg"
+    )
+    assert [(p.ts_us - H0, p.value, p.count) for p in points] == [
+        (0, 3.0, 2),
+        (HOUR_US, 9.0, 1),
+    ]
+    first = await store.query_series(
+        "dev-1", "t", start_us=H0, end_us=H0 + HOUR_US, interval_us=HOUR_US, agg="first"
+    )
+    assert [p.value for p in first] == [1.0]
+
+
+async def test_an_installation_from_before_rollups_gets_them_built_at_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A database at schema 3 (readings, no rollups) gains rollups of all it holds."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    store = open_store(url)
+    await store.open()
+    readings = await store_shuffled(store, seed=3)
+    await store.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # back to how schema 3 left it
+        conn.execute("DROP TABLE rollup_minute")
+        conn.execute("DROP TABLE rollup_hour")
+        conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    store = open_store(url)
+    await store.open()
+    try:
+        for interval, agg in ((HOUR_US, "first"), (MINUTE_US, "avg"), (HOUR_US, "last")):
+            got = await store.query_series(
+                "dev-1", "t", start_us=H0, end_us=H0 + 3 * HOUR_US, interval_us=interval, agg=agg
+            )
+            want = reference(readings, H0, H0 + 3 * HOUR_US, interval, agg)
+            assert [(p.ts_us, p.count) for p in got] == [(b, n) for b, _, n in want]
+            assert [p.value for p in got] == pytest.approx([v for _, v, _ in want])
+    finally:
+        await store.close()
