@@ -300,19 +300,72 @@ class Store(abc.ABC):
         Read from the hour or minute rollups where the interval allows, raw readings only for
         the edges the rollups do not cover (store/rollups.py).
         """
+        return await self._aggregate_series(
+            [device_id], metric, start_us=start_us, end_us=end_us, interval_us=interval_us, agg=agg
+        )
+
+    async def query_fleet_series(
+        self,
+        metric: str,
+        *,
+        device_ids: Sequence[str] | None,
+        start_us: int,
+        end_us: int,
+        interval_us: int,
+        agg: Aggregate,
+    ) -> list[SeriesPoint]:
+        """One metric aggregated per bucket across several devices (every device that reported
+        it when `device_ids` is None), read as `query_series` reads one device's.
+
+        Each bucket aggregates all the devices' readings in it as if they were one series: avg
+        is their sum over their count (a device reporting twice as often weighs twice as much),
+        min/max/sum/count are over every reading. first (last) is the value of the earliest
+        (latest) reading in the bucket; when several devices have a reading at that very time,
+        the one of the device whose id sorts first (bytewise). Unknown ids add nothing.
+        """
+        if device_ids is not None and not device_ids:
+            return []
+        return await self._aggregate_series(
+            device_ids,
+            metric,
+            start_us=start_us,
+            end_us=end_us,
+            interval_us=interval_us,
+            agg=agg,
+        )
+
+    async def _aggregate_series(
+        self,
+        device_ids: Sequence[str] | None,
+        metric: str,
+        *,
+        start_us: int,
+        end_us: int,
+        interval_us: int,
+        agg: Aggregate,
+    ) -> list[SeriesPoint]:
         from fieldhub.store.rollups import combine, plan_series
 
+        first_last = agg in ("first", "last")
         parts = [
-            await self.series_partials(device_id, metric, part, interval_us)
+            await self.series_partials(device_ids, metric, part, interval_us, first_last=first_last)
             for part in plan_series(start_us, end_us, interval_us)
         ]
         return combine(parts, agg)
 
     @abc.abstractmethod
     async def series_partials(
-        self, device_id: str, metric: str, part: Part, interval_us: int
+        self,
+        device_ids: Sequence[str] | None,
+        metric: str,
+        part: Part,
+        interval_us: int,
+        *,
+        first_last: bool,
     ) -> list[tuple[int, Partial]]:
-        """One part of a series query: (bucket, partial aggregate) rows, buckets ascending."""
+        """One part of a series query over a set of devices (None: every device with the
+        metric): (bucket, partial aggregate) rows, buckets ascending. The partials' first and
+        last values are read only with `first_last` (rollups.partials_sql)."""
 
     @abc.abstractmethod
     async def list_dead_letters(

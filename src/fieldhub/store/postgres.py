@@ -841,14 +841,41 @@ class PostgresStore(Store):
         return [ReadingRow(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def series_partials(
-        self, device_id: str, metric: str, part: Part, interval_us: int
+        self,
+        device_ids: Sequence[str] | None,
+        metric: str,
+        part: Part,
+        interval_us: int,
+        *,
+        first_last: bool,
     ) -> list[tuple[int, Partial]]:
-        """One part of a series query, from raw readings or a rollup table."""
-        names = ["uid", "metric", "start", "end", "iv"] + (["size"] if part.table else [])
-        sql = partials_sql(part.table, lambda name: f"${names.index(name) + 1}")
-        args: list[Any] = [device_id, metric, part.start_us, part.end_us, interval_us]
-        if part.table:
+        """One part of a series query over a set of devices, from raw readings or a rollup."""
+        # PostgreSQL refuses a parameter the statement never uses (it cannot type it): size
+        # appears only where first and last are looked up in a rollup.
+        with_size = part.table is not None and first_last
+        names = ["metric", "start", "end", "iv"] + (["size"] if with_size else [])
+        args: list[Any] = [metric, part.start_us, part.end_us, interval_us]
+        if with_size:
             args.append(part.size_us)
+        if device_ids is None:
+            # device_metrics lists who reported the metric.
+            devices = (
+                "SELECT device_id FROM device_metrics WHERE metric_id = (SELECT id FROM "
+                f"metrics WHERE name = ${names.index('metric') + 1})"
+            )
+        else:
+            args.append(list(device_ids))
+            devices = f"SELECT id FROM devices WHERE uid = ANY(${len(args)}::text[])"
+        sql = partials_sql(
+            part.table,
+            lambda name: f"${names.index(name) + 1}",
+            # ANY(ARRAY(...)): the ids become one array that the (device, metric, bucket|ts)
+            # primary key is searched with, once per id, whatever the planner would estimate
+            # for a join with the device set.
+            lambda column: f"{column} = ANY(ARRAY({devices}))",
+            first_last=first_last,
+            collate=' COLLATE "C"',
+        )
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return partial_rows(rows)
 

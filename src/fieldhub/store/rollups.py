@@ -11,6 +11,7 @@ redelivered message is not counted twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,57 +107,98 @@ def upsert_sql(table: str, least: str, greatest: str) -> tuple[str, str]:
     return head, tail
 
 
-def partials_sql(part_table: str | None, ph: Callable[[str], str]) -> str:
+def partials_sql(
+    part_table: str | None,
+    ph: Callable[[str], str],
+    in_devices: Callable[[str], str],
+    *,
+    first_last: bool,
+    collate: str = "",
+) -> str:
     """The query of one part's (bucket, n, total, lo, hi, first_ts, first, last_ts, last) rows
-    for one series; `ph(name)` writes the engine's placeholder for uid, metric, start, end, iv
-    and (rollup tables only) size."""
-    series = (
-        f"r.device_id = (SELECT id FROM devices WHERE uid = {ph('uid')}) "
-        f"AND r.metric_id = (SELECT id FROM metrics WHERE name = {ph('metric')})"
-    )
+    for a metric over a set of devices (one device for a device's own series).
+
+    `ph(name)` writes the engine's placeholder for metric, start, end, iv and (rollup tables
+    with `first_last` only) size; `in_devices(column)` writes the engine's predicate keeping
+    `column` to the device set (its parameters are the engine's business). The first and last
+    values are read only with `first_last` (NULL otherwise): they cost a lookup per output
+    bucket and device of the set, which a fleet-wide average should not pay.
+    """
+    metric = f"(SELECT id FROM metrics WHERE name = {ph('metric')})"
     if part_table is None:
         inner = (
-            f"SELECT r.device_id AS d, r.metric_id AS m, r.ts - (r.ts % {ph('iv')}) AS b, "
-            "count(*) AS n, sum(r.value) AS total, min(r.value) AS lo, max(r.value) AS hi, "
-            "min(r.ts) AS first_ts, max(r.ts) AS last_ts FROM readings r "
-            f"WHERE {series} AND r.ts >= {ph('start')} AND r.ts < {ph('end')} "
-            "GROUP BY r.device_id, r.metric_id, b"
-        )
-        first = (
-            "SELECT x.value FROM readings x WHERE x.device_id = q.d AND x.metric_id = q.m "
-            "AND x.ts = q.first_ts"
-        )
-        last = (
-            "SELECT x.value FROM readings x WHERE x.device_id = q.d AND x.metric_id = q.m "
-            "AND x.ts = q.last_ts"
+            f"SELECT r.ts - (r.ts % {ph('iv')}) AS b, count(*) AS n, sum(r.value) AS total, "
+            "min(r.value) AS lo, max(r.value) AS hi, min(r.ts) AS first_ts, max(r.ts) AS last_ts "
+            f"FROM readings r WHERE {in_devices('r.device_id')} AND r.metric_id = {metric} "
+            f"AND r.ts >= {ph('start')} AND r.ts < {ph('end')} GROUP BY b"
         )
     else:
         inner = (
-            f"SELECT r.device_id AS d, r.metric_id AS m, r.bucket - (r.bucket % {ph('iv')}) AS b, "
-            "sum(r.n) AS n, sum(r.total) AS total, min(r.lo) AS lo, max(r.hi) AS hi, "
-            f"min(r.first_ts) AS first_ts, max(r.last_ts) AS last_ts FROM {part_table} r "
-            f"WHERE {series} AND r.bucket >= {ph('start')} AND r.bucket < {ph('end')} "
-            "GROUP BY r.device_id, r.metric_id, b"
+            f"SELECT r.bucket - (r.bucket % {ph('iv')}) AS b, sum(r.n) AS n, "
+            "sum(r.total) AS total, min(r.lo) AS lo, max(r.hi) AS hi, "
+            "min(r.first_ts) AS first_ts, max(r.last_ts) AS last_ts "
+            f"FROM {part_table} r WHERE {in_devices('r.device_id')} AND r.metric_id = {metric} "
+            f"AND r.bucket >= {ph('start')} AND r.bucket < {ph('end')} GROUP BY b"
         )
-        # The rollup row holding the earliest (latest) reading is the one whose bucket holds it.
-        first = (
-            f"SELECT x.first_value FROM {part_table} x WHERE x.device_id = q.d "
-            f"AND x.metric_id = q.m AND x.bucket = q.first_ts - q.first_ts % {ph('size')}"
+    if first_last:
+        first, last = (
+            _edge_value_sql(part_table, end, metric, ph, in_devices, collate)
+            for end in ("first", "last")
         )
-        last = (
-            f"SELECT x.last_value FROM {part_table} x WHERE x.device_id = q.d "
-            f"AND x.metric_id = q.m AND x.bucket = q.last_ts - q.last_ts % {ph('size')}"
-        )
+    else:
+        first = last = "NULL"
     return (
-        f"SELECT q.b, q.n, q.total, q.lo, q.hi, q.first_ts, ({first}), q.last_ts, ({last}) "
+        f"SELECT q.b, q.n, q.total, q.lo, q.hi, q.first_ts, {first}, q.last_ts, {last} "
         f"FROM ({inner}) q ORDER BY q.b"
     )
 
 
+def _edge_value_sql(
+    part_table: str | None,
+    end: str,
+    metric: str,
+    ph: Callable[[str], str],
+    in_devices: Callable[[str], str],
+    collate: str,
+) -> str:
+    """The value of the reading at `q.first_ts` (end "first") or `q.last_ts` ("last").
+
+    Across devices, several may have a reading at that very time: the device whose id sorts
+    first gives it (bytewise; `collate` makes PostgreSQL sort as SQLite does). A bucket's parts
+    cover disjoint times, so such ties are settled here, never in `Partial.merge`.
+    """
+    ts = f"q.{end}_ts"
+    if part_table is None:
+        table, column, at = "readings", "x.value", f"x.ts = {ts}"
+    else:
+        # The rollup row holding the earliest (latest) reading is the one whose bucket holds it.
+        table, column = part_table, f"x.{end}_value"
+        at = f"x.bucket = {ts} - {ts} % {ph('size')} AND x.{end}_ts = {ts}"
+    return (
+        f"(SELECT {column} FROM {table} x JOIN devices dd ON dd.id = x.device_id "
+        f"WHERE {in_devices('x.device_id')} AND x.metric_id = {metric} AND {at} "
+        f"ORDER BY dd.uid{collate} LIMIT 1)"
+    )
+
+
 def partial_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[int, Partial]]:
-    """(bucket, Partial) from rows of `partials_sql`."""
+    """(bucket, Partial) from rows of `partials_sql`. First and last values not read (NULL)
+    become NaN: `Partial.value` never returns them for the aggregates they were skipped for."""
     return [
-        (r[0], Partial(int(r[1]), float(r[2]), r[3], r[4], r[5], r[6], r[7], r[8])) for r in rows
+        (
+            r[0],
+            Partial(
+                int(r[1]),
+                float(r[2]),
+                r[3],
+                r[4],
+                r[5],
+                math.nan if r[6] is None else r[6],
+                r[7],
+                math.nan if r[8] is None else r[8],
+            ),
+        )
+        for r in rows
     ]
 
 

@@ -750,18 +750,40 @@ class SqliteStore(Store):
         )
 
     async def series_partials(
-        self, device_id: str, metric: str, part: Part, interval_us: int
+        self,
+        device_ids: Sequence[str] | None,
+        metric: str,
+        part: Part,
+        interval_us: int,
+        *,
+        first_last: bool,
     ) -> list[tuple[int, Partial]]:
-        """One part of a series query, from raw readings or a rollup table."""
-        sql = partials_sql(part.table, lambda name: f":{name}")
-        params = {
-            "uid": device_id,
+        """One part of a series query over a set of devices, from raw readings or a rollup."""
+        params: dict[str, Any] = {
             "metric": metric,
             "start": part.start_us,
             "end": part.end_us,
             "iv": interval_us,
             "size": part.size_us,
         }
+        if device_ids is None:
+            # device_metrics lists who reported the metric: one primary-key seek per device in
+            # the series tables instead of a scan of every series.
+            devices = (
+                "SELECT device_id FROM device_metrics "
+                "WHERE metric_id = (SELECT id FROM metrics WHERE name = :metric)"
+            )
+        else:
+            # One JSON array parameter whatever the number of devices (no statement per length,
+            # no bound-parameter limit).
+            params["uids"] = orjson.dumps(list(device_ids)).decode()
+            devices = "SELECT id FROM devices WHERE uid IN (SELECT value FROM json_each(:uids))"
+        sql = partials_sql(
+            part.table,
+            lambda name: f":{name}",
+            lambda column: f"{column} IN ({devices})",
+            first_last=first_last,
+        )
         return await self._on_reader(lambda conn: partial_rows(conn.execute(sql, params)))
 
     async def list_dead_letters(
