@@ -585,7 +585,7 @@ def ingest(
             "several workers need PostgreSQL (SQLite has one writer): "
             "--db postgresql://user@host:port/database"
         )
-    from fieldhub.ingest.workers import WorkerSupervisor, worker_main
+    from fieldhub.ingest.workers import WorkerSupervisor, retire_sessions, worker_main
     from fieldhub.store.base import StoreError
 
     if worker_index is not None:
@@ -594,6 +594,14 @@ def ingest(
         except StoreError as exc:
             raise _fail(str(exc), 1) from None
         return
+    try:
+        for index, held in retire_sessions(settings, workers):
+            typer.echo(
+                f"fieldhub ingest: worker {index} of an earlier run with more workers: stored "
+                f"the {held:,} messages its session held and ended the session"
+            )
+    except (StoreError, OSError) as exc:
+        raise _fail(f"could not check for sessions of an earlier run: {exc}", 1) from None
     # Flags reach the workers as the variables Settings reads.
     for name, value in (("DB", db), ("MQTT_URL", mqtt_url), ("LOG_LEVEL", log_level)):
         if value is not None:

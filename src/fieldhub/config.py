@@ -73,7 +73,11 @@ class Settings(BaseSettings):
     # measured 66 vs 44 us of CPU per message (bench/README.md), and ingest uses no MQTT 5 feature
     # that 3.1.1 lacks (flow control comes from the broker's max_inflight_messages either way).
     mqtt_protocol: Literal["5", "3.1.1"] = "3.1.1"
-    mqtt_client_id: str = Field("fieldhub-ingest", min_length=1, max_length=64)
+    # Also the name of the ingest workers' share group ($share/<id>/...), which may not hold
+    # '/', '+' or '#'; MQTT 3.1.1 brokers need accept only [0-9a-zA-Z] ids, so nothing exotic.
+    mqtt_client_id: str = Field(
+        "fieldhub-ingest", min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$"
+    )
     mosquitto: str | None = Field(None, description="Path of the mosquitto executable")
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(None, ge=1, le=65535)

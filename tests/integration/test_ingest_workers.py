@@ -29,6 +29,7 @@ BURST = 200_000
 # mechanism is the same, and the suite stays within its time budget.
 KILL_BURST = 50_000
 DEVICES = 100
+SCALE_BURST = 3_000
 # The publisher keeps this many QoS 1 publishes unacknowledged; the rest queue in its client.
 PUBLISH_TIMEOUT_S = 120.0
 STORE_TIMEOUT_S = 240.0
@@ -59,10 +60,15 @@ def query(url: str, sql: str) -> int:
 class Workers:
     """`fieldhub ingest --workers N` as a subprocess."""
 
-    def __init__(self, count: int, db_url: str, mqtt_url: str, log: Path) -> None:
+    def __init__(
+        self, count: int, db_url: str, mqtt_url: str, log: Path, client_id: str | None = None
+    ) -> None:
+        # A client id of its own per test: it names the share group, so workers of another
+        # test on the same broker never take this test's messages.
+        self.client_id = client_id or f"fh-workers-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
-            "FIELDHUB_MQTT_CLIENT_ID": f"fh-workers-{uuid.uuid4().hex[:8]}",
+            "FIELDHUB_MQTT_CLIENT_ID": self.client_id,
             "FIELDHUB_LOG_LEVEL": "info",
         }
         self.log = log.open("wb")
@@ -85,12 +91,12 @@ class Workers:
         return code
 
 
-def publish_burst(mqtt_url: str, *, with_time: bool, count: int = BURST) -> None:
-    """`count` QoS 1 messages, one reading each; `n` numbers them."""
+def publish_burst(mqtt_url: str, *, with_time: bool, count: int = BURST, first: int = 0) -> None:
+    """`count` QoS 1 messages, one reading each; `n` numbers them from `first`."""
     publisher = connected_publisher(mqtt_url)
     base_ms = int(time.time() * 1000) - count  # distinct device times, in the past
     futures = []
-    for n in range(count):
+    for n in range(first, first + count):
         body = f'{{"n": {n}, "ts": {base_ms + n}}}' if with_time else f'{{"n": {n}}}'
         futures.append(
             publisher.publish(f"devices/wk-{n % DEVICES:03d}/telemetry", body.encode(), qos=1)
@@ -123,35 +129,71 @@ def stored_n(db_url: str) -> tuple[int, int]:
     return query(db_url, sql.format("count(*)")), query(db_url, sql.format("count(DISTINCT value)"))
 
 
+def missing_n(db_url: str, count: int) -> str:
+    """The values of `n` below `count` not stored, as ranges: what a failure needs to show."""
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT g.n FROM generate_series(0, $1 - 1) g(n) WHERE NOT EXISTS ("
+                " SELECT 1 FROM readings r JOIN metrics m ON m.id = r.metric_id"
+                " WHERE m.name = 'n' AND r.value = g.n) ORDER BY g.n",
+                count,
+            )
+            return [int(row["n"]) for row in rows]
+        finally:
+            await conn.close()
+
+    ranges: list[list[int]] = []
+    for n in asyncio.run(run()):
+        if ranges and ranges[-1][1] == n - 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    shown = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges[:20])
+    return f"{sum(b - a + 1 for a, b in ranges)} missing in {len(ranges)} ranges: {shown}"
+
+
+def wait_all_stored(db_url: str, count: int, log: Path) -> None:
+    """Wait for `count` readings of `n`; a timeout says which are missing and what the log said."""
+    try:
+        wait_until(lambda: stored_n(db_url)[0] >= count, timeout_s=STORE_TIMEOUT_S, what="all")
+    except AssertionError as error:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{error}; {missing_n(db_url, count)}\nworkers log:\n{tail}") from None
+
+
 @pytest.mark.timeout(600)
-def test_two_workers_store_a_burst_exactly_once(
+def test_three_workers_store_a_burst_exactly_once(
     broker: MosquittoProcess, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     """Messages without a device time: a message handled twice would be two rows."""
     db_url = postgres_server.new_database()
-    workers = Workers(2, db_url, broker.url, tmp_path / "workers.log")
+    workers = Workers(3, db_url, broker.url, tmp_path / "workers.log")
     try:
         started(workers, db_url, broker.url)
         publish_burst(broker.url, with_time=False)
-        wait_until(lambda: stored_n(db_url)[0] >= BURST, timeout_s=STORE_TIMEOUT_S, what="burst")
+        wait_all_stored(db_url, BURST, tmp_path / "workers.log")
         time.sleep(2)  # anything handled twice would land by now
         assert stored_n(db_url) == (BURST, BURST)
     finally:
         assert workers.stop() == 0
     log = (tmp_path / "workers.log").read_text()
     # Every worker took part: each committed batches of the burst.
-    for index in (1, 2):
+    for index in (1, 2, 3):
         assert f"ingest worker {index} stopped after 0 batches" not in log
         assert f"ingest worker {index} stopped after" in log
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("count", [2, 3])
 def test_a_worker_killed_mid_burst_loses_nothing(
-    broker: MosquittoProcess, postgres_server: PostgresServer, tmp_path: Path
+    broker: MosquittoProcess, postgres_server: PostgresServer, tmp_path: Path, count: int
 ) -> None:
-    """Two workers; one gets SIGKILL a fifth of the way through."""
+    """`count` workers; one gets SIGKILL a fifth of the way through."""
     db_url = postgres_server.new_database()
-    workers = Workers(2, db_url, broker.url, tmp_path / "workers.log")
+    workers = Workers(count, db_url, broker.url, tmp_path / "workers.log")
     try:
         started(workers, db_url, broker.url)
         victim = workers.children()[1]
@@ -170,11 +212,40 @@ def test_a_worker_killed_mid_burst_loses_nothing(
         victim.send_signal(signal.SIGKILL)
         thread.join(PUBLISH_TIMEOUT_S)
         assert publisher_done
-        wait_until(lambda: stored_n(db_url)[0] >= KILL_BURST, timeout_s=STORE_TIMEOUT_S, what="all")
+        wait_all_stored(db_url, KILL_BURST, tmp_path / "workers.log")
         assert stored_n(db_url) == (KILL_BURST, KILL_BURST)
         # The supervisor started the killed worker again, under the same client id.
-        wait_until(lambda: len(workers.children()) == 2, what="the worker to be restarted")
+        wait_until(lambda: len(workers.children()) == count, what="the worker to be restarted")
         assert victim.pid not in {p.pid for p in workers.children()}
     finally:
         assert workers.stop() == 0
     assert "starting it again" in (tmp_path / "workers.log").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_fewer_workers_take_over_what_a_larger_run_left(
+    broker: MosquittoProcess, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """3 workers, then 2: the third worker's session, which the broker keeps in the share group
+    and queues a third of the messages for, is emptied and ended by the smaller run."""
+    db_url = postgres_server.new_database()
+    log = tmp_path / "workers.log"
+    three = Workers(3, db_url, broker.url, tmp_path / "three.log")
+    try:
+        started(three, db_url, broker.url)
+    finally:
+        assert three.stop() == 0
+    # Nobody runs: the broker queues each message for one of the three offline sessions.
+    publish_burst(broker.url, with_time=True, count=SCALE_BURST)
+    two = Workers(2, db_url, broker.url, log, client_id=three.client_id)
+    try:
+        wait_all_stored(db_url, SCALE_BURST, log)
+        assert "worker 3 of an earlier run with more workers" in log.read_text()
+        started(two, db_url, broker.url)
+        # After the hand-over the share group has two members: everything reaches them.
+        publish_burst(broker.url, with_time=True, count=SCALE_BURST, first=SCALE_BURST)
+        wait_all_stored(db_url, 2 * SCALE_BURST, log)
+        time.sleep(1)
+        assert stored_n(db_url) == (2 * SCALE_BURST, 2 * SCALE_BURST)
+    finally:
+        assert two.stop() == 0

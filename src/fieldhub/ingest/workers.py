@@ -6,6 +6,13 @@ hands every message to exactly one of them, all writing to one PostgreSQL databa
 process starts them and starts again any that dies: a worker's persistent session keeps the
 messages the broker had sent it but it had not acknowledged, and its broker hands them over
 only to the same client id, so a worker killed mid-batch loses nothing once it is back.
+
+The group is the installation's client id (`<client id>-<n>` are its workers), so two
+installations on one broker each get every message. A broker keeps handing a share of the
+messages to a member whose session outlives it (Mosquitto queues them for the offline session;
+MQTT 3.1.1 sessions never expire), so when fewer workers start than last time, the supervisor
+first empties and ends the sessions of the workers that are gone (`retire_sessions`): without
+that, scaling 3 workers down to 2 would leave a third of all messages queued for nobody.
 """
 
 from __future__ import annotations
@@ -24,39 +31,54 @@ from prometheus_client import CollectorRegistry
 from fieldhub.config import Settings
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
-from fieldhub.mqtt.client import MqttSubscriber
+from fieldhub.mqtt.client import AckToken, MqttSubscriber, end_session
 from fieldhub.protocol.decode import MessageDecoder
+from fieldhub.protocol.messages import InboundMessage
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.store.open import open_store
 
 log = logging.getLogger("fieldhub.ingest")
 
-SHARE_GROUP = "fieldhub"
 # A worker that dies is started again after this pause (doubling up to the maximum while it
 # keeps dying within a minute of starting: a bad config must not spin the CPU).
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 30.0
+# Retiring a session: how long to wait for the broker to accept us, and the quiet time after
+# which the session holds nothing more (the broker sends queued messages as fast as we ack).
+RETIRE_CONNECT_TIMEOUT_S = 15.0
+RETIRE_QUIET_S = 2.0
 
 
-def shared_filters(filters: list[str], group: str = SHARE_GROUP) -> list[str]:
+def shared_filters(filters: list[str], group: str) -> list[str]:
     """The profiles' filters as one shared subscription group."""
     return [f"$share/{group}/{topic_filter}" for topic_filter in filters]
+
+
+def worker_client_id(settings: Settings, index: int) -> str:
+    return f"{settings.mqtt_client_id}-{index}"
+
+
+def _pipeline(settings: Settings) -> tuple[Ingest, list[str]]:
+    """A worker's ingest pipeline and its shared subscription filters."""
+    profiles = select_profiles(settings.profiles)
+    decoder = MessageDecoder(profiles)
+    store = open_store(settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles})
+    ingest = Ingest(store=store, decoder=decoder, metrics=IngestMetrics(CollectorRegistry()))
+    return ingest, shared_filters(decoder.subscriptions, settings.mqtt_client_id)
 
 
 async def run_worker(settings: Settings, index: int, stop: asyncio.Event) -> None:
     """One ingest worker until `stop` is set: drains what it received, then disconnects."""
     if settings.external_broker is None:
         raise ValueError("ingest workers need --mqtt-url (the broker they share)")
-    profiles = select_profiles(settings.profiles)
-    decoder = MessageDecoder(profiles)
-    store = open_store(settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles})
-    ingest = Ingest(store=store, decoder=decoder, metrics=IngestMetrics(CollectorRegistry()))
+    ingest, filters = _pipeline(settings)
+    store = ingest.store
     subscriber = MqttSubscriber(
         endpoint=settings.external_broker,
-        client_id=f"{settings.mqtt_client_id}-{index}",
-        filters=shared_filters(decoder.subscriptions),
+        client_id=worker_client_id(settings, index),
+        filters=filters,
         on_message=ingest.on_message,
         protocol=settings.protocol_version,
     )
@@ -76,6 +98,84 @@ async def run_worker(settings: Settings, index: int, stop: asyncio.Event) -> Non
         await asyncio.wait([writer])
         await store.close()
         log.info("ingest worker %d stopped after %d batches", index, ingest.batches_committed)
+
+
+async def retire_session(settings: Settings, index: int) -> int | None:
+    """Store what worker `index`'s session still holds, then end the session.
+
+    Returns how many messages it held, or None when the broker had no session of that id.
+    """
+    if settings.external_broker is None:
+        raise ValueError("ingest workers need --mqtt-url (the broker they share)")
+    ingest, filters = _pipeline(settings)
+    store = ingest.store
+    client_id = worker_client_id(settings, index)
+    received = 0
+    last_at = time.monotonic()
+
+    def on_message(message: InboundMessage, token: AckToken | None) -> None:
+        nonlocal received, last_at
+        received += 1
+        last_at = time.monotonic()
+        ingest.on_message(message, token)
+
+    subscriber = MqttSubscriber(
+        endpoint=settings.external_broker,
+        client_id=client_id,
+        filters=filters,
+        on_message=on_message,
+        protocol=settings.protocol_version,
+        subscribe_new=False,
+    )
+    ingest.acker = subscriber.ack
+    await store.open()
+    await ingest.load_state()
+    # No writer task: drain() here is the only flusher, so once it returns with the session
+    # quiet, every message the session held is committed (a cancelled writer could be mid-batch,
+    # and that batch would be lost with the session).
+    try:
+        subscriber.start()
+        deadline = time.monotonic() + RETIRE_CONNECT_TIMEOUT_S
+        while not subscriber.connected:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"broker {settings.external_broker.url} did not accept us")
+            await asyncio.sleep(0.05)
+        present = bool(subscriber.session_present)
+        if present:
+            # Leave the share group first: from here on only what was queued for us arrives.
+            await asyncio.to_thread(subscriber.unsubscribe)
+            last_at = time.monotonic()
+            while time.monotonic() - last_at < RETIRE_QUIET_S:
+                await ingest.drain()
+                await asyncio.sleep(0.1)
+        await ingest.drain()
+        await asyncio.to_thread(subscriber.stop)
+        await asyncio.to_thread(
+            end_session, settings.external_broker, client_id, subscriber.protocol
+        )
+    finally:
+        await store.close()
+    return received if present else None
+
+
+def retire_sessions(settings: Settings, count: int) -> list[tuple[int, int]]:
+    """End the sessions of workers `count+1, count+2, ...` left by an earlier, larger run.
+
+    Stops at the first index the broker has no session for: workers are numbered from 1 and a
+    run of N leaves sessions 1..N. Returns (index, messages stored from it) per retired session.
+    """
+    retired: list[tuple[int, int]] = []
+    index = count + 1
+    while (held := asyncio.run(retire_session(settings, index))) is not None:
+        log.warning(
+            "ingest worker %d's session was left by an earlier run with more workers: stored "
+            "the %d messages it held and ended it",
+            index,
+            held,
+        )
+        retired.append((index, held))
+        index += 1
+    return retired
 
 
 def worker_main(settings: Settings, index: int) -> None:

@@ -309,6 +309,37 @@ def _new_client(
     return client
 
 
+def end_session(
+    endpoint: MqttEndpoint, client_id: str, protocol: int, timeout_s: float = 10.0
+) -> None:
+    """Make the broker forget `client_id`'s session: connect with a clean session, disconnect.
+
+    A persistent session outlives its client; one nobody will resume keeps its subscriptions
+    (and, in a share group, its share of the messages) until it expires, in MQTT 3.1.1 never.
+    """
+    client = _new_client(client_id=client_id, endpoint=endpoint, protocol=protocol, clean=True)
+    accepted = threading.Event()
+
+    def on_connect(
+        c: paho.Client, u: object, flags: paho.ConnectFlags, code: ReasonCode, p: object
+    ) -> None:
+        if not code.is_failure:
+            accepted.set()
+
+    client.on_connect = on_connect
+    if protocol == 5:
+        client.connect(endpoint.host, endpoint.port, keepalive=KEEPALIVE_S, clean_start=True)
+    else:
+        client.connect(endpoint.host, endpoint.port, keepalive=KEEPALIVE_S)
+    client.loop_start()
+    try:
+        if not accepted.wait(timeout_s):
+            raise ConnectionError(f"broker {endpoint.url} refused {client_id} (ending its session)")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def _protocol_level(client: paho.Client) -> int:
     return 5 if client.protocol == paho.MQTTv5 else 4
 
@@ -334,10 +365,14 @@ class MqttSubscriber:
         on_message: Callable[[InboundMessage, AckToken | None], None],
         protocol: int = 5,
         on_connection_change: Callable[[bool], None] | None = None,
+        subscribe_new: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.filters = list(filters)
+        # False: a session the broker did not have stays without subscriptions (a worker that
+        # only comes to empty an old session must not join the share group again).
+        self._subscribe_new = subscribe_new
         self._requested_protocol = protocol
         self._on_message = on_message
         self._on_connection_change = on_connection_change
@@ -358,11 +393,25 @@ class MqttSubscriber:
         self._stopping = False
         self.connects = 0
         self.acks_dropped = 0
+        # Whether the broker still had our session at the last accepted connect.
+        self.session_present: bool | None = None
+        self._unsubscribed = threading.Event()
+        self._client.on_unsubscribe = self._handle_unsubscribe
 
     @property
     def protocol(self) -> int:
         """The MQTT level in use: 5, or 4 (3.1.1) if asked for or fallen back to."""
         return _protocol_level(self._client)
+
+    def unsubscribe(self, timeout_s: float = 10.0) -> None:
+        """Leave our subscriptions (and so the share group); blocks until the broker confirms.
+
+        What the broker had already queued for this session is still delivered afterwards.
+        """
+        self._unsubscribed.clear()
+        result, _mid = self._client.unsubscribe(self.filters)
+        if result != paho.MQTT_ERR_SUCCESS or not self._unsubscribed.wait(timeout_s):
+            raise ConnectionError(f"broker {self.endpoint.url} did not confirm the unsubscribe")
 
     def start(self) -> None:
         """Connect in the background; reconnects forever until `stop`."""
@@ -414,13 +463,14 @@ class MqttSubscriber:
             log.warning("broker %s refused the connection: %s", self.endpoint.url, reason_code)
             return
         self.connects += 1
+        self.session_present = bool(flags.session_present)
         log.info(
             "connected to %s as %s (session %s)",
             self.endpoint.url,
             self.client_id,
             "resumed" if flags.session_present else "new",
         )
-        if not flags.session_present:
+        if not flags.session_present and self._subscribe_new:
             if self.protocol == 5:
                 # retainHandling=1: retained messages only for a new subscription, not again on
                 # every re-subscribe of an existing one.
@@ -447,6 +497,16 @@ class MqttSubscriber:
         if refused:
             log.error("broker %s refused subscriptions: %s", self.endpoint.url, refused)
         self._mark_ready()
+
+    def _handle_unsubscribe(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._unsubscribed.set()
 
     def _mark_ready(self) -> None:
         self.connected = True
