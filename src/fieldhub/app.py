@@ -18,6 +18,7 @@ from fieldhub.api.routes import (
     devices,
     export,
     flask_compat,
+    fleet,
     health,
     ingest,
     live,
@@ -186,6 +187,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         live,
         flask_compat,
         export,
+        fleet,
     ):
         app.include_router(module.router)
     pages.mount(app)
