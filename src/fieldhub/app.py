@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,7 @@ from fieldhub.broker.supervisor import BrokerSupervisor
 from fieldhub.commands.service import CommandLimits, CommandService
 from fieldhub.config import Settings
 from fieldhub.events.bus import EventBus
+from fieldhub.ingest.follower import Follower
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
@@ -55,13 +57,22 @@ class Platform:
             settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles}
         )
         self.metrics = IngestMetrics(self.registry)
-        self.ingest = Ingest(store=self.store, decoder=self.decoder, metrics=self.metrics)
+        # API-only beside ingest workers: follow the broker, leave storing readings to them.
+        self.follower = None if settings.ingest else Follower(self.store)
+        self.ingest = Ingest(
+            store=self.store, decoder=self.decoder, metrics=self.metrics, writer=self.follower
+        )
         self.bus = EventBus(self.registry)
         self.ingest.listeners.append(self.bus.on_commit)
         self.status = StatusReporter(self)
         self.live = LiveHub(self.bus, self.registry, stats=self._stats_frame)
         external = settings.external_broker
         self.broker: BrokerSupervisor | None = None
+        if external is None and not settings.ingest:
+            raise ValueError(
+                "without ingest (--no-ingest) fieldhub serves what ingest workers store: give it "
+                "their broker with --mqtt-url and their database with --db"
+            )
         if external is None:
             port = mqtt_port or settings.mqtt_port
             if port is None:
@@ -74,11 +85,14 @@ class Platform:
             self.mqtt_endpoint = external
         self.subscriber = MqttSubscriber(
             endpoint=self.mqtt_endpoint,
-            client_id=settings.mqtt_client_id,
+            client_id=settings.mqtt_client_id
+            if settings.ingest
+            else f"{settings.mqtt_client_id}-api",
             filters=self.decoder.subscriptions,
             on_message=self.ingest.on_message,
             protocol=settings.protocol_version,
             on_connection_change=self._connection_changed,
+            persistent=settings.ingest,
         )
         self.ingest.acker = self.subscriber.ack
         self.commands = CommandService(
@@ -130,6 +144,8 @@ class Platform:
         if self.broker is not None:
             await self.broker.start()
         await self.store.open()
+        if self.follower is not None:
+            await self.follower.load(time.time_ns() // 1000)
         await self.ingest.load_state()
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
         self._live = asyncio.create_task(self.live.run(), name="live.hub")

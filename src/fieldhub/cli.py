@@ -98,6 +98,14 @@ def up(
         int | None, typer.Option(help="HTTP port (default 8000 or a free one)")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    ingest: Annotated[
+        bool | None,
+        typer.Option(
+            "--ingest/--no-ingest",
+            help="--no-ingest: API and dashboard only, beside `fieldhub ingest` workers that "
+            "store what the broker delivers (needs --mqtt-url and --db)",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API."""
     settings = _settings(
@@ -108,8 +116,14 @@ def up(
         http_host=http_host,
         http_port=http_port,
         log_level=log_level,
+        ingest=ingest,
     )
     _configure_logging(settings.log_level)
+    if not settings.ingest and (settings.mqtt_url is None or settings.db is None):
+        raise _fail(
+            "--no-ingest serves what `fieldhub ingest` workers store: give it their broker "
+            "(--mqtt-url mqtt://host:port) and their database (--db postgresql://...)"
+        )
     embedded_port = None
     if settings.mqtt_url is None:
         embedded_port = _choose_port(settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port")

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     mqtt_client_id: str = Field(
         "fieldhub-ingest", min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$"
     )
+    # False: `fieldhub up --no-ingest`, the API beside `fieldhub ingest` workers
+    # (ingest/follower.py); it needs the workers' broker (mqtt_url) and database.
+    ingest: bool = Field(True, description="Store what the broker delivers (else workers do)")
     mosquitto: str | None = Field(None, description="Path of the mosquitto executable")
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(None, ge=1, le=65535)

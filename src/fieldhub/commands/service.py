@@ -376,6 +376,11 @@ class CommandService:
             self._applied(row)
         if result.late_replies:
             self._metrics.late_replies.inc(result.late_replies)
+            # Beside ingest workers (`fieldhub up --no-ingest`) a worker may have stored the
+            # reply first: follow the row it wrote.
+            for reply in batch.command_replies:
+                if (reply.device_id, reply.command_id) in self._active:
+                    self._spawn(self._adopt(reply.device_id, reply.command_id))
         if not self._by_device:
             return
         heard: set[str] = set()
@@ -559,6 +564,15 @@ class CommandService:
         self._by_device.setdefault(row.device_id, []).append(row.command_id)
         if row.expires_us is not None:
             self._schedule(row.expires_us, key, "expire")
+
+    async def _adopt(self, device_id: str, command_id: str) -> None:
+        """Follow transitions another process stored for a command this one tracks."""
+        row = await self.store.get_command(device_id, command_id)
+        active = self._active.get((device_id, command_id))
+        if row is None or active is None or row.state is active.row.state:
+            return
+        seen_us = active.row.updated_us
+        self._applied(replace(row, history=tuple(h for h in row.history if h.at_us > seen_us)))
 
     def _applied(self, row: CommandRow) -> None:
         """The store accepted a transition: follow it, publish it, wake whoever waits."""

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.protocol.decode import MessageDecoder
@@ -38,6 +39,11 @@ AckToken = tuple[int, int]
 Acker = Callable[[Sequence[AckToken]], None]
 # Called after each commit and ack with the batch, what it did and the commit time (epoch us).
 CommitListener = Callable[[WriteBatch, WriteResult, int], None]
+
+
+class BatchWriter(Protocol):
+    async def write_batch(self, batch: WriteBatch) -> WriteResult: ...
+
 
 # Largest batch in messages. SQLite inserts get 3-4x cheaper per row from batches of 1,000 to
 # 10,000 (NOTES.md); beyond that a commit takes long enough to delay acks noticeably.
@@ -126,8 +132,12 @@ class Ingest:
         batch_max: int = BATCH_MAX_MESSAGES,
         linger_ms: float = FLUSH_LINGER_MS,
         low_rate_linger_ms: float = FLUSH_LINGER_LOW_RATE_MS,
+        writer: BatchWriter | None = None,
     ) -> None:
         self.store = store
+        # What commits a batch: the store, or in an API-only process the follower
+        # (ingest/follower.py), which leaves readings to the ingest workers.
+        self.writer: BatchWriter = writer or store
         self.decoder = decoder
         self.metrics = metrics
         self.batch_max = batch_max
@@ -307,7 +317,7 @@ class Ingest:
         failures = 0
         while True:
             try:
-                return await self.store.write_batch(batch), batch
+                return await self.writer.write_batch(batch), batch
             except Exception as exc:  # StoreError, OSError, driver errors: hold, never drop
                 error: Exception = exc
             failures += 1
@@ -332,7 +342,7 @@ class Ingest:
         for index, work in enumerate(works):
             single = _batch_of([work])
             try:
-                written = await self.store.write_batch(single)
+                written = await self.writer.write_batch(single)
             except Exception as exc:
                 if not isinstance(work.result, Decoded | CommandReply):
                     return None
@@ -345,7 +355,7 @@ class Ingest:
                 works[index] = _Work(rejected, work.message, work.token, work.digest, work.future)
                 single = _batch_of([works[index]])
                 try:
-                    written = await self.store.write_batch(single)
+                    written = await self.writer.write_batch(single)
                 except Exception:
                     return None  # not the message: the database is failing
                 log.error("message on %s refused by the database: %s", work.message.topic, exc)

@@ -366,6 +366,7 @@ class MqttSubscriber:
         protocol: int = 5,
         on_connection_change: Callable[[bool], None] | None = None,
         subscribe_new: bool = True,
+        persistent: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -373,11 +374,18 @@ class MqttSubscriber:
         # False: a session the broker did not have stays without subscriptions (a worker that
         # only comes to empty an old session must not join the share group again).
         self._subscribe_new = subscribe_new
+        # False: a clean session that ends with the connection (a process that only follows the
+        # traffic, such as an API-only process, must not have messages queued while it is down).
+        self._persistent = persistent
         self._requested_protocol = protocol
         self._on_message = on_message
         self._on_connection_change = on_connection_change
         self._client = _new_client(
-            client_id=client_id, endpoint=endpoint, protocol=protocol, clean=False, manual_ack=True
+            client_id=client_id,
+            endpoint=endpoint,
+            protocol=protocol,
+            clean=not persistent,
+            manual_ack=True,
         )
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
@@ -419,13 +427,13 @@ class MqttSubscriber:
         v5 = self._requested_protocol == 5
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.SessionExpiryInterval = SESSION_EXPIRY_S if self._persistent else 0
             props.ReceiveMaximum = INGEST_RECEIVE_MAXIMUM
         self._client.connect_async(
             self.endpoint.host,
             self.endpoint.port,
             keepalive=KEEPALIVE_S,
-            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=(not self._persistent) if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=props,
         )
         self._client.loop_start()
