@@ -8,6 +8,7 @@ ingest workers meeting a new device both end up with its one id), and readings g
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ import orjson
 from fieldhub.commands.states import CommandState
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store.base import (
+    Aggregate,
     CommandOutcome,
     CommandRow,
     CommandTransition,
@@ -44,6 +46,7 @@ from fieldhub.store.rollups import (
     ROLLUP_TABLES,
     Part,
     Partial,
+    partial_params,
     partial_rows,
     partials_sql,
     rollup_rows,
@@ -62,6 +65,10 @@ POOL_MIN = 1
 POOL_MAX = 8
 DEAD_LETTER_MAX_BYTES = 64 * 1024
 DEFAULT_STALE_AFTER_S = 120
+# Series queries run their parts (up to five) at once, each on a pooled connection. At most
+# this many parts are in flight across all queries, so that concurrent dashboards leave the
+# rest of the pool to ingest's writer and command transitions instead of queueing them.
+SERIES_PARTS_IN_FLIGHT = POOL_MAX // 2
 # Monthly partitions exist this many months before and after now (created at open and by the
 # maintenance job): late data of the previous month and a clock running a little ahead land in a
 # partition of their own, not in the default one.
@@ -161,6 +168,7 @@ class PostgresStore(Store):
         self._presence: dict[int, str] = {}
         self._formats: dict[int, tuple[str | None, str | None]] = {}
         self._closed = False
+        self._series_parts = asyncio.Semaphore(SERIES_PARTS_IN_FLIGHT)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -847,36 +855,42 @@ class PostgresStore(Store):
         part: Part,
         interval_us: int,
         *,
-        first_last: bool,
+        agg: Aggregate,
     ) -> list[tuple[int, Partial]]:
         """One part of a series query over a set of devices, from raw readings or a rollup."""
-        # PostgreSQL refuses a parameter the statement never uses (it cannot type it): size
-        # appears only where first and last are looked up in a rollup.
-        with_size = part.table is not None and first_last
-        names = ["metric", "start", "end", "iv"] + (["size"] if with_size else [])
-        args: list[Any] = [metric, part.start_us, part.end_us, interval_us]
-        if with_size:
-            args.append(part.size_us)
+        values = partial_params(part, interval_us, metric)
+        # Positional parameters numbered as the statement first uses them: PostgreSQL refuses
+        # one the statement never uses (it cannot type it), so only those used are passed.
+        names: list[str] = []
+
+        def ph(name: str) -> str:
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
         if device_ids is None:
             # device_metrics lists who reported the metric.
             devices = (
-                "SELECT device_id FROM device_metrics WHERE metric_id = (SELECT id FROM "
-                f"metrics WHERE name = ${names.index('metric') + 1})"
+                "SELECT device_id FROM device_metrics "
+                f"WHERE metric_id = (SELECT id FROM metrics WHERE name = {ph('metric')})"
             )
         else:
-            args.append(list(device_ids))
-            devices = f"SELECT id FROM devices WHERE uid = ANY(${len(args)}::text[])"
+            values["uids"] = list(device_ids)
+            devices = f"SELECT id FROM devices WHERE uid = ANY({ph('uids')}::text[])"
         sql = partials_sql(
-            part.table,
-            lambda name: f"${names.index(name) + 1}",
+            part,
+            interval_us,
+            ph,
             # ANY(ARRAY(...)): the ids become one array that the (device, metric, bucket|ts)
             # primary key is searched with, once per id, whatever the planner would estimate
             # for a join with the device set.
             lambda column: f"{column} = ANY(ARRAY({devices}))",
-            first_last=first_last,
+            agg=agg,
             collate=' COLLATE "C"',
         )
-        rows = await self._run(lambda conn: conn.fetch(sql, *args))
+        args = [values[name] for name in names]
+        async with self._series_parts:
+            rows = await self._run(lambda conn: conn.fetch(sql, *args))
         return partial_rows(rows)
 
     async def list_dead_letters(

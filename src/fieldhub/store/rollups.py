@@ -32,7 +32,8 @@ RollupRow = tuple[int, int, int, int, float, float, float, int, float, int, floa
 
 @dataclass(slots=True)
 class Partial:
-    """The aggregate state of one output bucket (or part of it)."""
+    """The aggregate state of one output bucket (or part of it). Read from a series query, it
+    holds only what its aggregate needs (NEEDS); the rest is 0 or NaN, never looked at."""
 
     n: int
     total: float
@@ -107,49 +108,109 @@ def upsert_sql(table: str, least: str, greatest: str) -> tuple[str, str]:
     return head, tail
 
 
+# What each aggregate reads of a part's rows, besides the count every point carries. Reading
+# only those halves the work of a fleet-wide average: SQLite decodes every column it is asked
+# for in every row, and both engines keep one running aggregate per column.
+NEEDS: dict[Aggregate, frozenset[str]] = {
+    "avg": frozenset({"total"}),
+    "sum": frozenset({"total"}),
+    "count": frozenset(),
+    "min": frozenset({"lo"}),
+    "max": frozenset({"hi"}),
+    "first": frozenset({"first"}),
+    "last": frozenset({"last"}),
+}
+
+
+def partial_params(part: Part, interval_us: int, metric: str) -> dict[str, object]:
+    """The values of the placeholders `partials_sql` may use, by name."""
+    return {
+        "metric": metric,
+        "start": part.start_us,
+        "end": part.end_us,
+        "iv": interval_us,
+        "size": part.size_us,
+        "bucket": part.start_us - part.start_us % interval_us,
+    }
+
+
 def partials_sql(
-    part_table: str | None,
+    part: Part,
+    interval_us: int,
     ph: Callable[[str], str],
     in_devices: Callable[[str], str],
     *,
-    first_last: bool,
+    agg: Aggregate,
     collate: str = "",
 ) -> str:
     """The query of one part's (bucket, n, total, lo, hi, first_ts, first, last_ts, last) rows
     for a metric over a set of devices (one device for a device's own series).
 
-    `ph(name)` writes the engine's placeholder for metric, start, end, iv and (rollup tables
-    with `first_last` only) size; `in_devices(column)` writes the engine's predicate keeping
-    `column` to the device set (its parameters are the engine's business). The first and last
-    values are read only with `first_last` (NULL otherwise): they cost a lookup per output
-    bucket and device of the set, which a fleet-wide average should not pay.
+    `ph(name)` writes the engine's placeholder for a value of `partial_params`;
+    `in_devices(column)` writes the engine's predicate keeping `column` to the device set (its
+    parameters are the engine's business). Only the columns `agg` needs are read (NEEDS), the
+    others are NULL; the first and last values cost a lookup per output bucket and device of
+    the set. A part within one output bucket (every edge part: it is narrower than its rollup,
+    whose size divides the interval) is aggregated without GROUP BY, which SQLite would
+    otherwise sort through a temporary B-tree row by row.
     """
+    needs = NEEDS[agg]
     metric = f"(SELECT id FROM metrics WHERE name = {ph('metric')})"
-    if part_table is None:
-        inner = (
-            f"SELECT r.ts - (r.ts % {ph('iv')}) AS b, count(*) AS n, sum(r.value) AS total, "
-            "min(r.value) AS lo, max(r.value) AS hi, min(r.ts) AS first_ts, max(r.ts) AS last_ts "
-            f"FROM readings r WHERE {in_devices('r.device_id')} AND r.metric_id = {metric} "
-            f"AND r.ts >= {ph('start')} AND r.ts < {ph('end')} GROUP BY b"
+    if part.table is None:
+        time, columns = (
+            "r.ts",
+            {
+                "n": "count(*)",
+                "total": "sum(r.value)",
+                "lo": "min(r.value)",
+                "hi": "max(r.value)",
+                "first_ts": "min(r.ts)",
+                "last_ts": "max(r.ts)",
+            },
         )
+        table = "readings"
+    else:
+        time, columns = (
+            "r.bucket",
+            {
+                "n": "sum(r.n)",
+                "total": "sum(r.total)",
+                "lo": "min(r.lo)",
+                "hi": "max(r.hi)",
+                "first_ts": "min(r.first_ts)",
+                "last_ts": "max(r.last_ts)",
+            },
+        )
+        table = part.table
+    read = {"n", *needs, *(f"{end}_ts" for end in ("first", "last") if end in needs)}
+    aggregates = ", ".join(
+        f"{expr if name in read else 'NULL'} AS {name}" for name, expr in columns.items()
+    )
+    where = (
+        f"{in_devices('r.device_id')} AND r.metric_id = {metric} "
+        f"AND {time} >= {ph('start')} AND {time} < {ph('end')}"
+    )
+    end_of_part = part.end_us - 1
+    if part.start_us - part.start_us % interval_us == end_of_part - end_of_part % interval_us:
+        # Without GROUP BY an aggregate answers one row even over no rows: n = 0 drops it.
+        bucket = f"CAST({ph('bucket')} AS BIGINT)"  # PostgreSQL types a bare parameter by use
+        inner = f"SELECT {bucket} AS b, {aggregates} FROM {table} r WHERE {where}"
+        keep = "WHERE q.n > 0 "
     else:
         inner = (
-            f"SELECT r.bucket - (r.bucket % {ph('iv')}) AS b, sum(r.n) AS n, "
-            "sum(r.total) AS total, min(r.lo) AS lo, max(r.hi) AS hi, "
-            "min(r.first_ts) AS first_ts, max(r.last_ts) AS last_ts "
-            f"FROM {part_table} r WHERE {in_devices('r.device_id')} AND r.metric_id = {metric} "
-            f"AND r.bucket >= {ph('start')} AND r.bucket < {ph('end')} GROUP BY b"
+            f"SELECT {time} - ({time} % {ph('iv')}) AS b, {aggregates} FROM {table} r "
+            f"WHERE {where} GROUP BY b"
         )
-    if first_last:
-        first, last = (
-            _edge_value_sql(part_table, end, metric, ph, in_devices, collate)
-            for end in ("first", "last")
-        )
-    else:
-        first = last = "NULL"
+        keep = ""
+    first, last = (
+        _edge_value_sql(part.table, end, metric, ph, in_devices, collate)
+        if end in needs
+        else "NULL"
+        for end in ("first", "last")
+    )
     return (
         f"SELECT q.b, q.n, q.total, q.lo, q.hi, q.first_ts, {first}, q.last_ts, {last} "
-        f"FROM ({inner}) q ORDER BY q.b"
+        f"FROM ({inner}) q {keep}ORDER BY q.b"
     )
 
 
@@ -182,19 +243,19 @@ def _edge_value_sql(
 
 
 def partial_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[int, Partial]]:
-    """(bucket, Partial) from rows of `partials_sql`. First and last values not read (NULL)
-    become NaN: `Partial.value` never returns them for the aggregates they were skipped for."""
+    """(bucket, Partial) from rows of `partials_sql`. What the aggregate did not read (NULL)
+    becomes 0 or NaN: `Partial.value` never returns it for the aggregate that skipped it."""
     return [
         (
             r[0],
             Partial(
                 int(r[1]),
-                float(r[2]),
-                r[3],
-                r[4],
-                r[5],
+                0.0 if r[2] is None else float(r[2]),
+                math.nan if r[3] is None else r[3],
+                math.nan if r[4] is None else r[4],
+                r[5] or 0,
                 math.nan if r[6] is None else r[6],
-                r[7],
+                r[7] or 0,
                 math.nan if r[8] is None else r[8],
             ),
         )

@@ -25,6 +25,7 @@ from fieldhub.commands.states import CommandState
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store import sqlite_commands
 from fieldhub.store.base import (
+    Aggregate,
     CommandOutcome,
     CommandRow,
     DeadLetterRow,
@@ -45,6 +46,7 @@ from fieldhub.store.rollups import (
     ROLLUP_TABLES,
     Part,
     Partial,
+    partial_params,
     partial_rows,
     partials_sql,
     rollup_rows,
@@ -756,16 +758,10 @@ class SqliteStore(Store):
         part: Part,
         interval_us: int,
         *,
-        first_last: bool,
+        agg: Aggregate,
     ) -> list[tuple[int, Partial]]:
         """One part of a series query over a set of devices, from raw readings or a rollup."""
-        params: dict[str, Any] = {
-            "metric": metric,
-            "start": part.start_us,
-            "end": part.end_us,
-            "iv": interval_us,
-            "size": part.size_us,
-        }
+        params = partial_params(part, interval_us, metric)
         if device_ids is None:
             # device_metrics lists who reported the metric: one primary-key seek per device in
             # the series tables instead of a scan of every series.
@@ -779,10 +775,11 @@ class SqliteStore(Store):
             params["uids"] = orjson.dumps(list(device_ids)).decode()
             devices = "SELECT id FROM devices WHERE uid IN (SELECT value FROM json_each(:uids))"
         sql = partials_sql(
-            part.table,
+            part,
+            interval_us,
             lambda name: f":{name}",
             lambda column: f"{column} IN ({devices})",
-            first_last=first_last,
+            agg=agg,
         )
         return await self._on_reader(lambda conn: partial_rows(conn.execute(sql, params)))
 
