@@ -604,7 +604,7 @@ def ingest(
 
     if worker_index is not None:
         try:
-            worker_main(settings, worker_index)
+            worker_main(settings, worker_index, workers)
         except StoreError as exc:
             raise _fail(str(exc), 1) from None
         return

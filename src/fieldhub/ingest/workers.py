@@ -69,8 +69,8 @@ def _pipeline(settings: Settings) -> tuple[Ingest, list[str]]:
     return ingest, shared_filters(decoder.subscriptions, settings.mqtt_client_id)
 
 
-async def run_worker(settings: Settings, index: int, stop: asyncio.Event) -> None:
-    """One ingest worker until `stop` is set: drains what it received, then disconnects."""
+async def run_worker(settings: Settings, index: int, count: int, stop: asyncio.Event) -> None:
+    """Worker `index` of `count` until `stop` is set: drains what it received, disconnects."""
     if settings.external_broker is None:
         raise ValueError("ingest workers need --mqtt-url (the broker they share)")
     ingest, filters = _pipeline(settings)
@@ -81,6 +81,7 @@ async def run_worker(settings: Settings, index: int, stop: asyncio.Event) -> Non
         filters=filters,
         on_message=ingest.on_message,
         protocol=settings.protocol_version,
+        clock_slot=((index - 1) % count, count),
     )
     ingest.acker = subscriber.ack
     await store.open()
@@ -178,7 +179,7 @@ def retire_sessions(settings: Settings, count: int) -> list[tuple[int, int]]:
     return retired
 
 
-def worker_main(settings: Settings, index: int) -> None:
+def worker_main(settings: Settings, index: int, count: int) -> None:
     """A worker process: run until SIGTERM/SIGINT."""
 
     async def main() -> None:
@@ -186,7 +187,7 @@ def worker_main(settings: Settings, index: int) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, index, stop)
+        await run_worker(settings, index, count, stop)
 
     asyncio.run(main())
 
@@ -207,7 +208,15 @@ class WorkerSupervisor:
     def _spawn(self, index: int) -> None:
         # The worker inherits FIELDHUB_* variables and flags passed on as variables by the CLI.
         self.procs[index] = subprocess.Popen(
-            [str(self.executable), "ingest", "--worker-index", str(index)], env=os.environ.copy()
+            [
+                str(self.executable),
+                "ingest",
+                "--workers",
+                str(self.count),
+                "--worker-index",
+                str(index),
+            ],
+            env=os.environ.copy(),
         )
         self.started_at[index] = time.monotonic()
 
