@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 
+import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from fieldhub.config import RetentionRuleSetting
 from fieldhub.store import Store, WriteBatch
+from fieldhub.store.postgres import PostgresStore, month_start_us, partition_month
 from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule, Selector
 from fieldhub.store.rollups import HOUR_US
 from support.store_rows import S, msg
@@ -116,3 +118,62 @@ def test_settings_rules_name_what_they_override() -> None:
         RetentionRuleSetting.model_validate({"raw_days": 3})
     with pytest.raises(ValueError, match="sets raw_days"):
         RetentionRuleSetting.model_validate({"metric": "t"})
+
+
+async def partitions(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'readings'::regclass"
+        )
+        return {row["relname"] for row in rows}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("backend_url", ["postgresql"], indirect=True)
+async def test_postgresql_drops_whole_months_older_than_the_raw_tier(
+    store: Store, backend_url: str
+) -> None:
+    """The same rows go as with DELETE alone; the months wholly past the cutoff go as tables."""
+    assert isinstance(store, PostgresStore)
+    for months_back in range(5):  # the partitions a long-running installation has
+        await store.ensure_partitions(NOW - months_back * 30 * DAY)
+    await seed(store)
+    before = await partitions(backend_url)
+    cutoff = NOW - 30 * DAY
+    expected_gone = {
+        name
+        for name in before
+        if (month := partition_month(name)) is not None and month_start_us(month + 1) <= cutoff
+    }
+    assert len(expected_gone) >= 2  # the test means something only if months do go
+
+    deleted = await job(store, RetentionPolicy()).run_once()
+
+    assert deleted["raw"] == 2 * 2 * 5  # as in the defaults test, where most go by DELETE
+    after = await partitions(backend_url)
+    assert before - after == expected_gone
+    for device in ("dev-a", "dev-b"):
+        assert await ages_left(store, device, "temp", S) == [0, 10, 29]
+        assert await ages_left(store, device, "temp", HOUR_US) == [
+            0, 10, 29, 31, 100, 364, 366, 800
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend_url", ["postgresql"], indirect=True)
+async def test_postgresql_keeps_partitions_when_a_rule_keeps_raw_longer(
+    store: Store, backend_url: str
+) -> None:
+    """A more specific rule shields some series: whole months may not go, rows still do."""
+    assert isinstance(store, PostgresStore)
+    for months_back in range(5):
+        await store.ensure_partitions(NOW - months_back * 30 * DAY)
+    await seed(store)
+    before = await partitions(backend_url)
+    policy = RetentionPolicy(overrides=(Rule(Selector(device="dev-b"), {"raw": 100.5}),))
+    await job(store, policy).run_once()
+    assert await partitions(backend_url) == before
+    assert await ages_left(store, "dev-a", "temp", S) == [0, 10, 29]
+    assert await ages_left(store, "dev-b", "temp", S) == [0, 10, 29, 31, 100]

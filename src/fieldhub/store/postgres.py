@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ def month_index(ts_us: int) -> int:
 def month_start_us(month: int) -> int:
     """Epoch microseconds at the start of a `month_index`."""
     return int(datetime(month // 12, month % 12 + 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def partition_month(name: str) -> int | None:
+    """The `month_index` of a readings partition's name (None for the default partition)."""
+    match = re.fullmatch(r"readings_p(\d{4})(\d{2})", name)
+    return None if match is None else int(match[1]) * 12 + int(match[2]) - 1
 
 
 def partition_ddl(month: int) -> tuple[str, str]:
@@ -989,8 +996,13 @@ class PostgresStore(Store):
         selector: Selector,
         keep: Sequence[Selector],
     ) -> int:
-        """One retention sweep (DELETE; on a partitioned table PostgreSQL prunes to the
-        partitions holding older rows)."""
+        """One retention sweep. The raw tier's default rule, with no more specific rule beside
+        it, first drops the monthly partitions wholly older than the cutoff (a DROP frees the
+        disk at once and costs no dead rows to vacuum); a DELETE then takes the rest (on a
+        partitioned table PostgreSQL prunes it to the partitions holding older rows)."""
+        dropped = 0
+        if tier == "raw" and selector == Selector() and not keep:
+            dropped = await self.drop_partitions_before(cutoff_us)
         params: list[object] = []
 
         def ph(value: object) -> str:
@@ -999,7 +1011,33 @@ class PostgresStore(Store):
 
         sql = delete_sql(tier, cutoff_us, selector, keep, ph)
         status = await self._run(lambda conn: conn.execute(sql, *params))
-        return int(str(status).rsplit(" ", 1)[-1])
+        return dropped + int(str(status).rsplit(" ", 1)[-1])
+
+    async def drop_partitions_before(self, cutoff_us: int) -> int:
+        """Drop the monthly readings partitions whose whole month ends by `cutoff_us`; returns
+        how many readings they held. Under the partition lock: workers create partitions too."""
+
+        async def drop(conn: Conn) -> list[tuple[str, int]]:
+            gone: list[tuple[str, int]] = []
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+                names = await conn.fetch(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'readings'::regclass ORDER BY c.relname"
+                )
+                for (name,) in names:
+                    month = partition_month(name)
+                    if month is None or month_start_us(month + 1) > cutoff_us:
+                        continue
+                    rows = int(await conn.fetchval(f"SELECT count(*) FROM {name}"))
+                    await conn.execute(f"DROP TABLE {name}")
+                    gone.append((name, rows))
+            return gone
+
+        gone = await self._run(drop)
+        for name, rows in gone:
+            log.info("retention: dropped readings partition %s (%d readings)", name, rows)
+        return sum(rows for _, rows in gone)
 
     async def maintain(self, now_us: int) -> None:
         """Create the coming months' readings partitions."""
