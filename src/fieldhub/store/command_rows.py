@@ -7,10 +7,53 @@ live here and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from fieldhub.commands.states import FINAL, CommandState, allowed
 from fieldhub.store.base import CommandOutcome, CommandRow, CommandTransition
+
+# The columns `command_row` reads, in its order, and the join they come from (both engines).
+COMMAND_COLUMNS = (
+    "d.uid, c.uid, c.name, c.params, c.format, c.topic, c.state, c.created_us, c.updated_us, "
+    "c.timeout_s, c.expires_us, c.sent_us, c.finished_us, c.result, c.error, c.decided_by"
+)
+COMMAND_FROM = "FROM commands c JOIN devices d ON d.id = c.device_id"
+
+
+def _as_is(value: Any) -> object:
+    return value
+
+
+def command_row(
+    row: Sequence[Any],
+    history: tuple[CommandTransition, ...] = (),
+    *,
+    loads: Callable[[Any], object] = _as_is,
+) -> CommandRow:
+    """A CommandRow from a row selected with COMMAND_COLUMNS; `loads` decodes the JSON columns
+    where the driver hands them over as text (SQLite; asyncpg's codec decodes them already)."""
+    return CommandRow(
+        device_id=row[0],
+        command_id=row[1],
+        name=row[2],
+        params=loads(row[3]),  # type: ignore[arg-type]
+        format=row[4],
+        topic=row[5],
+        state=CommandState(row[6]),
+        created_us=row[7],
+        updated_us=row[8],
+        timeout_s=row[9],
+        expires_us=row[10],
+        sent_us=row[11],
+        finished_us=row[12],
+        result=loads(row[13]) if row[13] is not None else None,
+        error=row[14],
+        decided_by=row[15],
+        history=history,
+    )
+
 
 # What an ack or echo found a command still `pending` with (its PUBACK not yet recorded): proof
 # that the broker delivered it, recorded as `sent` at the same moment.

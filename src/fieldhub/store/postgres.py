@@ -40,7 +40,13 @@ from fieldhub.store.base import (
     WriteBatch,
     WriteResult,
 )
-from fieldhub.store.command_rows import pending_row, plan_transition
+from fieldhub.store.command_rows import (
+    COMMAND_COLUMNS,
+    COMMAND_FROM,
+    command_row,
+    pending_row,
+    plan_transition,
+)
 from fieldhub.store.postgres_schema import MIGRATIONS
 from fieldhub.store.retention import Selector, Tier, delete_sql
 from fieldhub.store.rollups import (
@@ -85,11 +91,6 @@ _PRESENCE_SQL = """
         ELSE 'online'
     END
 """
-_COMMAND_COLUMNS = (
-    "d.uid, c.uid, c.name, c.params, c.format, c.topic, c.state, c.created_us, c.updated_us, "
-    "c.timeout_s, c.expires_us, c.sent_us, c.finished_us, c.result, c.error, c.decided_by"
-)
-_COMMAND_FROM = "FROM commands c JOIN devices d ON d.id = c.device_id"
 
 
 def month_index(ts_us: int) -> int:
@@ -116,28 +117,6 @@ def partition_ddl(month: int) -> tuple[str, str]:
     return name, (
         f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF readings "
         f"FOR VALUES FROM ({month_start_us(month)}) TO ({month_start_us(month + 1)})"
-    )
-
-
-def _command_row(row: Sequence[Any], history: tuple[CommandTransition, ...] = ()) -> CommandRow:
-    return CommandRow(
-        device_id=row[0],
-        command_id=row[1],
-        name=row[2],
-        params=row[3],
-        format=row[4],
-        topic=row[5],
-        state=CommandState(row[6]),
-        created_us=row[7],
-        updated_us=row[8],
-        timeout_s=row[9],
-        expires_us=row[10],
-        sent_us=row[11],
-        finished_us=row[12],
-        result=row[13],
-        error=row[14],
-        decided_by=row[15],
-        history=history,
     )
 
 
@@ -583,14 +562,14 @@ class PostgresStore(Store):
         # FOR UPDATE: two writers (an ack in an ingest batch, a timeout) read the same state
         # one after the other, so only one of them can move it on.
         found = await conn.fetchrow(
-            f"SELECT c.id, {_COMMAND_COLUMNS} {_COMMAND_FROM} "
+            f"SELECT c.id, {COMMAND_COLUMNS} {COMMAND_FROM} "
             "WHERE c.device_id = $1 AND c.uid = $2 FOR UPDATE OF c",
             device_pk,
             command_id,
         )
         if found is None:
             return None
-        row = plan_transition(_command_row(tuple(found)[1:]), target, at_us, outcome)
+        row = plan_transition(command_row(tuple(found)[1:]), target, at_us, outcome)
         if row is None:
             return None
         command_pk = found[0]
@@ -624,7 +603,7 @@ class PostgresStore(Store):
 
         async def run(conn: Conn) -> CommandRow | None:
             found = await conn.fetchrow(
-                f"SELECT c.id, {_COMMAND_COLUMNS} {_COMMAND_FROM} WHERE d.uid = $1 AND c.uid = $2",
+                f"SELECT c.id, {COMMAND_COLUMNS} {COMMAND_FROM} WHERE d.uid = $1 AND c.uid = $2",
                 device_id,
                 command_id,
             )
@@ -638,7 +617,7 @@ class PostgresStore(Store):
                     found[0],
                 )
             )
-            return _command_row(tuple(found)[1:], history)
+            return command_row(tuple(found)[1:], history)
 
         return await self._run(run)
 
@@ -651,7 +630,7 @@ class PostgresStore(Store):
         before: tuple[int, str] | None,
     ) -> list[CommandRow]:
         """A device's commands, newest first."""
-        sql = f"SELECT {_COMMAND_COLUMNS} {_COMMAND_FROM} WHERE d.uid = $1"
+        sql = f"SELECT {COMMAND_COLUMNS} {COMMAND_FROM} WHERE d.uid = $1"
         args: list[Any] = [device_id]
         if state is not None:
             args.append(state.value)
@@ -662,17 +641,17 @@ class PostgresStore(Store):
         args.append(limit)
         sql += f" ORDER BY c.created_us DESC, c.uid DESC LIMIT ${len(args)}"
         rows = await self._run(lambda conn: conn.fetch(sql, *args))
-        return [_command_row(tuple(r)) for r in rows]
+        return [command_row(tuple(r)) for r in rows]
 
     async def active_commands(self) -> list[CommandRow]:
         """Commands not yet final, oldest first."""
         rows = await self._run(
             lambda conn: conn.fetch(
-                f"SELECT {_COMMAND_COLUMNS} {_COMMAND_FROM} "
+                f"SELECT {COMMAND_COLUMNS} {COMMAND_FROM} "
                 "WHERE c.state IN ('pending', 'sent') ORDER BY c.created_us, c.id"
             )
         )
-        return [_command_row(tuple(r)) for r in rows]
+        return [command_row(tuple(r)) for r in rows]
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -13,36 +13,21 @@ import orjson
 
 from fieldhub.commands.states import CommandState
 from fieldhub.store.base import CommandOutcome, CommandRow, CommandTransition
-from fieldhub.store.command_rows import pending_row, plan_transition
-
-COLUMNS = (
-    "d.uid, c.uid, c.name, c.params, c.format, c.topic, c.state, c.created_us, c.updated_us, "
-    "c.timeout_s, c.expires_us, c.sent_us, c.finished_us, c.result, c.error, c.decided_by"
+from fieldhub.store.command_rows import (
+    COMMAND_COLUMNS,
+    COMMAND_FROM,
+    command_row,
+    pending_row,
+    plan_transition,
 )
-FROM = "FROM commands c JOIN devices d ON d.id = c.device_id"
+
+COLUMNS = COMMAND_COLUMNS
+FROM = COMMAND_FROM
 
 
 def row_of(row: tuple[Any, ...], history: tuple[CommandTransition, ...] = ()) -> CommandRow:
-    """A CommandRow from a row selected with COLUMNS."""
-    return CommandRow(
-        device_id=row[0],
-        command_id=row[1],
-        name=row[2],
-        params=orjson.loads(row[3]),
-        format=row[4],
-        topic=row[5],
-        state=CommandState(row[6]),
-        created_us=row[7],
-        updated_us=row[8],
-        timeout_s=row[9],
-        expires_us=row[10],
-        sent_us=row[11],
-        finished_us=row[12],
-        result=orjson.loads(row[13]) if row[13] is not None else None,
-        error=row[14],
-        decided_by=row[15],
-        history=history,
-    )
+    """A CommandRow from a row selected with COLUMNS (JSON columns stored as text)."""
+    return command_row(row, history, loads=orjson.loads)
 
 
 def history_of(conn: sqlite3.Connection, command_pk: int) -> tuple[CommandTransition, ...]:
