@@ -10,6 +10,8 @@ backfill, a clock far in the future) so no write ever fails for want of one.
 
 from __future__ import annotations
 
+from fieldhub.store.rollup_schema import rollup_migration
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -111,58 +113,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (
         3,
         "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
-        """
-        CREATE TABLE rollup_minute (
-            device_id BIGINT NOT NULL,
-            metric_id INTEGER NOT NULL,
-            bucket BIGINT NOT NULL,
-            n BIGINT NOT NULL,
-            total DOUBLE PRECISION NOT NULL,
-            lo DOUBLE PRECISION NOT NULL,
-            hi DOUBLE PRECISION NOT NULL,
-            first_ts BIGINT NOT NULL,
-            first_value DOUBLE PRECISION NOT NULL,
-            last_ts BIGINT NOT NULL,
-            last_value DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (device_id, metric_id, bucket)
-        );
-        CREATE TABLE rollup_hour (
-            device_id BIGINT NOT NULL,
-            metric_id INTEGER NOT NULL,
-            bucket BIGINT NOT NULL,
-            n BIGINT NOT NULL,
-            total DOUBLE PRECISION NOT NULL,
-            lo DOUBLE PRECISION NOT NULL,
-            hi DOUBLE PRECISION NOT NULL,
-            first_ts BIGINT NOT NULL,
-            first_value DOUBLE PRECISION NOT NULL,
-            last_ts BIGINT NOT NULL,
-            last_value DOUBLE PRECISION NOT NULL,
-            PRIMARY KEY (device_id, metric_id, bucket)
-        );
-        -- Rollups of the readings already stored (an existing installation upgrading).
-        INSERT INTO rollup_minute
-        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
-            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.ts = q.first_ts),
-            q.last_ts,
-            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.ts = q.last_ts)
-        FROM (SELECT device_id, metric_id, ts - ts % 60000000 AS b, count(*) AS n,
-                sum(value) AS total, min(value) AS lo, max(value) AS hi, min(ts) AS first_ts,
-                max(ts) AS last_ts
-            FROM readings GROUP BY device_id, metric_id, b) q;
-        INSERT INTO rollup_hour
-        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
-            (SELECT x.first_value FROM rollup_minute x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.bucket = q.first_ts - q.first_ts % 60000000),
-            q.last_ts,
-            (SELECT x.last_value FROM rollup_minute x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.bucket = q.last_ts - q.last_ts % 60000000)
-        FROM (SELECT device_id, metric_id, bucket - bucket % 3600000000 AS b, sum(n) AS n,
-                sum(total) AS total, min(lo) AS lo, max(hi) AS hi, min(first_ts) AS first_ts,
-                max(last_ts) AS last_ts
-            FROM rollup_minute GROUP BY device_id, metric_id, b) q;
-        """,
+        rollup_migration(ids="BIGINT", count="BIGINT", real="DOUBLE PRECISION"),
     ),
 ]

@@ -7,6 +7,8 @@ migration is a few statements a reviewer reads as SQL. `schema_migrations` recor
 
 from __future__ import annotations
 
+from fieldhub.store.rollup_schema import rollup_migration
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -122,58 +124,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (
         4,
         "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
-        """
-        CREATE TABLE rollup_minute (
-            device_id INTEGER NOT NULL,
-            metric_id INTEGER NOT NULL,
-            bucket INTEGER NOT NULL,
-            n INTEGER NOT NULL,
-            total REAL NOT NULL,
-            lo REAL NOT NULL,
-            hi REAL NOT NULL,
-            first_ts INTEGER NOT NULL,
-            first_value REAL NOT NULL,
-            last_ts INTEGER NOT NULL,
-            last_value REAL NOT NULL,
-            PRIMARY KEY (device_id, metric_id, bucket)
-        ) WITHOUT ROWID;
-        CREATE TABLE rollup_hour (
-            device_id INTEGER NOT NULL,
-            metric_id INTEGER NOT NULL,
-            bucket INTEGER NOT NULL,
-            n INTEGER NOT NULL,
-            total REAL NOT NULL,
-            lo REAL NOT NULL,
-            hi REAL NOT NULL,
-            first_ts INTEGER NOT NULL,
-            first_value REAL NOT NULL,
-            last_ts INTEGER NOT NULL,
-            last_value REAL NOT NULL,
-            PRIMARY KEY (device_id, metric_id, bucket)
-        ) WITHOUT ROWID;
-        -- Rollups of the readings already stored (an existing installation upgrading).
-        INSERT INTO rollup_minute
-        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
-            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.ts = q.first_ts),
-            q.last_ts,
-            (SELECT x.value FROM readings x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.ts = q.last_ts)
-        FROM (SELECT device_id, metric_id, ts - ts % 60000000 AS b, count(*) AS n,
-                sum(value) AS total, min(value) AS lo, max(value) AS hi, min(ts) AS first_ts,
-                max(ts) AS last_ts
-            FROM readings GROUP BY device_id, metric_id, b) q;
-        INSERT INTO rollup_hour
-        SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts,
-            (SELECT x.first_value FROM rollup_minute x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.bucket = q.first_ts - q.first_ts % 60000000),
-            q.last_ts,
-            (SELECT x.last_value FROM rollup_minute x WHERE x.device_id = q.device_id
-                AND x.metric_id = q.metric_id AND x.bucket = q.last_ts - q.last_ts % 60000000)
-        FROM (SELECT device_id, metric_id, bucket - bucket % 3600000000 AS b, sum(n) AS n,
-                sum(total) AS total, min(lo) AS lo, max(hi) AS hi, min(first_ts) AS first_ts,
-                max(last_ts) AS last_ts
-            FROM rollup_minute GROUP BY device_id, metric_id, b) q;
-        """,
+        rollup_migration(ids="INTEGER", count="INTEGER", real="REAL", suffix=" WITHOUT ROWID"),
     ),
 ]
