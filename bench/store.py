@@ -19,6 +19,10 @@ Per engine (``--engines``, default both), on a fresh database:
 3. **HTTP** (``--no-http`` skips it): the same two queries through ``fieldhub up --db <it>``
    (``GET /api/v1/devices/{id}/series`` and ``GET /api/v1/series``) from one keep-alive client.
 
+With ``--ingest`` (or ``--ingest-only``), then: stored msg/s of ``fieldhub ingest --workers N``
+on PostgreSQL for N = 1, 2, 3, median of 3 runs each: a private Mosquitto (fieldhub's embedded
+configuration) and a fresh database per run, a QoS 1 burst from ``bench.loadgen --max``.
+
 See bench/README.md ("store") for what each figure means.
 """
 
@@ -30,9 +34,12 @@ import contextlib
 import importlib
 import json
 import math
+import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -52,13 +59,18 @@ from bench.common import (
     free_port,
     is_mosquitto,
     machine_info,
+    read_loadgen_result,
     say,
     start_bench,
     start_fieldhub,
+    start_loadgen,
     stop_fieldhub,
+    stop_process,
+    tail,
     wait_healthy,
     write_result,
 )
+from fieldhub.broker import MosquittoProcess
 from fieldhub.ingest.pipeline import BATCH_MAX_MESSAGES
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.protocol.timestamps import format_us
@@ -96,6 +108,27 @@ OTHERS_CPU_WARN_PERCENT = 20.0
 
 QUICK = {"devices": 100, "readings_per_device": 1_000, "queries": 20, "rounds": 1}
 
+# --- ingest workers (--ingest) ------------------------------------------------------------------
+
+INGEST_WORKERS = (1, 2, 3)
+INGEST_REPEATS = 3
+# Seconds of `loadgen --max`: ~200k messages at the generator's ~20k msg/s, which one worker
+# stores in under a minute. Longer bursts make 9 runs long, and beyond ~500k queued messages
+# for one worker Mosquitto drops QoS 1 messages (fieldhub's MAX_QUEUED_MESSAGES).
+INGEST_BURST_S = 10.0
+INGEST_DEVICES = 1_000
+# The loadgen payload (seq, temperature, humidity, rssi): `seq` rows count the messages.
+SEQ_METRIC = "seq"
+# Workers are ready once each logged its connection; the SUBACK follows within milliseconds.
+WORKERS_READY_TIMEOUT_S = 60.0
+SUBSCRIBE_SETTLE_S = 1.0
+# The stored count has settled once it stayed the same this long after the burst (longer than
+# any batch linger), or gives up after the timeout.
+INGEST_POLL_S = 0.5
+INGEST_SETTLE_QUIET_S = 3.0
+INGEST_SETTLE_TIMEOUT_S = 300.0
+QUICK_INGEST = {"workers": (1, 2), "repeats": 1, "burst_s": 5.0, "devices": 100}
+
 METHODS = {
     "load": "Store.write_batch with WriteBatch(decoded=[...]) of BATCH_MESSAGES messages, one "
     "reading each, in time order (every device's minute k before minute k+1), awaited one after "
@@ -121,6 +154,13 @@ METHODS = {
     "machine_busy 100 = both cores",
     "counts": "each answer's sum of point counts equals the readings the load put in its range "
     "(computed from the schedule)",
+    "ingest_workers": "per run: a fresh Mosquitto (fieldhub.broker.MosquittoProcess) and "
+    "database, `fieldhub ingest --workers N --db <it> --mqtt-url <it>` with a client id of its "
+    "own, ready once every worker logged its connection; then `bench.loadgen --max` for "
+    "burst_s from `devices` connections (QoS 1, 4 readings a message). stored = sum of n of "
+    "the `seq` hour rollups (updated in the readings' own transaction: the committed count), "
+    "polled every 0.5 s; stored_rate = stored / (last change of that count - first publish). "
+    "lost = acked - stored. cpu: workers = the supervisor and its workers, 100 = one core",
 }
 
 
@@ -522,6 +562,30 @@ def private_postgres(workdir: Path) -> Iterator[Any]:
         server.stop()
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured and the files under src/ changed since (the venv runs the working
+    tree: ingest workers under change by someone else are measured as they are)."""
+
+    def git(*cmd: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), *cmd],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "src")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "src_uncommitted": dirty.splitlines() if dirty else [],
+    }
+
+
 def postgres_settings(server: Any) -> dict[str, str]:
     names = (
         "server_version",
@@ -620,6 +684,195 @@ def cpu_by_phase(figures: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
         for name, kind in (figures.get(where) or {}).items():
             if isinstance(kind, dict) and "cpu" in kind:
                 yield f"{where}.{name}", kind["cpu"]
+
+
+# --- ingest workers ------------------------------------------------------------------------------
+
+
+class SeqCounter:
+    """Messages committed so far: the `seq` readings counted through their hour rollups (a
+    thousand rows, not a scan of the readings; same transaction, so the committed count)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def count(self) -> int:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url)
+        try:
+            value = await conn.fetchval(
+                "SELECT coalesce(sum(n), 0) FROM rollup_hour "
+                "WHERE metric_id = (SELECT id FROM metrics WHERE name = $1)",
+                SEQ_METRIC,
+            )
+        except asyncpg.UndefinedTableError:  # the workers have not migrated yet
+            return 0
+        finally:
+            await conn.close()
+        return int(value)
+
+
+def wait_workers_ready(proc: subprocess.Popen[bytes], log: Path, client_id: str, n: int) -> None:
+    """Until every worker logged its connection as `<client id>-<i>` (then its SUBACK)."""
+    deadline = time.monotonic() + WORKERS_READY_TIMEOUT_S
+    wanted = [f" as {client_id}-{i} " for i in range(1, n + 1)]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"fieldhub ingest exited with {proc.returncode}:\n{tail(log)}")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if all(w in text for w in wanted):
+            time.sleep(SUBSCRIBE_SETTLE_S)
+            return
+        time.sleep(0.2)
+    raise BenchError(f"not every worker connected in {WORKERS_READY_TIMEOUT_S:.0f} s:\n{tail(log)}")
+
+
+def ingest_run(
+    n: int, k: int, settings: dict[str, Any], args: argparse.Namespace, workdir: Path, pg: Any
+) -> dict[str, Any]:
+    """One burst against `fieldhub ingest --workers n`; errors go into the dict."""
+    tag = f"ingest {n} worker(s) run {k}"
+    rundir = workdir / f"ingest-{n}-{k}"
+    rundir.mkdir()
+    for d in (workdir, rundir):
+        d.chmod(0o755)  # run as root, the broker drops to user `mosquitto`: let it in
+    run: dict[str, Any] = {"workers": n, "run": k, "errors": []}
+    broker = MosquittoProcess(data_dir=rundir / "broker", port=free_port())
+    broker.start()
+    db_url = pg.new_database(f"ingest_{n}_{k}")
+    client_id = f"store-bench-{n}-{k}"
+    log = rundir / "ingest.log"
+    env = {**os.environ, "FIELDHUB_MQTT_CLIENT_ID": client_id, "FIELDHUB_LOG_LEVEL": "info"}
+    say(f"  {tag}: fieldhub ingest --workers {n} (broker {broker.url})")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [args.fieldhub, "ingest", "--workers", str(n), "--db", db_url,
+             "--mqtt-url", broker.url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    loadgen: subprocess.Popen[bytes] | None = None
+    try:
+        wait_workers_ready(proc, log, client_id, n)
+        root = psutil.Process(proc.pid)
+        sampler = Sampler()
+        sampler.add("workers", lambda: [root, *descendants(root)])
+        sampler.add("postgres", postgres_processes(pg.data_dir))
+        pid = broker.pid
+        sampler.add("mosquitto", lambda: [psutil.Process(pid)] if pid else [])
+        counter = SeqCounter(db_url)
+        lg_out, lg_log = rundir / "load.json", rundir / "load.log"
+        sampler.sample()
+        loadgen = start_loadgen(
+            port=broker.port,
+            devices=settings["devices"],
+            duration_s=settings["burst_s"],
+            out=lg_out,
+            log=lg_log,
+            max_mode=True,
+        )
+        lg = psutil.Process(loadgen.pid)
+        sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
+        load: dict[str, Any] | None = None
+        stored, last_change = 0, time.time()
+        settle_deadline = math.inf
+        next_sample = time.monotonic() + 1.0
+        while True:
+            time.sleep(INGEST_POLL_S)
+            now = asyncio.run(counter.count())
+            if now != stored:
+                stored, last_change = now, time.time()
+            if time.monotonic() >= next_sample:
+                sampler.sample()
+                next_sample += 1.0
+            if load is None and loadgen.poll() is not None:
+                load = read_loadgen_result(loadgen, lg_out, lg_log)
+                say(f"  {tag}: burst done (acked {load['acked']:,}), stored {stored:,} so far")
+                settle_deadline = time.monotonic() + INGEST_SETTLE_TIMEOUT_S
+            if load is not None and (
+                stored >= load["acked"] or time.time() - last_change >= INGEST_SETTLE_QUIET_S
+            ):
+                break
+            if time.monotonic() > settle_deadline:
+                run["errors"].append(
+                    f"still storing {INGEST_SETTLE_TIMEOUT_S:.0f} s after the burst"
+                )
+                break
+        sampler.sample()
+        assert load is not None
+        first = load["first_publish_epoch"]
+        run.update(
+            acked=load["acked"],
+            offered_rate=load["offered_rate"],
+            stored=stored,
+            lost=load["acked"] - stored,
+            stored_rate=round(stored / (last_change - first), 1) if stored else None,
+            drain_s=round(last_change - load["last_publish_epoch"], 2),
+            cpu=sampler.summary(first, last_change + 1),
+        )
+        if run["lost"] > 0:
+            run["errors"].append(f"{run['lost']} acked messages were not stored")
+        say(
+            f"  {tag}: stored {stored:,} of {load['acked']:,} acked at "
+            f"{run['stored_rate']} msg/s (drain {run['drain_s']} s)"
+        )
+    except (BenchError, RuntimeError, OSError) as exc:
+        run["errors"].append(str(exc))
+        run["logs"] = str(rundir)
+    finally:
+        if loadgen is not None and loadgen.poll() is None:
+            stop_process(loadgen)
+        code = stop_process(proc, signal.SIGTERM)
+        if code != 0:
+            run["errors"].append(f"fieldhub ingest exited {code} on SIGTERM:\n{tail(log, 10)}")
+        broker.stop()
+    if not run["errors"]:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return run
+
+
+def ingest_part(args: argparse.Namespace, workdir: Path, pg: Any) -> dict[str, Any]:
+    """Stored msg/s with 1, 2 and 3 ingest workers on PostgreSQL, median of the runs."""
+    settings: dict[str, Any] = {
+        "workers": INGEST_WORKERS,
+        "repeats": INGEST_REPEATS,
+        "burst_s": INGEST_BURST_S,
+        "devices": INGEST_DEVICES,
+    }
+    if args.quick:
+        settings.update(QUICK_INGEST)
+    say(
+        f"ingest workers: {settings['workers']} x {settings['repeats']} run(s), "
+        f"loadgen --max {settings['burst_s']:g} s from {settings['devices']} devices"
+    )
+    by_workers: dict[str, Any] = {}
+    for n in settings["workers"]:
+        runs = [
+            ingest_run(n, k, settings, args, workdir, pg) for k in range(1, settings["repeats"] + 1)
+        ]
+        ok = [r for r in runs if not r["errors"]]
+
+        def median(key: str, rows: list[dict[str, Any]] = ok) -> float | None:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            return round(statistics.median(values), 1) if values else None
+
+        by_workers[str(n)] = {
+            "median_stored_rate": median("stored_rate"),
+            "median_offered_rate": median("offered_rate"),
+            "median_drain_s": median("drain_s"),
+            "runs": runs,
+        }
+    base = by_workers.get("1", {}).get("median_stored_rate")
+    for figures in by_workers.values():
+        rate = figures["median_stored_rate"]
+        figures["vs_one_worker"] = round(rate / base, 2) if rate and base else None
+    return {
+        "settings": {**settings, "workers": list(settings["workers"])},
+        "by_workers": by_workers,
+    }
 
 
 # --- verdict ------------------------------------------------------------------------------------
@@ -737,6 +990,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-http", action="store_true", help="skip the queries through fieldhub up")
     p.add_argument(
+        "--ingest",
+        action="store_true",
+        help="then stored msg/s of `fieldhub ingest --workers 1|2|3` on PostgreSQL (~6 min)",
+    )
+    p.add_argument("--ingest-only", action="store_true", help="only the --ingest part")
+    p.add_argument(
         "--quick",
         action="store_true",
         help="smoke-test the bench: 100 devices x 1,000 readings, 20 queries, 1 round",
@@ -755,6 +1014,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [e for e in args.engines if e not in ENGINES]
     if unknown or not args.engines:
         p.error(f"--engines: choose from {', '.join(ENGINES)} (got {unknown or 'none'})")
+    if args.ingest_only:
+        args.ingest, args.engines = True, []
     return args
 
 
@@ -771,11 +1032,12 @@ def main(argv: list[str] | None = None) -> int:
     engines: dict[str, dict[str, Any]] = {}
     references: dict[str, dict[str, list[SeriesPoint]]] = {}
     postgres_config: dict[str, str] | None = None
+    ingest: dict[str, Any] | None = None
     schedule = schedule_ending_now(args.devices, args.readings_per_device)
     try:
         with contextlib.ExitStack() as stack:
             pg = None
-            if "postgresql" in args.engines:
+            if "postgresql" in args.engines or args.ingest:
                 say("postgresql: starting a private cluster")
                 pg = stack.enter_context(private_postgres(bench.workdir))
                 postgres_config = postgres_settings(pg)
@@ -784,6 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
                 engines[engine] = figures
                 if reference is not None:
                     references[engine] = reference
+            if args.ingest:
+                ingest = ingest_part(args, bench.workdir, pg)
     except KeyboardInterrupt:
         errors.append("interrupted")
         say("interrupted: writing what we have")
@@ -792,6 +1056,17 @@ def main(argv: list[str] | None = None) -> int:
         say(f"error: {exc}")
 
     checks = checks_for(args, engines, references)
+    ingest_errors = [
+        f"ingest {n} worker(s) run {r['run']}: {err}"
+        for n, figures in (ingest or {}).get("by_workers", {}).items()
+        for r in figures["runs"]
+        for err in r["errors"]
+    ]
+    if args.ingest:
+        checks["ingest_runs_completed"] = {
+            "ok": ingest is not None and not ingest_errors,
+            "value": len(ingest_errors),
+        }
     result: dict[str, Any] = {
         "bench": "store",
         "started_at": bench.started.isoformat(timespec="seconds"),
@@ -813,6 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
                 schedule.first_minute_us + (schedule.minutes - 1) * MINUTE_US
             ),
             "postgres": postgres_config,
+            "fieldhub_source": source_state(),
             "machine": {**machine_info(), "background_busy_percent": bench.background_percent},
         },
         "goals": {
@@ -823,9 +1099,12 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "passed": all(c["ok"] for c in checks.values()),
         "engines": engines,
+        "ingest_workers": ingest,
         "methods": METHODS,
         "notes": bench.notes + [f"{n}: {note}" for n, e in engines.items() for note in e["notes"]],
-        "errors": errors + [f"{n}: {err}" for n, e in engines.items() for err in e["errors"]],
+        "errors": errors
+        + [f"{n}: {err}" for n, e in engines.items() for err in e["errors"]]
+        + ingest_errors,
     }
     path = write_result("store", result) if args.output is None else write_to(args.output, result)
     say(f"wrote {path}")
@@ -862,6 +1141,11 @@ def write_to(path: Path, data: dict[str, Any]) -> Path:
 def print_summary(result: dict[str, Any]) -> None:
     for engine, row in result["summary"].items():
         say(f"{engine}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
+    for n, figures in ((result["ingest_workers"] or {}).get("by_workers") or {}).items():
+        say(
+            f"ingest {n} worker(s): median {figures['median_stored_rate']} msg/s stored "
+            f"(x{figures['vs_one_worker']} one worker's)"
+        )
     for name, c in result["checks"].items():
         say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
     say(f"passed: {result['passed']}")
