@@ -117,8 +117,25 @@ NEEDS: dict[Aggregate, frozenset[str]] = {
     "count": frozenset(),
     "min": frozenset({"lo"}),
     "max": frozenset({"hi"}),
-    "first": frozenset({"first"}),
-    "last": frozenset({"last"}),
+    "first": frozenset({"first_ts"}),
+    "last": frozenset({"last_ts"}),
+}
+# Each Partial field as an aggregate of raw readings, and of rollup rows.
+_RAW_COLUMNS = {
+    "n": "count(*)",
+    "total": "sum(r.value)",
+    "lo": "min(r.value)",
+    "hi": "max(r.value)",
+    "first_ts": "min(r.ts)",
+    "last_ts": "max(r.ts)",
+}
+_ROLLUP_COLUMNS = {
+    "n": "sum(r.n)",
+    "total": "sum(r.total)",
+    "lo": "min(r.lo)",
+    "hi": "max(r.hi)",
+    "first_ts": "min(r.first_ts)",
+    "last_ts": "max(r.last_ts)",
 }
 
 
@@ -154,35 +171,12 @@ def partials_sql(
     whose size divides the interval) is aggregated without GROUP BY, which SQLite would
     otherwise sort through a temporary B-tree row by row.
     """
-    needs = NEEDS[agg]
     metric = f"(SELECT id FROM metrics WHERE name = {ph('metric')})"
     if part.table is None:
-        time, columns = (
-            "r.ts",
-            {
-                "n": "count(*)",
-                "total": "sum(r.value)",
-                "lo": "min(r.value)",
-                "hi": "max(r.value)",
-                "first_ts": "min(r.ts)",
-                "last_ts": "max(r.ts)",
-            },
-        )
-        table = "readings"
+        table, time, columns = "readings", "r.ts", _RAW_COLUMNS
     else:
-        time, columns = (
-            "r.bucket",
-            {
-                "n": "sum(r.n)",
-                "total": "sum(r.total)",
-                "lo": "min(r.lo)",
-                "hi": "max(r.hi)",
-                "first_ts": "min(r.first_ts)",
-                "last_ts": "max(r.last_ts)",
-            },
-        )
-        table = part.table
-    read = {"n", *needs, *(f"{end}_ts" for end in ("first", "last") if end in needs)}
+        table, time, columns = part.table, "r.bucket", _ROLLUP_COLUMNS
+    read = {"n", *NEEDS[agg]}
     aggregates = ", ".join(
         f"{expr if name in read else 'NULL'} AS {name}" for name, expr in columns.items()
     )
@@ -203,9 +197,7 @@ def partials_sql(
         )
         keep = ""
     first, last = (
-        _edge_value_sql(part.table, end, metric, ph, in_devices, collate)
-        if end in needs
-        else "NULL"
+        _edge_value_sql(part.table, end, metric, ph, in_devices, collate) if agg == end else "NULL"
         for end in ("first", "last")
     )
     return (
