@@ -6,6 +6,7 @@ Integration tests use the real thing; nothing here mocks a broker or database.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,4 +140,8 @@ def postgres_server(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
     try:
         yield server
     finally:
+        started = time.monotonic()
         server.stop()
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\nPostgreSQL stopped in {time.monotonic() - started:.1f} s")
