@@ -310,6 +310,15 @@ class PostgresStore(Store):
                 device_ids[row["uid"]] = row["id"]
                 presence[row["id"]] = row["presence"]
             result.new_devices = [u for u in uids if u in mine]
+        # A reply's device may be one another process created (ingest workers beside an API
+        # process): look it up rather than count the reply as late for want of a cached id.
+        unknown = sorted({r.device_id for r in batch.command_replies} - device_ids.keys())
+        if unknown:
+            for row in await conn.fetch(
+                "SELECT id, uid, presence FROM devices WHERE uid = ANY($1::text[])", unknown
+            ):
+                device_ids[row["uid"]] = row["id"]
+                presence[row["id"]] = row["presence"]
         new_metrics = sorted(
             {r.metric for item in batch.decoded for r in item.readings} - metric_ids.keys()
         )
