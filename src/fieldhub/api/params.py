@@ -10,6 +10,8 @@ from fieldhub.protocol.timestamps import US_PER_S, parse_time_param
 # A series request may ask for at most this many buckets: enough for a 4K-wide chart, few
 # enough that a mistyped interval (1s over a year) cannot make the server build 31M points.
 MAX_SERIES_BUCKETS = 10_000
+# Longest interval: beyond it the bucket arithmetic leaves the stores' 64-bit integers (a 500).
+MAX_INTERVAL_US = 3660 * 86400 * US_PER_S
 # Default window for series without start: the last day, what a dashboard shows first.
 DEFAULT_SERIES_WINDOW_US = 24 * 3600 * US_PER_S
 # Automatic interval picks about this many buckets, rounded up to a step a person reads easily.
@@ -72,7 +74,30 @@ def parse_interval(value: str) -> int:
     interval_us = int(float(match.group(1)) * _UNIT_US[match.group(2) or "s"])
     if interval_us < 1_000:
         raise InvalidParameter(f"interval {value!r} is below the 1 ms minimum")
+    if interval_us > MAX_INTERVAL_US:
+        raise InvalidParameter(f"interval {value!r} is over the 3660-day maximum")
     return interval_us
+
+
+def series_window(
+    start: str | None, end: str | None, interval: str | None, now_us: int
+) -> tuple[int, int, int]:
+    """(start, end, interval) in microseconds as a series request means them: end defaults to
+    now, start to a day before end, the interval to ~300 buckets; 422 with a message when the
+    range is empty or would need more than MAX_SERIES_BUCKETS buckets."""
+    start_us, end_us = parse_range(start, end)
+    end_us = end_us if end_us is not None else now_us + 1
+    start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
+    if start_us >= end_us:
+        raise InvalidParameter("start must be before end (end defaults to now)")
+    interval_us = parse_interval(interval) if interval else auto_interval(end_us - start_us)
+    buckets = (end_us - start_us) // interval_us
+    if buckets > MAX_SERIES_BUCKETS:
+        raise InvalidParameter(
+            f"{buckets} buckets requested; at most {MAX_SERIES_BUCKETS}: widen the interval or "
+            "narrow the range"
+        )
+    return start_us, end_us, interval_us
 
 
 def auto_interval(span_us: int) -> int:

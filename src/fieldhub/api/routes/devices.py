@@ -24,10 +24,8 @@ from fieldhub.api.models import (
 )
 from fieldhub.api.params import (
     DEFAULT_SERIES_WINDOW_US,
-    MAX_SERIES_BUCKETS,
-    auto_interval,
-    parse_interval,
     parse_range,
+    series_window,
 )
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.store.base import Aggregate, DeviceRow, PresenceState, Store
@@ -179,18 +177,7 @@ async def get_series(
     agg: Aggregate = "avg",
 ) -> SeriesPublic:
     """One metric aggregated over buckets aligned to multiples of the interval (UTC)."""
-    start_us, end_us = parse_range(start, end)
-    end_us = end_us if end_us is not None else now + 1
-    start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
-    if start_us >= end_us:
-        raise InvalidParameter("start must be before end (end defaults to now)")
-    interval_us = parse_interval(interval) if interval else auto_interval(end_us - start_us)
-    buckets = (end_us - start_us) // interval_us
-    if buckets > MAX_SERIES_BUCKETS:
-        raise InvalidParameter(
-            f"{buckets} buckets requested; at most {MAX_SERIES_BUCKETS}: widen the interval or "
-            "narrow the range"
-        )
+    start_us, end_us, interval_us = series_window(start, end, interval, now)
     await device_or_404(store, device_id, now)
     points = await store.query_series(
         device_id, metric, start_us=start_us, end_us=end_us, interval_us=interval_us, agg=agg

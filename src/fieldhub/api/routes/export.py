@@ -27,7 +27,6 @@ from fieldhub.store.base import Aggregate
 router = APIRouter(prefix="/api/v1/export", tags=["export"])
 
 # Longest bucket an export may ask for: beyond it the bucket arithmetic leaves the stores' range.
-MAX_INTERVAL_US = 3660 * 86400 * US_PER_S
 MAX_METRIC_CHARS = 128
 # Each list may be this long: URL-encoded (up to 12 bytes a character) both still fit, with the
 # other parameters, in the 64 KiB request line the HTTP server accepts.
@@ -146,8 +145,6 @@ async def export(
     interval_us: int | None = None
     if interval is not None:
         interval_us = parse_interval(interval)
-        if interval_us > MAX_INTERVAL_US:
-            raise InvalidParameter(f"interval {interval!r} is over the 3660-day maximum")
     elif agg is not None:
         raise InvalidParameter("agg needs an interval (without one the export is raw readings)")
     device_list = _device_ids(devices)

@@ -8,19 +8,15 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from fieldhub.api.deps import NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES, NotFound
 from fieldhub.api.models import SeriesPointPublic, Time
 from fieldhub.api.params import (
-    DEFAULT_SERIES_WINDOW_US,
-    MAX_SERIES_BUCKETS,
-    auto_interval,
-    parse_interval,
-    parse_range,
+    series_window,
 )
 
 # The device list's parsing (comma-separated, any MAC spelling, repeats dropped, 422 naming the
 # bad id) and the bounds are the export's: one syntax for `devices=` across the API.
-from fieldhub.api.routes.export import MAX_INTERVAL_US, MAX_LIST_CHARS
+from fieldhub.api.routes.export import MAX_LIST_CHARS
 from fieldhub.api.routes.export import _device_ids as parse_device_ids
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.store.base import Aggregate
@@ -43,34 +39,6 @@ class FleetSeriesPublic(BaseModel):
     start: Time
     end: Time
     points: list[SeriesPointPublic]
-
-
-def series_window(
-    start: str | None, end: str | None, interval: str | None, now_us: int
-) -> tuple[int, int, int]:
-    """(start, end, interval) in microseconds as a series request means them: end defaults to
-    now, start to a day before end, the interval to ~300 buckets; 422 with a message when the
-    range is empty, would need more than MAX_SERIES_BUCKETS buckets or an interval is too long
-    for the stores. The rules of `GET /api/v1/devices/{id}/series`, plus that last bound."""
-    start_us, end_us = parse_range(start, end)
-    end_us = end_us if end_us is not None else now_us + 1
-    start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
-    if start_us >= end_us:
-        raise InvalidParameter("start must be before end (end defaults to now)")
-    if interval:
-        interval_us = parse_interval(interval)
-        # Beyond it the bucket arithmetic leaves the stores' 64-bit integers (a 500 otherwise).
-        if interval_us > MAX_INTERVAL_US:
-            raise InvalidParameter(f"interval {interval!r} is over the 3660-day maximum")
-    else:
-        interval_us = auto_interval(end_us - start_us)
-    buckets = (end_us - start_us) // interval_us
-    if buckets > MAX_SERIES_BUCKETS:
-        raise InvalidParameter(
-            f"{buckets} buckets requested; at most {MAX_SERIES_BUCKETS}: widen the interval or "
-            "narrow the range"
-        )
-    return start_us, end_us, interval_us
 
 
 @router.get("", response_model=FleetSeriesPublic)
