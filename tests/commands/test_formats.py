@@ -78,6 +78,14 @@ def test_native_size_limit_is_the_firmware_s() -> None:
     assert refused.value.code == "payload_too_large"
 
 
+@pytest.mark.parametrize("value", [2**80, "\ud8fe"])
+def test_params_json_cannot_carry_are_invalid(value: object) -> None:
+    """Integers beyond 64 bits and lone surrogates: orjson refuses them, and so would a device."""
+    with pytest.raises(CommandError) as refused:
+        FORMATS["native"].encode(Outgoing("c-1", "note", {"x": value}, "n1"))
+    assert refused.value.code == "invalid_params"
+
+
 @pytest.mark.parametrize(
     ("name", "params", "expected"),
     [

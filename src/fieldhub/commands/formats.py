@@ -231,8 +231,13 @@ class CommandFormat:
             ) from None
 
     def encode(self, outgoing: Outgoing) -> bytes:
-        """The payload; CommandError when it is over the format's size limit."""
-        payload = orjson.dumps(self.encode_payload(outgoing))
+        """The payload; CommandError when JSON cannot carry it or it is over the size limit."""
+        try:
+            payload = orjson.dumps(self.encode_payload(outgoing))
+        except TypeError as exc:
+            # orjson refuses integers beyond 64 bits and lone UTF-16 surrogates in strings: a
+            # device could not parse them either.
+            raise CommandError("invalid_params", f"params cannot be sent as JSON: {exc}") from None
         if len(payload) > self.max_payload_bytes:
             raise CommandError(
                 "payload_too_large",

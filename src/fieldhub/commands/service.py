@@ -249,7 +249,8 @@ class CommandService:
         try:
             fmt.encode(Outgoing(command_id, request.name, request.params, topic_id))
         except CommandError as exc:
-            raise CommandRefused(413, exc.code, exc.message) from None
+            status = 413 if exc.code == "payload_too_large" else 422
+            raise CommandRefused(status, exc.code, exc.message) from None
         expires_us = request.expires_us
         if expires_us is None:
             expires_us = now + int(self.limits.default_expiry_s * US)

@@ -628,6 +628,8 @@ def test_requests_fieldhub_refuses(
     )
     # Over the firmware's 2,048-byte command limit (an unknown name passes through unchecked).
     refused(native_id, {"name": "blob", "params": {"x": "a" * 3000}}, 413, "payload_too_large")
+    # JSON a device could not parse either (schemathesis found it as a 500).
+    refused(native_id, {"name": "blob", "params": {"x": 2**80}}, 422, "invalid_params")
     # Nothing refused was stored or sent.
     assert fh.get(f"/api/v1/devices/{native_id}/commands").json()["data"] == []
     assert fh.get(f"/api/v1/devices/{fastapi_topic_id}/commands").json()["data"] == []
