@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from fastapi import Query
 
 from fieldhub.api.errors import InvalidParameter
 from fieldhub.protocol.timestamps import US_PER_S, parse_time_param
@@ -108,3 +111,17 @@ def auto_interval(span_us: int) -> int:
             return step * US_PER_S
     days = int(target_s // 86400) + 1
     return days * 86400 * US_PER_S
+
+
+# Query parameters the device, fleet and export endpoints share.
+TimeParam = Annotated[
+    str | None, Query(min_length=1, max_length=64, description="ISO 8601 or epoch s/ms/us")
+]
+IntervalParam = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=32,
+        description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets",
+    ),
+]

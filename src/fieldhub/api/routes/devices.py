@@ -24,6 +24,8 @@ from fieldhub.api.models import (
 )
 from fieldhub.api.params import (
     DEFAULT_SERIES_WINDOW_US,
+    IntervalParam,
+    TimeParam,
     parse_range,
     series_window,
 )
@@ -33,9 +35,6 @@ from fieldhub.store.base import Aggregate, DeviceRow, PresenceState, Store
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
 
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-TimeParam = Annotated[
-    str | None, Query(min_length=1, max_length=64, description="ISO 8601 or epoch s/ms/us")
-]
 
 
 async def device_or_404(store: Store, device_id: str, now: int) -> DeviceRow:
@@ -166,14 +165,7 @@ async def get_series(
     metric: Annotated[str, Query(min_length=1, max_length=128)],
     start: TimeParam = None,
     end: TimeParam = None,
-    interval: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=32,
-            description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets",
-        ),
-    ] = None,
+    interval: IntervalParam = None,
     agg: Aggregate = "avg",
 ) -> SeriesPublic:
     """One metric aggregated over buckets aligned to multiples of the interval (UTC)."""

@@ -11,7 +11,12 @@ from fastapi.responses import StreamingResponse
 
 from fieldhub.api.deps import NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter, NotFound
-from fieldhub.api.params import DEFAULT_SERIES_WINDOW_US, parse_interval, parse_range
+from fieldhub.api.params import (
+    DEFAULT_SERIES_WINDOW_US,
+    TimeParam,
+    parse_interval,
+    parse_range,
+)
 from fieldhub.export import (
     DEFAULT_LAYOUT,
     MEDIA_TYPES,
@@ -32,10 +37,6 @@ MAX_METRIC_CHARS = 128
 # other parameters, in the 64 KiB request line the HTTP server accepts.
 MAX_LIST_CHARS = 2000
 
-TimeParam = Annotated[
-    str | None,
-    Query(min_length=1, max_length=64, description="ISO 8601 or epoch s/ms/us"),
-]
 
 _OK_RESPONSE = {
     "description": "The export, streamed (chunked): CSV or JSON lines",

@@ -11,6 +11,8 @@ from fieldhub.api.deps import NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, NotFound
 from fieldhub.api.models import SeriesPointPublic, Time
 from fieldhub.api.params import (
+    IntervalParam,
+    TimeParam,
     series_window,
 )
 
@@ -22,10 +24,6 @@ from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.store.base import Aggregate
 
 router = APIRouter(prefix="/api/v1/series", tags=["series"], responses=ERROR_RESPONSES)
-
-TimeParam = Annotated[
-    str | None, Query(min_length=1, max_length=64, description="ISO 8601 or epoch s/ms/us")
-]
 
 
 class FleetSeriesPublic(BaseModel):
@@ -57,14 +55,7 @@ async def get_fleet_series(
     ] = None,
     start: TimeParam = None,
     end: TimeParam = None,
-    interval: Annotated[
-        str | None,
-        Query(
-            min_length=1,
-            max_length=32,
-            description="Bucket width: 30s, 5m, 1h, 1d; default ~300 buckets",
-        ),
-    ] = None,
+    interval: IntervalParam = None,
     agg: Aggregate = "avg",
 ) -> FleetSeriesPublic:
     """One metric aggregated per bucket (aligned to multiples of the interval, UTC) across the
