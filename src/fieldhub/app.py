@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from fieldhub import __version__
+from fieldhub import __version__, clock
 from fieldhub.api.errors import install_error_handlers
 from fieldhub.api.routes import (
     commands,
@@ -145,7 +144,7 @@ class Platform:
             await self.broker.start()
         await self.store.open()
         if self.follower is not None:
-            await self.follower.load(time.time_ns() // 1000)
+            await self.follower.load(clock.now_us())
         await self.ingest.load_state()
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
         self._live = asyncio.create_task(self.live.run(), name="live.hub")

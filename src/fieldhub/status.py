@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
+from fieldhub import clock
+
 if TYPE_CHECKING:
     from fieldhub.app import Platform
 
@@ -126,7 +128,7 @@ class StatusReporter:
     async def snapshot(self) -> SystemStatus:
         p = self.platform
         store = p.store
-        now_us = time.time_ns() // 1_000
+        now_us = clock.now_us()
         total = await store.count_devices(profile=None, presence=None, search=None, now_us=now_us)
         by_state = {
             state: await store.count_devices(

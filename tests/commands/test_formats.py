@@ -14,7 +14,7 @@ from fieldhub.commands.formats import (
     StatusReply,
 )
 from fieldhub.commands.ratelimit import RateLimiter
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.sim.fastapi_node import Actuators, apply_fastapi_command

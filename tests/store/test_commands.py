@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from fieldhub.commands.states import FINAL, TRANSITIONS, CommandState, allowed, sources
+from fieldhub.protocol.command_states import FINAL, TRANSITIONS, CommandState, allowed, sources
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store import Store, WriteBatch
 from fieldhub.store.base import CommandOutcome, CommandRow

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import CommandReply, Decoded
 from fieldhub.store import DeadLetter, Store, StoreError, WriteBatch, open_store
 from fieldhub.store.base import CommandOutcome, CommandRow

@@ -7,11 +7,11 @@ more time in those hops than in the device).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Request
 
+from fieldhub import clock
 from fieldhub.api.errors import InvalidParameter
 from fieldhub.protocol.ids import (
     DEVICE_ID_PATTERN,
@@ -56,7 +56,7 @@ async def device_id_param(
 
 async def now_us() -> int:
     """The request's notion of now, in epoch microseconds."""
-    return time.time_ns() // 1_000
+    return clock.now_us()
 
 
 PlatformDep = Annotated["Platform", Depends(get_platform)]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import AttributeValue
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.store.base import (

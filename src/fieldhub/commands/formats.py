@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import Decoded
 from fieldhub_node.commands import MAX_COMMAND_BYTES as NATIVE_MAX_COMMAND_BYTES
 from fieldhub_node.config import MAX_INTERVAL_S, MIN_INTERVAL_S

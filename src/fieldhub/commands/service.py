@@ -2,7 +2,7 @@
 
 It owns the commands' MQTT connection (TCP_NODELAY and a bounded in-flight window come with
 `MqttPublisher`), a timer for timeouts and expiry, and the in-memory view of the commands not yet
-final. The store is the truth: every transition is a conditional write (states.py), and the view
+final. The store is the truth: every transition is a conditional write (protocol/command_states.py), and the view
 follows what the store accepted. Acks arrive through ingest (`devices/{id}/commands/ack` is an
 ingest route) and are applied in the batch's own transaction, so an ack the broker delivered is
 never acknowledged to it before it is stored; this service hears of them as a commit listener,
@@ -18,7 +18,6 @@ import functools
 import heapq
 import itertools
 import logging
-import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -27,11 +26,13 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from fieldhub import clock
+from fieldhub.clock import US_PER_S
 from fieldhub.commands.formats import FORMATS, CommandError, CommandFormat, Expectation, Outgoing
 from fieldhub.commands.ratelimit import RateLimiter
-from fieldhub.commands.states import FINAL, CommandState
 from fieldhub.events.bus import CommandChanged, EventBus
 from fieldhub.mqtt.client import MqttEndpoint, MqttPublisher
+from fieldhub.protocol.command_states import FINAL, CommandState
 from fieldhub.protocol.messages import Decoded
 from fieldhub.store.base import (
     CommandOutcome,
@@ -48,17 +49,12 @@ log = logging.getLogger("fieldhub.commands")
 Key = tuple[str, str]  # (device id, command id)
 TimerKind = Literal["expire", "timeout", "publish"]
 
-US = 1_000_000
 # After a restart, `sent` commands get at least this long: acks the broker queued for ingest's
 # session while fieldhub was down arrive in the first seconds after it reconnects.
 RESTART_GRACE_S = 5.0
 # A publish the broker has not acknowledged after this long (the connection dropped under it)
 # is handed out again when the device is next heard from; the device drops a repeated id.
 PUBLISH_ACK_TIMEOUT_S = 10.0
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +177,8 @@ class CommandService:
     async def start(self) -> None:
         """Load the commands not yet final, start the timer and connect to the broker."""
         self._loop = asyncio.get_running_loop()
-        now = _now_us()
-        grace_until = now + int(RESTART_GRACE_S * US)
+        now = clock.now_us()
+        grace_until = now + int(RESTART_GRACE_S * US_PER_S)
         for row in await self.store.active_commands():
             fmt = FORMATS.get(row.format)
             if fmt is None:  # a format this version no longer has: it can only time out
@@ -193,7 +189,7 @@ class CommandService:
             if row.state is CommandState.SENT:
                 # The broker had it; the device's answer may be queued for ingest's session.
                 active.published_us = row.sent_us or row.created_us
-                deadline = (row.sent_us or now) + int(row.timeout_s * US)
+                deadline = (row.sent_us or now) + int(row.timeout_s * US_PER_S)
                 self._schedule(
                     max(deadline, grace_until), (row.device_id, row.command_id), "timeout"
                 )
@@ -243,7 +239,7 @@ class CommandService:
             fmt.validate(request.name, request.params)
         except CommandError as exc:
             raise CommandRefused(422, exc.code, exc.message) from None
-        now = _now_us()
+        now = clock.now_us()
         command_id = request.command_id or str(uuid.uuid4())
         topic_id = device.topic_id or device.device_id
         try:
@@ -253,7 +249,7 @@ class CommandService:
             raise CommandRefused(status, exc.code, exc.message) from None
         expires_us = request.expires_us
         if expires_us is None:
-            expires_us = now + int(self.limits.default_expiry_s * US)
+            expires_us = now + int(self.limits.default_expiry_s * US_PER_S)
         elif expires_us <= now:
             raise CommandRefused(422, "invalid_parameter", "expires_at is in the past")
         if request.command_id is not None:
@@ -433,7 +429,7 @@ class CommandService:
             self._spawn(self._dispatch_if_online(device_id))
 
     async def _dispatch_if_online(self, device_id: str) -> None:
-        device = await self.store.get_device(device_id, now_us=_now_us())
+        device = await self.store.get_device(device_id, now_us=clock.now_us())
         if device is not None and device.presence == "online":
             self._dispatch(device_id)
 
@@ -441,7 +437,7 @@ class CommandService:
         """Hand the device's pending commands to the broker, oldest first."""
         if not self._publisher.connected:
             return  # _on_broker sends them once connected
-        now = _now_us()
+        now = clock.now_us()
         for command_id in list(self._by_device.get(device_id, ())):
             active = self._active[(device_id, command_id)]
             row = active.row
@@ -457,7 +453,7 @@ class CommandService:
             active.published_us = now
             future = self._publisher.publish(row.topic, payload, qos=1)
             key = (device_id, command_id)
-            self._schedule(now + int(PUBLISH_ACK_TIMEOUT_S * US), key, "publish")
+            self._schedule(now + int(PUBLISH_ACK_TIMEOUT_S * US_PER_S), key, "publish")
             future.add_done_callback(functools.partial(self._puback_done, key, now))
 
     def _puback_done(self, key: Key, published_us: int, future: Future[None]) -> None:
@@ -465,7 +461,7 @@ class CommandService:
         delivered = future.exception() is None
         if self._loop is not None:
             self._loop.call_soon_threadsafe(
-                self._on_puback, key, published_us, delivered, _now_us()
+                self._on_puback, key, published_us, delivered, clock.now_us()
             )
 
     def _on_puback(self, key: Key, published_us: int, delivered: bool, acked_us: int) -> None:
@@ -497,11 +493,11 @@ class CommandService:
     async def _run_timers(self) -> None:
         while True:
             self._timer_changed.clear()
-            now = _now_us()
+            now = clock.now_us()
             while self._timers and self._timers[0][0] <= now:
                 _, _, key, kind = heapq.heappop(self._timers)
                 self._fire(key, kind, now)
-            delay = (self._timers[0][0] - now) / US if self._timers else None
+            delay = (self._timers[0][0] - now) / US_PER_S if self._timers else None
             try:
                 await asyncio.wait_for(self._timer_changed.wait(), delay)
             except TimeoutError:
@@ -528,7 +524,7 @@ class CommandService:
         elif (
             row.state is CommandState.SENT
             and row.sent_us is not None
-            and now_us >= row.sent_us + int(row.timeout_s * US)
+            and now_us >= row.sent_us + int(row.timeout_s * US_PER_S)
         ):
             self._spawn(
                 self._transition(
@@ -552,7 +548,7 @@ class CommandService:
         at_us: int | None = None,
     ) -> CommandRow | None:
         row = await self.store.transition_command(
-            device_id, command_id, target, at_us or _now_us(), outcome
+            device_id, command_id, target, at_us or clock.now_us(), outcome
         )
         if row is not None:
             self._applied(row)
@@ -592,7 +588,7 @@ class CommandService:
                     if not ids:
                         del self._by_device[row.device_id]
             if row.state in (CommandState.SUCCEEDED, CommandState.FAILED):
-                self._metrics.round_trip.observe((row.updated_us - row.created_us) / US)
+                self._metrics.round_trip.observe((row.updated_us - row.created_us) / US_PER_S)
             for future in self._waiters.pop(key, ()):
                 if not future.done():
                     future.set_result(complete)
@@ -601,7 +597,7 @@ class CommandService:
             if row.state is CommandState.SENT:
                 active.publishing = False
                 self._schedule(
-                    (row.sent_us or row.updated_us) + int(row.timeout_s * US), key, "timeout"
+                    (row.sent_us or row.updated_us) + int(row.timeout_s * US_PER_S), key, "timeout"
                 )
         self._changed(row)
 

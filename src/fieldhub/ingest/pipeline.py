@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from fieldhub import clock
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.messages import (
@@ -116,10 +117,6 @@ def _batch_of(works: Sequence[_Work]) -> WriteBatch:
     return batch
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1_000
-
-
 class Ingest:
     """Decode, batch, store, acknowledge. One instance per process; `run` is its writer task."""
 
@@ -200,7 +197,7 @@ class Ingest:
     async def submit(self, topic: str, payload: bytes) -> IngestOutcome:
         """HTTP ingest: decode and store one message; returns after its batch committed."""
         loop = asyncio.get_running_loop()
-        message = InboundMessage(topic, payload, _now_us())
+        message = InboundMessage(topic, payload, clock.now_us())
         result = self.decoder.decode(topic, payload, message.received_us)
         future: asyncio.Future[IngestOutcome] = loop.create_future()
         self._enqueue(_Work(result, message, None, future=future), blocking=False)
@@ -285,7 +282,7 @@ class Ingest:
         batch = _batch_of(works)
         started = time.perf_counter()
         written, batch = await self._write_with_retry(works, batch)
-        committed_us = _now_us()
+        committed_us = clock.now_us()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self._account(works, written, committed_us)
         tokens = [work.token for work in works if work.token is not None]

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fieldhub import __version__
+from fieldhub import __version__, clock
 from fieldhub.api.models import CommandPublic, CommandTransitionPublic
 from fieldhub.events.bus import CommandChanged, Committed, EventBus
 from fieldhub.live.coalesce import SeriesCoalescer, Update
@@ -50,10 +50,6 @@ StatsSource = Callable[[], Awaitable[dict[str, Any]]]
 def encode(frame: dict[str, Any]) -> str:
     """A frame as the JSON text sent on the wire."""
     return orjson.dumps(frame).decode()
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1_000
 
 
 class LiveMetrics:
@@ -255,7 +251,7 @@ class LiveHub:
                         if isinstance(event, CommandChanged):
                             self.dispatch_command(event)
                         else:
-                            self.dispatch(event, _now_us())
+                            self.dispatch(event, clock.now_us())
                     except Exception:  # a bug here must not stop live updates for good
                         log.exception("live dispatch failed; batch skipped for live viewers")
         finally:
@@ -362,7 +358,7 @@ class LiveHub:
         next_stats = 0.0
         while True:
             await asyncio.sleep(TICK_S)
-            now_us = _now_us()
+            now_us = clock.now_us()
             for group in list(self._groups.values()):
                 group.out.extend(group.coalescer.due(now_us))
                 group.flush(now_us)
@@ -381,4 +377,4 @@ class LiveHub:
                             viewer.push(frame)
 
     def hello(self) -> str:
-        return encode({"type": "hello", "server_time": _now_us(), "version": __version__})
+        return encode({"type": "hello", "server_time": clock.now_us(), "version": __version__})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from fieldhub import clock
 from fieldhub.protocol.messages import InboundMessage
 
 log = logging.getLogger("fieldhub.mqtt")
@@ -344,10 +344,6 @@ def _protocol_level(client: paho.Client) -> int:
     return 5 if client.protocol == paho.MQTTv5 else 4
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1_000
-
-
 class MqttSubscriber:
     """A durable QoS 1 subscriber: persistent session, manual acks, automatic reconnect.
 
@@ -547,7 +543,7 @@ class MqttSubscriber:
 
     def _received_us(self) -> int:
         """Now, strictly after the previous message's time, in this subscriber's clock slot."""
-        now = _now_us()
+        now = clock.now_us()
         received_us = now if now > self._last_us else self._last_us + 1
         received_us += (self._slot - received_us) % self._slots
         self._last_us = received_us

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 
 if TYPE_CHECKING:
     from fieldhub.store.retention import Selector, Tier

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from fieldhub.commands.states import FINAL, CommandState, allowed
+from fieldhub.protocol.command_states import FINAL, CommandState, allowed
 from fieldhub.store.base import CommandOutcome, CommandRow, CommandTransition
 
 # The columns `command_row` reads, in its order, and the join they come from (both engines).

@@ -35,6 +35,7 @@ from typing import Protocol
 
 import asyncpg
 
+from fieldhub import clock
 from fieldhub.store.base import StoreError
 from fieldhub.store.open import open_store, sqlite_path
 from fieldhub.store.postgres import (
@@ -681,7 +682,7 @@ async def _copy_all(
         async with conn.transaction():
             await _check_target_schema(conn)
             await _refuse_unless_empty(conn)
-            created, first_month = await _create_partitions(source, conn, time.time_ns() // 1000)
+            created, first_month = await _create_partitions(source, conn, clock.now_us())
             result.partitions_created = created
             progress.step(
                 f"readings partitions: {len(created)} monthly created for the source's months "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,8 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 
-from fieldhub.commands.states import CommandState
+from fieldhub import clock
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store.base import (
     Aggregate,
@@ -167,7 +167,7 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {self._safe_url()}: {exc}") from exc
         await self._run(self._migrate)
-        await self.ensure_partitions(time.time_ns() // 1_000)
+        await self.ensure_partitions(clock.now_us())
         await self._run(self._load_caches)
 
     def _safe_url(self) -> str:
@@ -196,7 +196,7 @@ class PostgresStore(Store):
                     "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
                     version,
                     description,
-                    time.time_ns() // 1000,
+                    clock.now_us(),
                 )
             known = max(v for v, _, _ in MIGRATIONS)
             if max(done, default=0) > known:

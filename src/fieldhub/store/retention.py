@@ -19,6 +19,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from fieldhub import clock
 from fieldhub.store.base import Store
 
 log = logging.getLogger("fieldhub.retention")
@@ -114,7 +115,7 @@ class RetentionJob:
     registry: CollectorRegistry
     interval_s: float = 3600.0
     disk_budget_bytes: int | None = None
-    clock_us: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000)
+    clock_us: Callable[[], int] = field(default=clock.now_us)
     runs: int = 0
 
     def __post_init__(self) -> None:

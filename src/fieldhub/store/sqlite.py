@@ -13,7 +13,6 @@ import itertools
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any, TypeVar
 
 import orjson
 
-from fieldhub.commands.states import CommandState
+from fieldhub import clock
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store import sqlite_commands
 from fieldhub.store.base import (
@@ -226,7 +226,7 @@ class SqliteStore(Store):
                         conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (version, description, time.time_ns() // 1000),
+                    (version, description, clock.now_us()),
                 )
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.base import CommandOutcome, CommandRow, CommandTransition
 from fieldhub.store.command_rows import (
     COMMAND_COLUMNS,

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from fieldhub import __version__
+from fieldhub import __version__, clock
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import PlatformDep
 from fieldhub.api.errors import InvalidParameter
@@ -85,7 +85,7 @@ async def fleet(
 ) -> Response:
     """Every device with presence, last values and last seen; filters; counts on top."""
     store = platform.store
-    now = time.time_ns() // 1_000
+    now = clock.now_us()
     after = decode_cursor(cursor, str)[0] if cursor else None
     state: PresenceState | None = presence or None
     filters = {"profile": profile or None, "presence": state, "search": search or None}
@@ -123,7 +123,7 @@ async def fleet(
 async def device(request: Request, platform: PlatformDep, device_id: str) -> Response:
     """Charts per metric (history, then live), attributes, presence timeline."""
     store = platform.store
-    now = time.time_ns() // 1_000
+    now = clock.now_us()
     canonical = _device_param(device_id, "device")
     row = await store.get_device(canonical, now_us=now) if canonical else None
     if row is None:

@@ -20,7 +20,7 @@ from fieldhub.api.params import parse_time
 from fieldhub.api.routes.devices import device_or_404
 from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.commands.service import CommandRefused, NewCommand
-from fieldhub.commands.states import CommandState
+from fieldhub.protocol.command_states import CommandState
 
 router = APIRouter(
     prefix="/api/v1/devices",
