@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from fieldhub.app import Platform, create_app
+from fieldhub.app import create_app
 from fieldhub.config import Settings
+from fieldhub.platform import Platform
 
 if TYPE_CHECKING:
     # Only a type here: the simulator is imported when --demo asks for it.

@@ -8,15 +8,19 @@ between snapshots, so every reader sees the same figures as `/metrics`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from fieldhub import clock
-
-if TYPE_CHECKING:
-    from fieldhub.app import Platform
+from fieldhub.broker.supervisor import BrokerSupervisor
+from fieldhub.events.bus import EventBus
+from fieldhub.ingest.pipeline import Ingest
+from fieldhub.live.hub import LiveHub
+from fieldhub.store.base import Store
 
 # Snapshots closer together than this reuse the previous rates: a rate over a few milliseconds
 # is noise, and several viewers and API calls ask within the same second.
@@ -81,16 +85,35 @@ class _Totals:
 
 
 class StatusReporter:
-    """Builds `SystemStatus` snapshots for one platform."""
+    """Builds `SystemStatus` snapshots from the parts it reads (given one by one, so that it
+    depends on them and not on the composition root that builds them)."""
 
-    def __init__(self, platform: Platform) -> None:
-        self.platform = platform
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: CollectorRegistry,
+        ingest: Ingest,
+        bus: EventBus,
+        broker: BrokerSupervisor | None,
+        mqtt_url: str,
+        mqtt_connected: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.ingest = ingest
+        self.bus = bus
+        self.broker = broker
+        self.mqtt_url = mqtt_url
+        self.mqtt_connected = mqtt_connected
+        # Set once the live hub exists: it takes its stats frames from this reporter.
+        self.live: LiveHub | None = None
         self.started = time.monotonic()
         self._previous: _Totals | None = None
         self._rates: tuple[float, float, float, float | None] = (0.0, 0.0, 0.0, None)
 
     def _sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        value = self.platform.registry.get_sample_value(name, labels)
+        value = self.registry.get_sample_value(name, labels)
         return value or 0.0
 
     def _totals(self) -> _Totals:
@@ -125,9 +148,20 @@ class StatusReporter:
         self._previous = now
         return self._rates
 
+    def broker_status(self) -> BrokerStatus:
+        """The broker as ingest sees it (embedded or external, connected, restarts)."""
+        broker = self.broker
+        return BrokerStatus(
+            kind="embedded" if broker is not None else "external",
+            url=self.mqtt_url,
+            connected=self.mqtt_connected(),
+            running=broker.is_running if broker is not None else None,
+            restarts=broker.restarts if broker is not None else None,
+        )
+
     async def snapshot(self) -> SystemStatus:
-        p = self.platform
-        store = p.store
+        """The platform's state now (fleet counts query the store)."""
+        store = self.store
         now_us = clock.now_us()
         total = await store.count_devices(profile=None, presence=None, search=None, now_us=now_us)
         by_state = {
@@ -138,7 +172,7 @@ class StatusReporter:
         }
         dead_hour = await store.count_dead_letters(since_us=now_us - HOUR_US)
         messages_per_s, readings_per_s, batches_per_s, commit_ms = self._update_rates()
-        broker = p.broker
+        live = self.live
         return SystemStatus(
             time_us=now_us,
             uptime_s=round(time.monotonic() - self.started, 1),
@@ -148,25 +182,19 @@ class StatusReporter:
                 readings_per_s=round(readings_per_s, 1),
                 batches_per_s=round(batches_per_s, 1),
                 commit_ms_mean=round(commit_ms, 2) if commit_ms is not None else None,
-                queue_depth=p.ingest.queue_depth,
+                queue_depth=self.ingest.queue_depth,
                 queue_high_water=int(self._sample("fieldhub_ingest_queue_high_water")),
-                linger_ms=p.ingest.current_linger_s() * 1000,
+                linger_ms=self.ingest.current_linger_s() * 1000,
                 backpressure_waits=int(self._sample("fieldhub_ingest_backpressure_waits_total")),
                 write_errors=int(self._sample("fieldhub_ingest_write_errors_total")),
                 dead_letters_last_hour=dead_hour,
             ),
             live=LiveStatus(
-                viewers=p.live.viewers,
+                viewers=live.viewers if live is not None else 0,
                 subscriptions=int(self._sample("fieldhub_live_groups")),
                 dropped_frames=int(self._sample("fieldhub_live_dropped_frames_total")),
-                bus_dropped_events=p.bus.dropped_events,
-                bus_backlog=p.live.bus_backlog,
+                bus_dropped_events=self.bus.dropped_events,
+                bus_backlog=live.bus_backlog if live is not None else 0,
             ),
-            broker=BrokerStatus(
-                kind="embedded" if broker is not None else "external",
-                url=p.mqtt_endpoint.url,
-                connected=p.mqtt_connected,
-                running=broker.is_running if broker is not None else None,
-                restarts=broker.restarts if broker is not None else None,
-            ),
+            broker=self.broker_status(),
         )

@@ -2,11 +2,12 @@
 
 It owns the commands' MQTT connection (TCP_NODELAY and a bounded in-flight window come with
 `MqttPublisher`), a timer for timeouts and expiry, and the in-memory view of the commands not yet
-final. The store is the truth: every transition is a conditional write (protocol/command_states.py), and the view
-follows what the store accepted. Acks arrive through ingest (`devices/{id}/commands/ack` is an
-ingest route) and are applied in the batch's own transaction, so an ack the broker delivered is
-never acknowledged to it before it is stored; this service hears of them as a commit listener,
-together with the messages that may prove a command of an ack-less stack worked.
+final. The store is the truth: every transition is a conditional write (protocol/command_states.py),
+and the view follows what the store accepted. Acks arrive through ingest
+(`devices/{id}/commands/ack` is an ingest route) and are applied in the batch's own transaction, so
+an ack the broker delivered is never acknowledged to it before it is stored; this service hears of
+them as a commit listener, together with the messages that may prove a command of an ack-less stack
+worked.
 
 Everything here runs on the event loop, except the MQTT callbacks, which hop onto it.
 """

@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from fieldhub import __version__, clock
 from fieldhub.api.cursors import decode_cursor, encode_cursor
-from fieldhub.api.deps import PlatformDep
+from fieldhub.api.deps import DecoderDep, StatusDep, StoreDep
 from fieldhub.api.errors import InvalidParameter
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
@@ -75,7 +75,9 @@ def _device_param(raw: str | None, field: str) -> str | None:
 @router.get("/", response_class=HTMLResponse)
 async def fleet(
     request: Request,
-    platform: PlatformDep,
+    store: StoreDep,
+    decoder: DecoderDep,
+    status: StatusDep,
     search: Annotated[str | None, Query(max_length=100)] = None,
     presence: Literal["online", "offline", "stale", ""] = "",
     profile: Annotated[str | None, Query(max_length=64)] = None,
@@ -84,7 +86,6 @@ async def fleet(
     fragment: Literal["rows", ""] = "",
 ) -> Response:
     """Every device with presence, last values and last seen; filters; counts on top."""
-    store = platform.store
     now = clock.now_us()
     after = decode_cursor(cursor, str)[0] if cursor else None
     state: PresenceState | None = presence or None
@@ -111,18 +112,17 @@ async def fleet(
         "filtered": any(filters.values()),
         "query": urlencode({k: v for k, v in filters.items() if v}),
         "first_page": cursor is None,
-        "profiles": platform.profile_names,
+        "profiles": [p.name for p in decoder.table.profiles],
         "limit": limit,
-        "status": await platform.status.snapshot(),
+        "status": await status.snapshot(),
     }
     name = "fleet_rows.html" if fragment == "rows" else "fleet.html"
     return templates.TemplateResponse(request, name, context)
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
-async def device(request: Request, platform: PlatformDep, device_id: str) -> Response:
+async def device(request: Request, store: StoreDep, device_id: str) -> Response:
     """Charts per metric (history, then live), attributes, presence timeline."""
-    store = platform.store
     now = clock.now_us()
     canonical = _device_param(device_id, "device")
     row = await store.get_device(canonical, now_us=now) if canonical else None
@@ -144,7 +144,7 @@ async def device(request: Request, platform: PlatformDep, device_id: str) -> Res
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letters(
     request: Request,
-    platform: PlatformDep,
+    store: StoreDep,
     reason: Annotated[str | None, Query(max_length=64)] = None,
     device: Annotated[str | None, Query(max_length=200)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -152,7 +152,7 @@ async def dead_letters(
     """Rejected messages, newest first, filtered by reason and device."""
     device_id = _device_param(device, "device")
     before = decode_cursor(cursor, int)[0] if cursor else None
-    rows = await platform.store.list_dead_letters(
+    rows = await store.list_dead_letters(
         limit=DEAD_LETTER_PAGE_ROWS + 1,
         before_id=before,
         reason=reason or None,
@@ -171,9 +171,9 @@ async def dead_letters(
 
 
 @router.get("/system", response_class=HTMLResponse)
-async def system(request: Request, platform: PlatformDep) -> Response:
+async def system(request: Request, status: StatusDep) -> Response:
     """Ingest rate, batch latency, queues, drops, broker state; updated every second."""
-    context = {"page": "system", "status": await platform.status.snapshot()}
+    context = {"page": "system", "status": await status.snapshot()}
     return templates.TemplateResponse(request, "system.html", context)
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
-from fieldhub.api.deps import DeviceIdDep, NowDep, PlatformDep
+from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, ApiError, ErrorResponse, NotFound
 from fieldhub.api.models import (
     CommandPublic,
@@ -68,7 +68,8 @@ def _refused(exc: CommandRefused) -> ApiError:
     responses={200: {"model": CommandPublic, "description": "An earlier request's id and body"}},
 )
 async def send_command(
-    platform: PlatformDep,
+    store: StoreDep,
+    commands: CommandsDep,
     device_id: DeviceIdDep,
     now: NowDep,
     body: CommandRequest,
@@ -79,7 +80,7 @@ async def send_command(
 ) -> CommandPublic:
     """Send a command: 201 with the command (pending, or final when `wait_s` let it finish);
     200 when `id` repeats an earlier identical request."""
-    device = await device_or_404(platform.store, device_id, now)
+    device = await device_or_404(store, device_id, now)
     expires = str(body.expires_at) if body.expires_at is not None else None
     request = NewCommand(
         name=body.name,
@@ -89,7 +90,7 @@ async def send_command(
         command_id=body.id,
     )
     try:
-        row, created = await platform.commands.submit(device, request)
+        row, created = await commands.submit(device, request)
     except CommandRefused as exc:
         raise _refused(exc) from None
     if not created:
@@ -98,15 +99,15 @@ async def send_command(
         # As stored when accepted (pending, or an earlier request's command as it now is):
         # what happens next is for GET or the live `command` frames to tell.
         return CommandPublic.of(row, history=True)
-    final = await platform.commands.wait(device_id, row.command_id, wait_s)
+    final = await commands.wait(device_id, row.command_id, wait_s)
     if final is None:
-        final = await platform.store.get_command(device_id, row.command_id)
+        final = await store.get_command(device_id, row.command_id)
     return CommandPublic.of(final or row, history=True)
 
 
 @router.get("/{device_id}/commands", response_model=CommandsPublic)
 async def list_commands(
-    platform: PlatformDep,
+    store: StoreDep,
     device_id: DeviceIdDep,
     now: NowDep,
     state: CommandState | None = None,
@@ -114,14 +115,12 @@ async def list_commands(
     cursor: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
 ) -> CommandsPublic:
     """A device's commands, newest first, optionally of one state; paginated."""
-    await device_or_404(platform.store, device_id, now)
+    await device_or_404(store, device_id, now)
     before: tuple[int, str] | None = None
     if cursor:
         created_us, command_id = decode_cursor(cursor, int, str)
         before = (created_us, command_id)
-    rows = await platform.store.list_commands(
-        device_id, state=state, limit=limit + 1, before=before
-    )
+    rows = await store.list_commands(device_id, state=state, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = (
         encode_cursor(page[-1].created_us, page[-1].command_id) if len(rows) > limit else None
@@ -134,10 +133,10 @@ CommandIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
 @router.get("/{device_id}/commands/{command_id}", response_model=CommandPublic)
 async def get_command(
-    platform: PlatformDep, device_id: DeviceIdDep, command_id: CommandIdPath
+    store: StoreDep, device_id: DeviceIdDep, command_id: CommandIdPath
 ) -> CommandPublic:
     """One command with its whole history."""
-    row = await platform.store.get_command(device_id, command_id)
+    row = await store.get_command(device_id, command_id)
     if row is None:
         raise NotFound(f"device {device_id!r} has no command {command_id!r}")
     return CommandPublic.of(row, history=True)
@@ -145,15 +144,19 @@ async def get_command(
 
 @router.delete("/{device_id}/commands/{command_id}", response_model=CommandPublic)
 async def cancel_command(
-    platform: PlatformDep, device_id: DeviceIdDep, command_id: CommandIdPath, now: NowDep
+    store: StoreDep,
+    commands: CommandsDep,
+    device_id: DeviceIdDep,
+    command_id: CommandIdPath,
+    now: NowDep,
 ) -> CommandPublic:
     """Cancel a command not yet handed to the broker; 409 once it was."""
-    await device_or_404(platform.store, device_id, now)
+    await device_or_404(store, device_id, now)
     try:
-        await platform.commands.cancel(device_id, command_id)
+        await commands.cancel(device_id, command_id)
     except CommandRefused as exc:
         raise _refused(exc) from None
-    row = await platform.store.get_command(device_id, command_id)
+    row = await store.get_command(device_id, command_id)
     if row is None:  # pragma: no cover - cancelled a moment ago
         raise NotFound(f"device {device_id!r} has no command {command_id!r}")
     return CommandPublic.of(row, history=True)
@@ -161,11 +164,11 @@ async def cancel_command(
 
 @router.get("/{device_id}/command-types", response_model=CommandTypesPublic)
 async def command_types(
-    platform: PlatformDep, device_id: DeviceIdDep, now: NowDep
+    store: StoreDep, commands: CommandsDep, device_id: DeviceIdDep, now: NowDep
 ) -> CommandTypesPublic:
     """How the device is commanded: its format, topic and known commands with param schemas."""
-    device = await device_or_404(platform.store, device_id, now)
-    fmt = platform.commands.format_of(device)
+    device = await device_or_404(store, device_id, now)
+    fmt = commands.format_of(device)
     if fmt is None:
         return CommandTypesPublic(format=None, topic=None, accepts_other_names=False, commands=[])
     return CommandTypesPublic(

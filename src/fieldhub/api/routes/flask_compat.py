@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
-from fieldhub.api.deps import NowDep, PlatformDep, StoreDep
+from fieldhub.api.deps import DecoderDep, IngestDep, NowDep, StoreDep
 from fieldhub.api.errors import ApiError
 from fieldhub.api.routes.flask_compat_schema import (
     FlaskDevice,
@@ -42,6 +42,8 @@ from fieldhub.api.routes.flask_compat_schema import (
     parse_flask_time,
 )
 from fieldhub.api.routing import AllMethodsRoute
+from fieldhub.ingest.pipeline import Ingest
+from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import Decoded, Rejected, RejectReason
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
@@ -413,7 +415,8 @@ async def get_sensor_temperature_readings(
 
 
 async def _ingest(
-    platform: PlatformDep,
+    ingest: Ingest,
+    decoder: MessageDecoder,
     *,
     channel: str,
     mac: str,
@@ -422,7 +425,7 @@ async def _ingest(
     metric: str,
 ) -> ReadingCreated:
     """Submit the firmware's payload for this reading on its topic, as MQTT would deliver it."""
-    if not any(p.name == READINGS.name for p in platform.decoder.table.profiles):
+    if not any(p.name == READINGS.name for p in decoder.table.profiles):
         raise CompatError(
             404, "profile_disabled", "the readings profile is not enabled in this fieldhub"
         )
@@ -444,7 +447,7 @@ async def _ingest(
         payload[name] = json_number(value)
     # The topic's MAC segment is canonical, as the firmware prints it.
     topic = f"/readings/{channel}/{device_id}"
-    outcome = await platform.ingest.submit(topic, orjson.dumps(payload))
+    outcome = await ingest.submit(topic, orjson.dumps(payload))
     result = outcome.result
     if isinstance(result, Rejected):
         detail = result.detail
@@ -464,10 +467,13 @@ async def _ingest(
     response_model=ReadingCreated,
     responses=_responses(400, 404, 411, 413, 415, 422, 503),
 )
-async def post_gateway_reading(body: GatewayReadingIn, platform: PlatformDep) -> ReadingCreated:
+async def post_gateway_reading(
+    body: GatewayReadingIn, ingest: IngestDep, decoder: DecoderDep
+) -> ReadingCreated:
     """Store one gateway reading through ingest, as if published on /readings/gateway/{MAC}."""
     return await _ingest(
-        platform,
+        ingest,
+        decoder,
         channel="gateway",
         mac=body.macAddress,
         timestamp=body.timestamp,
@@ -483,12 +489,13 @@ async def post_gateway_reading(body: GatewayReadingIn, platform: PlatformDep) ->
     responses=_responses(400, 404, 411, 413, 415, 422, 503),
 )
 async def post_sensor_temperature_reading(
-    body: TemperatureReadingIn, platform: PlatformDep
+    body: TemperatureReadingIn, ingest: IngestDep, decoder: DecoderDep
 ) -> ReadingCreated:
     """Store one temperature reading through ingest, as if published on
     /readings/temperature/{MAC}."""
     return await _ingest(
-        platform,
+        ingest,
+        decoder,
         channel="temperature",
         mac=body.macAddress,
         timestamp=body.timestamp,

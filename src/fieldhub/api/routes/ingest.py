@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from fieldhub.api.deps import PlatformDep
+from fieldhub.api.deps import DecoderDep, IngestDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
 from fieldhub.api.models import IngestAccepted
 from fieldhub.protocol.messages import CommandReply, Ignored, Rejected
@@ -39,7 +39,8 @@ ProfileName = Enum("ProfileName", {name: name for name in BUILTIN_PROFILES}, typ
 async def ingest(
     profile: ProfileName,
     request: Request,
-    platform: PlatformDep,
+    ingest: IngestDep,
+    decoder: DecoderDep,
     topic: Annotated[
         str,
         Query(
@@ -53,7 +54,7 @@ async def ingest(
 
     A payload the decoder rejects is kept in dead letters and answered with 422 and its reason.
     """
-    enabled = {p.name: p for p in platform.decoder.table.profiles}
+    enabled = {p.name: p for p in decoder.table.profiles}
     name = str(profile.value)
     if name not in enabled:
         raise NotFound(f"profile {name!r} is not enabled; enabled: {', '.join(sorted(enabled))}")
@@ -64,7 +65,7 @@ async def ingest(
             f"topic {topic!r} is outside the {name} profile "
             f"({', '.join(enabled[name].subscriptions)})",
         )
-    limit = platform.decoder.max_payload_bytes(topic)
+    limit = decoder.max_payload_bytes(topic)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is {declared} bytes, the limit for this topic is {limit}")
@@ -73,7 +74,7 @@ async def ingest(
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"body is over the {limit}-byte limit for this topic")
-    outcome = await platform.ingest.submit(topic, bytes(body))
+    outcome = await ingest.submit(topic, bytes(body))
     result = outcome.result
     if isinstance(result, Rejected):
         return _rejected(422, result.reason.value, f"{result.detail} (kept in dead letters)")

@@ -51,7 +51,7 @@ async def _send_frames(websocket: WebSocket, viewer: Viewer) -> None:
 @router.websocket("/api/v1/live")
 async def live(websocket: WebSocket) -> None:
     """Live readings, presence, devices, dead letters and stats; see docs/live.md."""
-    hub: LiveHub = websocket.app.state.platform.live
+    hub: LiveHub = websocket.app.state.live
     await websocket.accept()
     viewer = hub.new_viewer()
     viewer.push(hub.hello())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fieldhub.api.deps import PlatformDep
+from fieldhub.api.deps import StatusDep
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.status import SystemStatus
 
@@ -12,6 +12,6 @@ router = APIRouter(prefix="/api/v1/system", tags=["system"], responses=ERROR_RES
 
 
 @router.get("", response_model=SystemStatus)
-async def system_status(platform: PlatformDep) -> SystemStatus:
+async def system_status(status: StatusDep) -> SystemStatus:
     """Fleet counts, ingest rates and queues, live viewers and drops, broker state."""
-    return await platform.status.snapshot()
+    return await status.snapshot()

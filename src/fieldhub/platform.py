@@ -1,0 +1,160 @@
+"""The composition root: builds every long-lived part of one fieldhub process and starts and
+stops them in order. Nothing imports this module but the entry points (`app.py`, `server.py`,
+the CLI): parts receive the other parts they use, never the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry
+
+from fieldhub import clock
+from fieldhub.broker.supervisor import BrokerSupervisor
+from fieldhub.commands.service import CommandLimits, CommandService
+from fieldhub.config import Settings
+from fieldhub.events.bus import EventBus
+from fieldhub.ingest.follower import Follower
+from fieldhub.ingest.metrics import IngestMetrics
+from fieldhub.ingest.pipeline import Ingest
+from fieldhub.live.hub import LiveHub
+from fieldhub.mqtt.client import MqttEndpoint, MqttSubscriber, parse_mqtt_url
+from fieldhub.protocol.decode import MessageDecoder
+from fieldhub.protocol.profiles import select_profiles
+from fieldhub.status import StatusReporter
+from fieldhub.store.open import open_store
+from fieldhub.store.retention import RetentionJob
+
+log = logging.getLogger("fieldhub")
+
+
+class Platform:
+    """Every long-lived part of one fieldhub process, started and stopped in order."""
+
+    def __init__(self, settings: Settings, *, mqtt_port: int | None = None) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        profiles = select_profiles(settings.profiles)
+        self.decoder = MessageDecoder(profiles)
+        self.store = open_store(
+            settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles}
+        )
+        self.metrics = IngestMetrics(self.registry)
+        # API-only beside ingest workers: follow the broker, leave storing readings to them.
+        self.follower = None if settings.ingest else Follower(self.store)
+        self.ingest = Ingest(
+            store=self.store, decoder=self.decoder, metrics=self.metrics, writer=self.follower
+        )
+        self.bus = EventBus(self.registry)
+        self.ingest.listeners.append(self.bus.on_commit)
+        external = settings.external_broker
+        self.broker: BrokerSupervisor | None = None
+        if external is None and not settings.ingest:
+            raise ValueError(
+                "without ingest (--no-ingest) fieldhub serves what ingest workers store: give it "
+                "their broker with --mqtt-url and their database with --db"
+            )
+        if external is None:
+            port = mqtt_port or settings.mqtt_port
+            if port is None:
+                raise ValueError("the embedded broker needs a port (the CLI picks one)")
+            self.broker = BrokerSupervisor(
+                data_dir=settings.data_dir, port=port, executable=settings.mosquitto
+            )
+            self.mqtt_endpoint: MqttEndpoint = parse_mqtt_url(self.broker.url)
+        else:
+            self.mqtt_endpoint = external
+        self.subscriber = MqttSubscriber(
+            endpoint=self.mqtt_endpoint,
+            client_id=settings.mqtt_client_id
+            if settings.ingest
+            else f"{settings.mqtt_client_id}-api",
+            filters=self.decoder.subscriptions,
+            on_message=self.ingest.on_message,
+            protocol=settings.protocol_version,
+            on_connection_change=self._connection_changed,
+            persistent=settings.ingest,
+        )
+        self.ingest.acker = self.subscriber.ack
+        self.status = StatusReporter(
+            store=self.store,
+            registry=self.registry,
+            ingest=self.ingest,
+            bus=self.bus,
+            broker=self.broker,
+            mqtt_url=self.mqtt_endpoint.url,
+            mqtt_connected=lambda: self.subscriber.connected,
+        )
+        self.live = LiveHub(self.bus, self.registry, stats=self._stats_frame)
+        self.status.live = self.live
+        self.commands = CommandService(
+            store=self.store,
+            bus=self.bus,
+            endpoint=self.mqtt_endpoint,
+            client_id=f"{settings.mqtt_client_id}-commands",
+            protocol=settings.protocol_version,
+            registry=self.registry,
+            limits=CommandLimits(
+                rate_per_s=settings.command_rate_per_s,
+                burst=settings.command_burst,
+                queue_max=settings.command_queue_max,
+                default_expiry_s=settings.command_expiry_s,
+            ),
+            default_formats={p.name: p.command_format for p in profiles},
+        )
+        self.ingest.listeners.append(self.commands.on_commit)
+        self.retention = RetentionJob(
+            store=self.store,
+            policy=settings.retention,
+            registry=self.registry,
+            interval_s=settings.retention_interval_s,
+            disk_budget_bytes=int(settings.disk_budget_mb * 2**20)
+            if settings.disk_budget_mb
+            else None,
+        )
+        self._retention: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._live: asyncio.Task[None] | None = None
+        self.on_stop: list[Callable[[], None]] = []
+
+    async def _stats_frame(self) -> dict[str, object]:
+        return (await self.status.snapshot()).model_dump()
+
+    def _connection_changed(self, connected: bool) -> None:
+        self.metrics.mqtt_connected.set(1 if connected else 0)
+        if connected:
+            self.metrics.mqtt_connects.inc()
+
+    async def start(self) -> None:
+        """Broker (if embedded), store, ingest writer, then the MQTT subscription."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.broker is not None:
+            await self.broker.start()
+        await self.store.open()
+        if self.follower is not None:
+            await self.follower.load(clock.now_us())
+        await self.ingest.load_state()
+        self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
+        self._live = asyncio.create_task(self.live.run(), name="live.hub")
+        await self.commands.start()
+        self._retention = asyncio.create_task(self.retention.run(), name="store.retention")
+        # The subscriber connects in the background and retries forever: the API serves stored
+        # data even while the broker is unreachable.
+        self.subscriber.start()
+
+    async def stop(self) -> None:
+        """Flush what was received, disconnect, stop the writer, close the store and broker."""
+        for callback in self.on_stop:
+            callback()
+        await self.commands.stop()
+        await self.ingest.drain()
+        await asyncio.to_thread(self.subscriber.stop)
+        await self.ingest.drain()
+        for task in (self._writer, self._live, self._retention):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        await self.store.close()
+        if self.broker is not None:
+            await self.broker.stop()
