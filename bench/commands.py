@@ -228,7 +228,7 @@ def devices_main(argv: list[str]) -> int:
     p.add_argument("--heartbeat", type=float, default=HEARTBEAT_S)
     args = p.parse_args(argv)
 
-    from fieldhub.mqtt import MqttEndpoint
+    from fieldhub.mqtt.endpoint import MqttEndpoint
     from fieldhub.sim.native import NativeDevice
 
     endpoint = MqttEndpoint(host="127.0.0.1", port=args.mqtt_port)

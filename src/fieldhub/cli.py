@@ -170,7 +170,7 @@ def sim(
 ) -> None:
     """Simulated devices publishing like real firmware (demos and functional tests; load
     testing lives in bench/)."""
-    from fieldhub.mqtt.client import MqttUrlError, parse_mqtt_url
+    from fieldhub.mqtt.endpoint import MqttUrlError, parse_mqtt_url
     from fieldhub.sim.fleet import SIM_PROFILES, run_sim
 
     # The typed profile itself (not the str), so mypy knows it is one of SIM_PROFILES.

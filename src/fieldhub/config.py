@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fieldhub.mqtt.client import MqttEndpoint, MqttUrlError, parse_mqtt_url
+from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
 from fieldhub.store.base import StoreError

@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterator
 import pytest
 from playwright.sync_api import Browser, Error, Page, sync_playwright
 
-from fieldhub.mqtt import MqttEndpoint, parse_mqtt_url
+from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from support.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, Shoot, take_screenshots
 from support.fieldhub_process import FieldhubProcess
 from support.sim_devices import SimDevice

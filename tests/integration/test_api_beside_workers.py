@@ -13,7 +13,7 @@ import pytest
 
 from conftest import start_mosquitto
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.sim.native import NativeDevice
 from support.commands import post_command, wait_device
 from support.fieldhub_process import FieldhubProcess, wait_until

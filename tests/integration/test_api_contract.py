@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from support.fieldhub_process import FieldhubProcess
 from support.mqtt import connected_publisher, publish_all
 from support.sim_devices import SimDevice

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from support.fieldhub_process import FIELDHUB, FieldhubProcess, wait_until
 from support.sim_devices import SimDevice
 

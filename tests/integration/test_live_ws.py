@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from fieldhub import __version__
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.sim.native import NativeDevice
 from fieldhub.status import SystemStatus
 from support.fieldhub_process import FieldhubProcess, wait_until

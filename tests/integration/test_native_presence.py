@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.sim.native import NativeDevice
 from support.fieldhub_process import FieldhubProcess, wait_until
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.protocol.timestamps import parse_time_param
 from fieldhub.sim.readings import ReadingsGateway
 from support.fieldhub_process import FieldhubProcess, wait_until

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import MqttEndpoint, parse_mqtt_url
+from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.sim import FastApiNode, IotNode, WindowSensor, mac_for_index, start_sim_in_background
 from support.fieldhub_process import FieldhubProcess
 from support.mqtt import connected_publisher, publish_all

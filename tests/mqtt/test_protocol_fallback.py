@@ -19,7 +19,8 @@ from typing import Literal
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import MqttPublisher, MqttSubscriber, parse_mqtt_url
+from fieldhub.mqtt.client import MqttPublisher, MqttSubscriber
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from support.waiting import wait_until
 
 Refusal = Literal["close", "connack"]

@@ -7,7 +7,8 @@ import itertools
 
 import pytest
 
-from fieldhub.mqtt import MqttSubscriber, parse_mqtt_url
+from fieldhub.mqtt.client import MqttSubscriber
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 
 
 def subscriber(slot: tuple[int, int]) -> MqttSubscriber:

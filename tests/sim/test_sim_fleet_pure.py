@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fieldhub.mqtt import MqttEndpoint
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim import run_sim, start_sim_in_background
 from fieldhub.sim.fleet import _kinds
 

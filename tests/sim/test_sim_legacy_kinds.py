@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fieldhub.cli import app
-from fieldhub.mqtt import MqttEndpoint
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim import (
     DEVICE_KINDS,
     SIM_PROFILES,

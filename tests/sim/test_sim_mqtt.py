@@ -15,7 +15,8 @@ import psutil  # type: ignore[import-untyped]  # stubs are not a test dependency
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import AckToken, MqttEndpoint, MqttPublisher, MqttSubscriber, parse_mqtt_url
+from fieldhub.mqtt.client import AckToken, MqttPublisher, MqttSubscriber
+from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.net import free_port
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.sim import (

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import orjson
 
-from fieldhub.mqtt import MqttPublisher, parse_mqtt_url
+from fieldhub.mqtt.client import MqttPublisher
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from support.fieldhub_process import FieldhubProcess
 from support.waiting import wait_until
 

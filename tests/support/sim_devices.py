@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from fieldhub.mqtt import MqttEndpoint
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim import NativeDevice, NativeTelemetry
 from fieldhub.sim.payloads import epoch_ms
 

@@ -18,11 +18,11 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub import __version__, clock
-from fieldhub.api.models import CommandPublic, CommandTransitionPublic
 from fieldhub.events.bus import CommandChanged, Committed, EventBus
 from fieldhub.live.coalesce import SeriesCoalescer, Update
 from fieldhub.live.subscriptions import LiveFilter
 from fieldhub.protocol.payload import payload_preview
+from fieldhub.schemas import CommandPublic, CommandTransitionPublic
 from fieldhub.store.base import DeadLetter
 
 log = logging.getLogger("fieldhub.live")

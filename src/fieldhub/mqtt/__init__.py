@@ -1,15 +1,5 @@
-"""The MQTT transport: the only package that imports an MQTT client library.
+"""The MQTT transport: the only package that imports an MQTT client library (in `client.py`).
 
-Everything else sees `InboundMessage`, ack tokens, and small publish/subscribe objects.
+Everything else sees `InboundMessage`, ack tokens, and small publish/subscribe objects;
+`endpoint.py` (broker URLs) loads no client library, so settings can use it.
 """
-
-from fieldhub.mqtt.client import (
-    AckToken,
-    MqttEndpoint,
-    MqttPublisher,
-    MqttSubscriber,
-    Will,
-    parse_mqtt_url,
-)
-
-__all__ = ["AckToken", "MqttEndpoint", "MqttPublisher", "MqttSubscriber", "Will", "parse_mqtt_url"]

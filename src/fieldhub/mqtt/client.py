@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
@@ -24,7 +23,19 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fieldhub import clock
+from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.protocol.messages import InboundMessage
+
+__all__ = [
+    "AckToken",
+    "MqttEndpoint",
+    "MqttPublisher",
+    "MqttSubscriber",
+    "MqttUrlError",
+    "Will",
+    "end_session",
+    "parse_mqtt_url",
+]
 
 log = logging.getLogger("fieldhub.mqtt")
 
@@ -55,45 +66,6 @@ READ_CHUNK_BYTES = 64 * 1024
 # 1 is MQTT 3.1.1's "unacceptable protocol version" (what a 3.1.1-only broker such as Mosquitto
 # 1.x answers to an MQTT 5 CONNECT), 0x84 is MQTT 5's "unsupported protocol version".
 CONNACK_UNSUPPORTED_PROTOCOL = (0x01, 0x84)
-
-
-class MqttUrlError(ValueError):
-    """An MQTT URL that fieldhub cannot use; the message says what to write instead."""
-
-
-@dataclass(frozen=True, slots=True)
-class MqttEndpoint:
-    """Where a broker listens and how to log in."""
-
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-
-    @property
-    def url(self) -> str:
-        """The endpoint as an `mqtt://` URL without the password."""
-        user = f"{self.username}@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}"
-
-
-def parse_mqtt_url(url: str) -> MqttEndpoint:
-    """`mqtt://[user[:password]@]host[:port]` -> MqttEndpoint, or MqttUrlError explaining why."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise MqttUrlError(f"{url!r}: use mqtt://host:port (TLS is not supported yet)")
-    if not parts.hostname:
-        raise MqttUrlError(f"{url!r} has no host; example: mqtt://127.0.0.1:1883")
-    try:
-        port = parts.port or 1883
-    except ValueError:
-        raise MqttUrlError(f"{url!r} has an invalid port") from None
-    return MqttEndpoint(
-        host=parts.hostname,
-        port=port,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 @dataclass(frozen=True, slots=True)

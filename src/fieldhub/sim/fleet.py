@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from fieldhub.mqtt import MqttEndpoint
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim.fastapi_node import FASTAPI_MAC_INDEX_BASE, FastApiNode
 from fieldhub.sim.iot_node import IotNode, iot_node_topic_id
 from fieldhub.sim.link import LinkedDevice

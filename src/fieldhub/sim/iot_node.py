@@ -35,7 +35,8 @@ from typing import Literal
 
 import orjson
 
-from fieldhub.mqtt import MqttEndpoint, Will
+from fieldhub.mqtt.client import Will
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim.link import LinkedDevice, Periodic
 from fieldhub.sim.payloads import SensorModel
 from fieldhub.sim.readings import monotonic_ms

@@ -40,7 +40,7 @@ from concurrent.futures import Future
 
 import orjson
 
-from fieldhub.mqtt import MqttEndpoint
+from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim.link import LinkedDevice, Periodic
 from fieldhub.sim.payloads import BoundedWalk, SensorModel
 from fieldhub.sim.stats import PublishCounter

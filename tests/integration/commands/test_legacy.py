@@ -17,7 +17,7 @@ from contextlib import ExitStack
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.sim.fastapi_node import FastApiNode
 from fieldhub.sim.iot_node import IotNode, Led
 from fieldhub.sim.window_sensor import WindowSensor, window_sensor_id

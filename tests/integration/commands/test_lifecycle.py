@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from conftest import MosquittoFactory
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt import parse_mqtt_url
+from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.sim.native import NativeDevice
 from support.commands import (

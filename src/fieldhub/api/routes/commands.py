@@ -10,17 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, ApiError, ErrorResponse, NotFound
-from fieldhub.api.models import (
-    CommandPublic,
-    CommandsPublic,
-    CommandTypePublic,
-    CommandTypesPublic,
-)
 from fieldhub.api.params import parse_time
 from fieldhub.api.routes.devices import device_or_404
 from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.commands.service import CommandRefused, NewCommand
 from fieldhub.protocol.command_states import CommandState
+from fieldhub.schemas import (
+    CommandPublic,
+    CommandsPublic,
+    CommandTypePublic,
+    CommandTypesPublic,
+)
 
 router = APIRouter(
     prefix="/api/v1/devices",

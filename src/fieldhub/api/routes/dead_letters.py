@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter
-from fieldhub.api.models import DeadLetterPublic, DeadLettersPublic
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
+from fieldhub.schemas import DeadLetterPublic, DeadLettersPublic
 
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], responses=ERROR_RESPONSES)
 

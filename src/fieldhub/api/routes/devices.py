@@ -10,7 +10,15 @@ from pydantic import StringConstraints
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DeviceIdDep, NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter, NotFound
-from fieldhub.api.models import (
+from fieldhub.api.params import (
+    DEFAULT_SERIES_WINDOW_US,
+    IntervalParam,
+    TimeParam,
+    parse_range,
+    series_window,
+)
+from fieldhub.protocol.timestamps import US_PER_S, format_us
+from fieldhub.schemas import (
     DeviceDetail,
     DevicePublic,
     DevicesPublic,
@@ -22,14 +30,6 @@ from fieldhub.api.models import (
     SeriesPointPublic,
     SeriesPublic,
 )
-from fieldhub.api.params import (
-    DEFAULT_SERIES_WINDOW_US,
-    IntervalParam,
-    TimeParam,
-    parse_range,
-    series_window,
-)
-from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.store.base import Aggregate, DeviceRow, PresenceState, Store
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)

@@ -9,7 +9,6 @@ from pydantic import BaseModel
 
 from fieldhub.api.deps import NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, NotFound
-from fieldhub.api.models import SeriesPointPublic, Time
 from fieldhub.api.params import (
     IntervalParam,
     TimeParam,
@@ -21,6 +20,7 @@ from fieldhub.api.params import (
 from fieldhub.api.routes.export import MAX_LIST_CHARS
 from fieldhub.api.routes.export import _device_ids as parse_device_ids
 from fieldhub.protocol.timestamps import US_PER_S, format_us
+from fieldhub.schemas import SeriesPointPublic, Time
 from fieldhub.store.base import Aggregate
 
 router = APIRouter(prefix="/api/v1/series", tags=["series"], responses=ERROR_RESPONSES)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fieldhub.api.deps import IngestDep, RegistryDep, StatusDep, StoreDep
-from fieldhub.api.models import Health
+from fieldhub.schemas import Health
 from fieldhub.store.base import StoreError
 
 router = APIRouter(tags=["system"])

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 
 from fieldhub.api.deps import DecoderDep, IngestDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
-from fieldhub.api.models import IngestAccepted
 from fieldhub.protocol.messages import CommandReply, Ignored, Rejected
 from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
+from fieldhub.schemas import IngestAccepted
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
 

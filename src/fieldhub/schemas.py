@@ -1,4 +1,6 @@
-"""Response models: what the API promises, separate from storage rows."""
+"""The public shapes: what the REST API answers and the live WebSocket pushes, apart from the
+store's rows. A leaf below both `api/` and `live/`, so a command frame on the socket and a
+command in a REST answer are one model."""
 
 from __future__ import annotations
 
