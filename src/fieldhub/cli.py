@@ -128,7 +128,7 @@ def up(
     if settings.mqtt_url is None:
         embedded_port = _choose_port(settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port")
     port = _choose_port(settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port")
-    from fieldhub.broker.supervisor import BrokerError
+    from fieldhub.broker.errors import BrokerError
     from fieldhub.server import serve
     from fieldhub.store.base import StoreError
 

@@ -33,6 +33,7 @@ import typer.main
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from fieldhub.broker import MosquittoNotFound, find_mosquitto
 from fieldhub.broker.config import (
     AUTOSAVE_INTERVAL_S,
     MAX_INFLIGHT_MESSAGES,
@@ -41,7 +42,6 @@ from fieldhub.broker.config import (
     MAX_QUEUED_MESSAGES,
     render_mosquitto_conf,
 )
-from fieldhub.broker.supervisor import MosquittoNotFound, find_mosquitto
 from fieldhub.cli import app
 from fieldhub.config import Settings
 from fieldhub.net import can_connect, free_port

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fieldhub.broker.supervisor import _parent_death_hook
+from fieldhub.broker.parent_death import parent_death_hook
 from fieldhub.net import can_connect, free_port
 
 # Where Debian's rabbitmq-server package keeps the real scripts.
@@ -244,7 +244,7 @@ class RabbitMQNode:
                 # process group of its own, and _kill signals the whole group. The death signal
                 # reaches the script when the test run dies; its trap then stops the node.
                 start_new_session=True,
-                preexec_fn=_parent_death_hook(),
+                preexec_fn=parent_death_hook(),
             )
         finally:
             console.close()

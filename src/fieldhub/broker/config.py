@@ -1,8 +1,8 @@
 """Render the configuration file of the embedded Mosquitto broker.
 
 Pure text generation: no processes, no file system writes. Every non-default
-value below is a trap we reproduced with Mosquitto 2.0.11 (see the field notes);
-the constant beside it says what the default costs and what ours costs instead.
+value below is a trap we reproduced with Mosquitto 2.0.11; the constant beside
+it says what the default costs and what ours costs instead.
 """
 
 from __future__ import annotations
