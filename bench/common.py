@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-# Debian installs the broker outside a user's PATH (NOTES.md trap 7).
+# Debian installs the broker outside a user's PATH (docs/field-notes.md, "Mosquitto").
 MOSQUITTO_BIN = "/usr/sbin/mosquitto"
 # How long a broker we start may take to accept connections; it is ready in ~10 ms here, so
 # this only bounds a broken config.
@@ -172,7 +172,7 @@ class Broker:
 
 @contextlib.contextmanager
 def bare_mosquitto(*, max_queued_messages: int = 100_000) -> Iterator[Broker]:
-    """Start Mosquitto on a free loopback port with the settings NOTES.md says we need.
+    """Start Mosquitto on a free loopback port with the settings docs/field-notes.md says we need.
 
     The listener names its address (without one Mosquitto binds everywhere and refuses anonymous
     clients), ``set_tcp_nodelay`` avoids 44/88 ms Nagle stalls, and ``max_queued_messages`` is

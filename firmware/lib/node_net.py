@@ -5,7 +5,8 @@ Quirks learned from the field (as mqtt_as collects them), each where it is handl
 * `time.time()` counts from 2000 on MicroPython ports before 1.22 and from 1970 after;
 * umqtt.simple blocks in `publish(qos=1)` until the PUBACK, and raises OSError when the
   connection broke: that is our delivery report to the core;
-* umqtt.robust reconnects by itself but then cannot keep a last will working (NOTES.md trap 16),
+* umqtt.robust reconnects by itself but then cannot keep a last will working
+  (docs/field-notes.md, "MicroPython"),
   so we reconnect ourselves with the will set on every CONNECT.
 """
 

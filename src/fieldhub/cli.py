@@ -1,5 +1,5 @@
 """The `fieldhub` command line. Commands stay synchronous and call `asyncio.run` themselves
-(Typer never awaits an `async def` command: NOTES.md trap 11)."""
+(Typer never awaits an `async def` command: it exits 0 without running it; docs/field-notes.md)."""
 
 from __future__ import annotations
 

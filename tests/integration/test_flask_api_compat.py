@@ -1,11 +1,12 @@
-"""The seed Flask API test: the Flask/SQLite stack's REST API, replayed against a real fieldhub.
+"""The Flask API test: the Flask/SQLite stack's REST API, replayed against a real fieldhub.
 
 fieldhub runs as `fieldhub up` against the test's own Mosquitto, filled by real MQTT publishes of
 the Flask firmware's exact payloads (QoS 1, retained). The requests replayed are the ones the
-stack documents: the endpoints and bodies of seeds 000/001 and the requests of the stack's own
-request collection (`posting/api/*.posting.yaml` in its repository: the `internal_id` filters,
-the `readingsFrom=2025-03` / `readingsTo=2025-03-09 11:00` range, the two POST bodies). Answers
-keep the Flask app's field names; errors are 4xx JSON with a message, never 200 text/html or 500.
+stack documents: the endpoints and bodies of its project presentation and the requests of the
+stack's own request collection (`posting/api/*.posting.yaml` in its repository: the `internal_id`
+filters, the `readingsFrom=2025-03` / `readingsTo=2025-03-09 11:00` range, the two POST bodies).
+Answers keep the Flask app's field names; errors are 4xx JSON with a message, never 200
+text/html or 500.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def test_a_posted_reading_is_stored_as_an_mqtt_one(fieldhub: FieldhubProcess) ->
 
 
 def test_date_range_filters_compare_times_in_both_formats(fieldhub: FieldhubProcess) -> None:
-    """Seed-format, partial and ISO 8601 bounds select the same readings; bounds are inclusive
+    """Flask-format, partial and ISO 8601 bounds select the same readings; bounds are inclusive
     and a zone offset is honoured (the Flask app compared strings: an ISO `T` matched nothing)."""
     fh = fieldhub
     for date, temperature in (

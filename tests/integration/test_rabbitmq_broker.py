@@ -116,7 +116,7 @@ def random_mac_prefix() -> str:
 
 
 def fastapi_data(node_id: str, second: int) -> bytes:
-    """The FastAPI stack's flat data object (DESIGN.md): numbers, booleans and strings."""
+    """The FastAPI stack's flat data object (docs/protocol.md): numbers, booleans and strings."""
     return json.dumps(
         {
             "temperature": 24.0 + second / 10,

@@ -1,5 +1,6 @@
-"""One replay per stack fieldhub replaces: that firmware's traffic, byte for byte as DESIGN.md and
-the stack's documents give it, published through a real Mosquitto into a real `fieldhub up`.
+"""One replay per stack fieldhub replaces: that firmware's traffic, byte for byte as the stack's
+source and documents give it (docs/protocol.md, "The stacks fieldhub replaces"), published
+through a real Mosquitto into a real `fieldhub up`.
 
 Each replay asserts the stored readings (names and values), the device's identity with its MAC
 spelled differently on different topics, its attributes and presence, and that what the broker

@@ -67,7 +67,7 @@ WAV_BYTES = 44 + 2 * 16_000 * 2
 
 
 def test_fastapi_data_has_exactly_the_seed_fields_in_order_and_types() -> None:
-    """The data object: the seed's eleven fields, compact, booleans for light and fan."""
+    """The data object: the simulator's eleven fields, compact, booleans for light and fan."""
     payload = fastapi_data_payload(
         node_id=NODE_ID,
         temperature=24.3,
@@ -109,7 +109,7 @@ def test_fastapi_heartbeat_is_json_that_says_online() -> None:
 
 
 def test_fastapi_node_id_is_the_mac_without_colons() -> None:
-    """`node_id.replace(":", "")` as in the seed; a non-canonical MAC is a caller bug."""
+    """`node_id.replace(":", "")` as in the write-up; a non-canonical MAC is a caller bug."""
     assert fastapi_node_id(MAC) == NODE_ID
     with pytest.raises(ValueError, match="upper case"):
         fastapi_node_id("3c:e9:0e:10:00:01")
@@ -204,7 +204,7 @@ def test_fastapi_command_parsing(payload: bytes, expected: Actuators | None) -> 
 
 
 def test_iot_node_telemetry_is_the_seed_example_byte_for_byte() -> None:
-    """With the seed's values, the telemetry is its example, compact and in its key order."""
+    """With the document's values, the telemetry is its example, compact and in its key order."""
     payload = iot_node_telemetry_payload(
         node_id="node_01",
         timestamp_s=1_704_844_800,
@@ -237,7 +237,7 @@ def test_iot_node_device_topics_ids_and_will() -> None:
 
 
 def test_iot_node_set_led_changes_the_led_and_the_status_reply_says_so() -> None:
-    """`set_led` with the seed's params turns the LED on; the status reply reports `ok`."""
+    """`set_led` with the document's params turns the LED on; the status reply reports `ok`."""
     node = IotNode(endpoint=NOWHERE, topic_id="07", wall_clock_s=lambda: 1_704_844_800.0)
     node.on_message(
         node.command_topic, b'{"command":"set_led","params":{"state":"on","brightness":128}}'

@@ -37,7 +37,8 @@ from support.waiting import wait_until
 # Loopback MQTT round trips take about a millisecond; these only bound how long a broken test
 # hangs before it fails with a message.
 DEADLINE_S = 10.0
-# The firmware's logged uptime (NOTES.md); a frozen clock makes the gateway's bytes predictable.
+# The firmware's logged uptime (docs/protocol.md); a frozen clock makes the gateway's bytes
+# predictable.
 FIRMWARE_UPTIME_MS = 1_835_587
 FROZEN_CLOCK_MS = 50_000_000
 GATEWAY_LAYOUT = re.compile(rb'^\{"macAddress":"[0-9A-F:]{17}", "timestamp":\d+, "rssi":\d+\}$')

@@ -41,13 +41,13 @@ seeds = st.integers(min_value=0, max_value=2**32)
 
 
 def test_gateway_payload_matches_the_firmware_bytes() -> None:
-    """The gateway payload is byte for byte the firmware's (NOTES.md example)."""
+    """The gateway payload is byte for byte the firmware's logged one (docs/protocol.md)."""
     payload = readings_gateway_payload(FIRMWARE_MAC, 1835587, 65)
     assert payload == b'{"macAddress":"3C:E9:0E:72:12:4C", "timestamp":1835587, "rssi":65}'
 
 
 def test_gateway_payload_matches_the_design_example() -> None:
-    """The DESIGN.md example (timestamp 93387) comes out exactly too."""
+    """The example of the stack's presentation (timestamp 93387) comes out exactly too."""
     payload = readings_gateway_payload(FIRMWARE_MAC, 93387, 65)
     assert payload == b'{"macAddress":"3C:E9:0E:72:12:4C", "timestamp":93387, "rssi":65}'
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT_DIR = ROOT / "artifacts" / "screenshots"
 
 # Debian's build, installed by scripts/test (ensure_chromium): `playwright install` downloads
-# browser builds of its own, which these machines cannot fetch (NOTES.md trap 14).
+# browser builds of its own, which these machines cannot fetch (docs/field-notes.md).
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root, where chromium's sandbox refuses to start

@@ -109,7 +109,7 @@ def render_rabbitmq_conf(*, amqp_port: int, mqtt_port: int) -> str:
             # The plugin's default prefetch is 10: at most 10 unacknowledged QoS 1 messages in
             # flight to a subscriber. fieldhub acknowledges after its batch commits, so 10
             # would cap every batch at 10 messages (the same trap as Mosquitto's
-            # max_inflight_messages, NOTES.md trap 4). docs/brokers.md recommends this value.
+            # max_inflight_messages, default 20). docs/brokers.md recommends this value.
             "mqtt.prefetch = 10000",
             # Queues of persistent sessions (clean_session=false) are deleted after 24 h unused
             # by default: fieldhub down for a weekend would lose what its devices sent. A week

@@ -9,7 +9,7 @@ not orjson, small allocations.
 """
 
 # Version of the native telemetry envelope (`v` in every telemetry object). A change of the
-# payload shape bumps it (STYLE.md habit 7); fieldhub keeps `v` as an attribute, not a reading.
+# payload shape bumps it (docs/protocol.md); fieldhub keeps `v` as an attribute, not a reading.
 PAYLOAD_VERSION = 1
 # Version of this firmware core, reported by `ping`.
 CORE_VERSION = "0.1.0"

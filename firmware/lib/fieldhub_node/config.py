@@ -173,7 +173,7 @@ def needs_portal(config: dict[str, Any]) -> bool:
 
 
 def device_id_from_mac(mac: bytes) -> str:
-    """`3C:E9:0E:72:12:4C`: the spelling fieldhub canonicalises MAC ids to (DESIGN.md).
+    """`3C:E9:0E:72:12:4C`: the spelling fieldhub canonicalises MAC ids to (docs/protocol.md).
 
     Using the canonical form on the device too keeps one topic per device: fieldhub sends commands
     to `devices/<canonical id>/commands`, which is then exactly what the node subscribes to.

@@ -1,4 +1,4 @@
-"""Native telemetry payloads: `{"v":1,"ts":<epoch ms>,"seq":n,<readings>}` (DESIGN.md).
+"""Native telemetry payloads: `{"v":1,"ts":<epoch ms>,"seq":n,<readings>}` (docs/protocol.md).
 
 `seq` counts every reading the node takes from boot (live or buffered), so gaps in fieldhub's
 stored `seq` show exactly what was lost. `ts` is the device's own clock in epoch ms, present only

@@ -47,7 +47,8 @@ class BatchWriter(Protocol):
 
 
 # Largest batch in messages. SQLite inserts get 3-4x cheaper per row from batches of 1,000 to
-# 10,000 (NOTES.md); beyond that a commit takes long enough to delay acks noticeably.
+# 10,000 (measured 67-87k vs 249-281k rows/s: docs/field-notes.md); beyond that a commit takes
+# long enough to delay acks noticeably.
 BATCH_MAX_MESSAGES = 10_000
 # How long the writer waits after the first message for more to join the batch, by load. Every
 # commit rewrites the WAL pages of every series it touches, so fewer, larger commits cost less CPU

@@ -1,8 +1,9 @@
 """paho-mqtt behind two small classes: a durable subscriber for ingest and a publisher.
 
 Why paho: it is the maintained reference client, supports MQTT 5 and 3.1.1, and (since 2.0) manual
-acknowledgements, which is what "acknowledge after commit" needs (NOTES.md trap 4). Its network
-loop runs in its own thread; ingest hands decoded work to the writer through a queue.
+acknowledgements, which is what "acknowledge after commit" needs: by default it sends PUBACK on
+receipt, before anything is stored (docs/field-notes.md, "paho-mqtt"). Its network loop runs in
+its own thread; ingest hands decoded work to the writer through a queue.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ INGEST_RECEIVE_MAXIMUM = 30_000
 # is down. A week covers a long weekend outage; longer risks unbounded broker memory.
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # Publisher in-flight window: paho keys outgoing QoS>0 messages by 16-bit id, so an unbounded
-# queue silently loses messages beyond 65535 (NOTES.md trap 3). The semaphore blocks callers.
+# queue silently loses messages beyond 65535 (measured: 100k queued, ~65.6k arrived;
+# docs/field-notes.md, "paho-mqtt"). The semaphore blocks callers.
 PUBLISH_MAX_INFLIGHT = 1_000
 # One recv() of this size serves hundreds of small MQTT packets (see _BufferedSocket).
 READ_CHUNK_BYTES = 64 * 1024
@@ -155,7 +157,7 @@ class _Client(paho.Client):
         reason: ReasonCode | None = None,
         properties: Properties | None = None,
     ) -> None:
-        # RabbitMQ's MQTT plugin (before 3.13; NOTES.md trap 17) cannot parse an MQTT 5 CONNECT
+        # RabbitMQ's MQTT plugin (before 3.13; docs/brokers.md) cannot parse an MQTT 5 CONNECT
         # and closes the connection without any CONNACK. paho then reconnects with MQTT 5 again,
         # forever. A connection that closed before the broker answered our MQTT 5 CONNECT (and
         # that we did not close ourselves) is taken as that answer. A transient drop at exactly
@@ -256,7 +258,7 @@ class _Client(paho.Client):
         sock = super()._create_socket()
         if isinstance(sock, socket.socket):
             # Without TCP_NODELAY every request/ack round trip waits 40-200 ms for Nagle and
-            # delayed ACK (NOTES.md trap 2); paho does not set it.
+            # delayed ACK (docs/field-notes.md, "Nagle"); paho does not set it.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return _BufferedSocket(sock)
         return sock
@@ -321,7 +323,7 @@ class MqttSubscriber:
 
     `on_message` runs in the network thread for every message with a token to pass to `ack` once
     the message is safely stored. Receive times are strictly increasing microseconds, so two
-    messages never share one by accident (DESIGN.md).
+    messages never share one by accident (docs/protocol.md, "Times").
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """Topic profiles as data: each row is (topic pattern, channel, decoder).
 
 The ingest router is one table built from the enabled profiles, so adding a profile adds rows, not
-code paths. A pattern has exactly one `+`, the level holding the device id. DESIGN.md lists the
-stacks each profile keeps compatible.
+code paths. A pattern has exactly one `+`, the level holding the device id. docs/protocol.md
+lists the stacks each profile keeps compatible and what their devices send.
 """
 
 from __future__ import annotations

@@ -1,34 +1,36 @@
-"""The ESP32 Arduino node of the FastAPI/RabbitMQ/React stack (seed 002, DESIGN.md's table).
+"""The ESP32 Arduino node of the FastAPI/RabbitMQ/React stack (`nrn-dilanka/rnr-iot`).
 
-What the firmware does, from the seed and DESIGN.md, and what we chose where they are silent
-(each choice says why):
+What the firmware does, from the stack's write-up and its firmware source (docs/protocol.md,
+"The FastAPI/RabbitMQ/React stack", which also lists where this simulator does not follow the
+source yet), and what we chose where they are silent (each choice says why):
 
-* id: `WiFi.macAddress()` with the colons removed (seed: `node_id.replace(":", "")`), so topics
-  are `devices/3CE90E100001/...`; fieldhub canonicalises that spelling to the MAC.
-* client id: the same `node_id` (the seed makes the MAC the node's one identity; a random
+* id: `WiFi.macAddress()` with the colons removed (the write-up: `node_id.replace(":", "")`), so
+  topics are `devices/3CE90E100001/...`; fieldhub canonicalises that spelling to the MAC.
+* client id: the same `node_id` (the write-up makes the MAC the node's one identity; a random
   `ESP32Client-xxxx` would make every reboot a new client).
 * MQTT 3.1.1 with a clean session (PubSubClient; the stack's broker is RabbitMQ's MQTT plugin,
   which speaks nothing newer), keep-alive is fieldhub's client default.
-* last will: `offline`, QoS 1, retained, on `devices/{id}/status` (DESIGN.md).
+* last will: `offline`, QoS 1, retained, on `devices/{id}/status` (the firmware source).
 * every 1 s, `devices/{id}/data`: one flat ArduinoJson object (compact, fields in the order the
   sketch sets them) with exactly `temperature`, `humidity`, `gas_sensor`, `servo_angle`,
-  `light_state`, `fan_state`, `wifi_rssi`, `uptime`, `status`, `node_id`, `timestamp`. The seed's
-  prose says sensors are read "every 2 seconds"; DESIGN.md's table, which is our spec, says the
-  data message goes every 1 s, so 1 s it is. `light_state`/`fan_state` are booleans: the seed's
-  firmware drives them as `bool` (`handleFanControl(true)`, `bool shouldFanBeOn`) and DESIGN.md
-  lists booleans among the fields. `uptime` is `millis() / 1000` (seconds), `timestamp` is local
-  time `"HH:MM:SS"` from `getLocalTime()`, or `"unknown"` until NTP has synced.
+  `light_state`, `fan_state`, `wifi_rssi`, `uptime`, `status`, `node_id`, `timestamp`. The
+  write-up's prose says sensors are read "every 2 seconds"; the firmware source sends the data
+  message every 1 s, so 1 s it is. `light_state`/`fan_state` are booleans: the write-up's
+  firmware excerpts drive them as `bool` (`handleFanControl(true)`, `bool shouldFanBeOn`) and the
+  firmware source lists booleans among its data fields. `uptime` is `millis() / 1000` (seconds),
+  `timestamp` is local time `"HH:MM:SS"` from `getLocalTime()`, or `"unknown"` until NTP has
+  synced.
 * every 3 s, a JSON heartbeat on `devices/{id}/status`, and one right after every connect so the
   retained will `offline` is replaced at once. Retained, so the topic's retained value is always
   the latest word (a heartbeat or the will), never a stale `offline` under a live device.
 * publishes are QoS 0 (PubSubClient cannot publish anything else); it subscribes to
   `devices/{id}/commands` with PubSubClient's default QoS 0 and obeys
   `{"action":"SERVO_ANGLE","angle":90,...}`, `LIGHT_ON`, `LIGHT_OFF`, `FAN_ON`, `FAN_OFF` (the
-  seed's manual controls: servo 0-180 degrees, relays for light and fan). There is no
-  acknowledgement: the next data message shows the new state (seed: "Confirmation: status update
-  sent back through sensor data").
+  write-up's manual controls: servo 0-180 degrees, relays for light and fan). There is no
+  acknowledgement: the next data message shows the new state (the write-up: "Confirmation: status
+  update sent back through sensor data").
 
-Left out: the seed's smart automation (schedule, temperature and gas thresholds) would fight a
+Left out: the write-up's smart automation (schedule, temperature and gas thresholds) would fight a
 test's commands, and `REBOOT`/firmware update need a boot sequence the simulator does not model;
 unknown actions are ignored, as the sketch's `if/else` chain does.
 """
@@ -62,7 +64,7 @@ FASTAPI_OFFLINE_PAYLOAD = b"offline"
 # Between power-on and the first successful getLocalTime(): WiFi association (~1 s) plus the first
 # SNTP answer (~1 s on a LAN). Until then the sketch prints "unknown".
 FASTAPI_NTP_SYNC_S = 2.0
-# The sketch's clock: configTime() with a zero offset, so "HH:MM:SS" is UTC (the seed shows no
+# The sketch's clock: configTime() with a zero offset, so "HH:MM:SS" is UTC (the write-up shows no
 # time zone; a fleet spread over zones would log a mess otherwise).
 UNKNOWN_TIME = "unknown"
 SERVO_MIN_DEG = 0
@@ -72,8 +74,8 @@ SERVO_START_DEG = 90
 # Simulated nodes take MACs from this index up (mac_for_index), so they never share a MAC, and so
 # a device id, with the readings gateways (indices from 1, 10,000 devices at most).
 FASTAPI_MAC_INDEX_BASE = 0x10_0000
-# The MQ-2 reading as the sketch reports it: the seed's emergency threshold is `> 100`, so the
-# normal range sits well below it.
+# The MQ-2 reading as the sketch reports it: the write-up's emergency threshold is `> 100`, so
+# the normal range sits well below it.
 GAS_CENTER = 45.0
 GAS_MIN = 20.0
 GAS_MAX = 95.0
@@ -176,7 +178,7 @@ def fastapi_heartbeat_payload(
 ) -> bytes:
     """The heartbeat on the status topic: who, `online`, and the node's health numbers.
 
-    The seed shows `publishStatus("...")` but not its JSON; we send what such a heartbeat
+    The write-up shows `publishStatus("...")` but not its JSON; we send what such a heartbeat
     carries: the node, its state word (the backend's online/offline indicator reads `status`),
     uptime in seconds, RSSI in dBm and free heap in bytes.
     """

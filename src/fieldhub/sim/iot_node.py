@@ -1,13 +1,14 @@
-"""The ESP32 node of the Raspberry Pi/Mosquitto stack (seed 003, DESIGN.md's `iot-node` row).
+"""The ESP32 node of the Raspberry Pi/Mosquitto stack (the `iot-node` profile).
 
-From the seed: topics `iot/node/{id}/telemetry`, `iot/node/{id}/status` ("node health: uptime,
-WiFi RSSI, etc.") and `iot/node/{id}/command` (down); the id level is the node number (`01`) while
+From the stack's architecture document (docs/protocol.md, "The Raspberry Pi/Mosquitto stack"):
+topics `iot/node/{id}/telemetry`, `iot/node/{id}/status` ("Node health (uptime, WiFi RSSI,
+etc.)") and `iot/node/{id}/command` (down); the id level is the node number (`01`) while
 the payload's `node_id` is `node_01`; telemetry is exactly
 `{"node_id":"node_01","timestamp":1704844800,"sensors":{"temperature":22.5,"humidity":45.2},
 "wifi_rssi":-65,"uptime":3600}`; commands are `{"command":"set_led","params":{"state":"on",
 "brightness":128}}`, and after executing one "ESP32 publishes acknowledgment/status update".
 
-Where the seed is silent, the most plausible PlatformIO/Arduino sketch (each choice says why):
+Where the document is silent, the most plausible PlatformIO/Arduino sketch (each choice says why):
 
 * PubSubClient: MQTT 3.1.1, clean session, publishes QoS 0, subscribes with its default QoS 0;
   client id = the payload's `node_id` (`node_01`), the name the stack gives the node.
@@ -17,7 +18,7 @@ Where the seed is silent, the most plausible PlatformIO/Arduino sketch (each cho
 * a last will on the status topic, `{"node_id":"node_01","status":"offline"}`, QoS 1, retained:
   the status topic is where the stack looks for node health, and a retained status without a
   will would claim a dead node is fine forever.
-* `timestamp` is epoch seconds after NTP (the seed's example is a real date); `uptime` seconds.
+* `timestamp` is epoch seconds after NTP (the document's example is a real date); `uptime` seconds.
 * the status reply to a command is the status message with `last_command` and `result` (`ok`,
   or `error` with an `error` text for an unknown command or bad params); malformed JSON is
   ignored without a reply, as an ArduinoJson `deserializeJson` error return would be.
@@ -48,14 +49,17 @@ IOT_NODE_PUBLISH_QOS = 0
 IOT_NODE_COMMAND_QOS = 0
 IOT_NODE_WILL_QOS = 1
 LED_BRIGHTNESS_MAX = 255
-# Sensor resolution as the seed's example shows it: one decimal (DHT22-like).
+# Sensor resolution as the architecture document's example shows it: one decimal (DHT22-like).
 IOT_NODE_DECIMALS = 1
 
 LedSwitch = Literal["on", "off"]
 
 
 def iot_node_topic_id(index: int) -> str:
-    """The topic's id level for node number `index` (1-based): 1 -> `01`, as in the seed."""
+    """The topic's id level for node number `index` (1-based): 1 -> `01`.
+
+    As in the stack's topic tree (`iot/node/01/telemetry`).
+    """
     if index < 1:
         raise ValueError(f"node numbers start at 1, got {index}")
     return f"{index:02d}"
@@ -107,7 +111,7 @@ def iot_node_telemetry_payload(
     wifi_rssi: int,
     uptime_s: int,
 ) -> bytes:
-    """Telemetry in the seed's layout (compact, its key order).
+    """Telemetry in the architecture document's layout (compact, its key order).
 
     >>> iot_node_telemetry_payload(node_id="node_01", timestamp_s=1704844800, temperature=22.5,
     ...     humidity=45.2, wifi_rssi=-65, uptime_s=3600)
@@ -319,7 +323,7 @@ class IotNode(LinkedDevice):
             if outcome is None:
                 return
             self._led, self._last_result = outcome
-        # The seed's step 4: "ESP32 publishes acknowledgment/status update".
+        # The stack's command flow, step 4: "ESP32 publishes acknowledgment/status update".
         self.publish_status()
 
     def announce_offline(self) -> Future[None] | None:

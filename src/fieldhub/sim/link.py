@@ -24,7 +24,7 @@ from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim.stats import PublishCounter
 
 # Arduino PubSubClient, the MQTT library of these sketches, speaks MQTT 3.1.1 (its MQTT_VERSION
-# default), and RabbitMQ's MQTT plugin refuses anything newer (NOTES.md trap 17).
+# default), and RabbitMQ's MQTT plugin refuses anything newer (docs/brokers.md).
 ARDUINO_MQTT_PROTOCOL = 4
 # Publishes a device may have outstanding before it skips new ones, as NativeDevice does: the
 # fleet's scheduler thread must never block on one slow connection.

@@ -3,8 +3,8 @@
 The node's decisions (telemetry payloads, `seq`/`ts`, the offline ring buffer and its backfill
 batches, command parsing, dedupe and acks, the window actuator's limits) come from the same
 `fieldhub_node.Node` that runs on the ESP32; this module is only its CPython transport, as
-`firmware/main.py` is its MicroPython one. Lifecycle, as the firmware does it (DESIGN.md,
-"Status / presence"):
+`firmware/main.py` is its MicroPython one. Lifecycle, as the firmware does it (docs/protocol.md,
+"Status and presence"; firmware/README.md, "Contract"):
 
 1. connect with client id = device id and a last will of retained QoS 1 `offline` on
    `devices/{id}/status`, so the broker marks the device offline if it vanishes;

@@ -2,8 +2,8 @@
 
 Two wire formats live here:
 
-* ``native`` (DESIGN.md): compact JSON telemetry ``{"v":1,"ts":...,"seq":...,...}`` and the plain
-  status words ``online`` / ``offline``.
+* ``native`` (docs/protocol.md): compact JSON telemetry ``{"v":1,"ts":...,"seq":...,...}`` and
+  the plain status words ``online`` / ``offline``.
 * ``readings`` (the Flask/SQLite gateway stack): the ESP32 firmware formats its JSON by hand with
   ``write!(data_str, "{{\\"macAddress\\":\\"{}\\", \\"timestamp\\":{}, \\"rssi\\":{:.2}}}", ...)``,
   so the bytes have no space after a colon and one space after each comma. fieldhub must accept
@@ -29,7 +29,7 @@ from fieldhub_node.telemetry import telemetry_payload
 
 # --- native profile ----------------------------------------------------------------------------
 
-# Version of the native telemetry envelope (STYLE.md habit 7: a shape change bumps `v`).
+# Version of the native telemetry envelope (docs/protocol.md: a shape change bumps `v`).
 NATIVE_PAYLOAD_VERSION = 1
 ONLINE_PAYLOAD = b"online"
 OFFLINE_PAYLOAD = b"offline"
@@ -94,8 +94,8 @@ def _check_uptime(uptime_ms: int) -> None:
 def rssi_percent(dbm: float) -> int:
     """Map RSSI in dBm to the firmware's 0..100 %: -90 dBm -> 0, -30 dBm -> 100, clamped.
 
-    The firmware's own function is not in the seed documents; its logged example (-51 dBm -> 65 %)
-    is exact under this linear map. We round to the nearest percent (half up).
+    The firmware's own function is not quoted in its project's write-up; its logged example
+    (-51 dBm -> 65 %) is exact under this linear map. We round to the nearest percent (half up).
     """
     if math.isnan(dbm):
         raise ValueError("RSSI must be a number, got NaN")

@@ -1,7 +1,7 @@
 """A simulated ESP32 gateway of the Flask/SQLite stack, reproducing its firmware's MQTT habits.
 
-What the firmware does every `mqtt_poll_tick` (30 s), read from its source (seeds 000/001,
-NOTES.md):
+What the firmware does every `mqtt_poll_tick` (30 s), read from its source (docs/protocol.md,
+"The Flask/SQLite gateway stack"):
 
 1. open a fresh TCP connection and an MQTT v5 session with client id = its MAC (upper case,
    colons) and clean start;

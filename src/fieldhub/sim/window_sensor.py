@@ -1,13 +1,15 @@
-"""The ESP32 of the Go/ClickHouse window-control stack (seed 004, DESIGN.md's `sensor` row).
+"""The ESP32 of the Go/ClickHouse window-control stack (the `sensor` profile).
 
-From the seed and DESIGN.md: `sensor/{id}/temperature` and `sensor/{id}/humidity` carry the raw
-number as text (`25.5`); `sensor/{id}/audio` carries a 2-second buffer from an I2S microphone as
-`{"data":"<base64 WAV>","sample_rate":16000,"duration":2.0}`; the node subscribes to
-`window/{id}/control` (`{"device_id","timestamp","position":0-100,"confidence","features_used"}`,
-published by the ML service) and drives its window motor to `position` percent, with "safety
-limits" and "smooth movement profiles".
+From the stack's implementation plan and its backbone's source (docs/protocol.md, "The
+Go/ClickHouse window-control stack"): `sensor/{id}/temperature` and `sensor/{id}/humidity`
+carry the raw number as text (`25.5`); `sensor/{id}/audio` carries a 2-second buffer from an
+I2S microphone as `{"data":"<base64 WAV>","sample_rate":16000,"duration":2.0}`; the node
+subscribes to `window/{id}/control` (`{"device_id","timestamp","position":0-100,"confidence",
+"features_used"}`, published by the ML service) and drives its window motor to `position`
+percent, with "safety limits" and "smooth movement profiles".
 
-The firmware is only planned in the seed (phase 3), so where it is silent we chose, saying why:
+The firmware is only planned (phase 3 of the plan), so where the plan is silent we chose,
+saying why:
 
 * one reading cycle every 10 s: temperature, humidity, then the audio buffer ("sensor reading
   loop with configurable intervals"; 10 s keeps one device's 2 s recordings well apart and its

@@ -2,9 +2,9 @@
 
 Its clients (the stack's web pages, scripts, its request collection) keep working: the same
 paths, query parameters and JSON field names. What changes is what the Flask app got wrong
-(NOTES.md): errors are real 4xx with a JSON body, never HTTP 200 with text/html or a 500 on a bad
-body; dates compare as times, so ISO 8601 works; readings come in pages. docs/compat-flask.md has
-every field, status code and difference.
+(docs/field-notes.md): errors are real 4xx with a JSON body, never HTTP 200 with text/html or a
+500 on a bad body; dates compare as times, so ISO 8601 works; readings come in pages.
+docs/compat-flask.md has every field, status code and difference.
 
 Readings are the ones the `readings` profile stores from MQTT: a gateway message is one row of
 `rssi_percent` (+ `uptime_ms`), a temperature message one row of `temperature` (+ `uptime_ms`).
@@ -51,7 +51,7 @@ from fieldhub.protocol.profiles import READINGS
 from fieldhub.store.base import Store, StoreError, TimeRow
 
 # One page of readings when the client names no `limit`. The Flask app sent everything (9.6 MB
-# for 79k rows, NOTES.md); its clients know no paging, so the default must still cover what they
+# for 79k rows); its clients know no paging, so the default must still cover what they
 # ask for in practice: a gateway publishes every 30 s, 2,880 rows a day, so a day's range comes
 # whole. Larger pages cost the server memory and the client a long parse for little gain.
 DEFAULT_READINGS_PAGE = 5_000

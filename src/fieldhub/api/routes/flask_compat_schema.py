@@ -40,7 +40,7 @@ DATE_HELP = (
 def parse_flask_time(text: str) -> int:
     """A date as the Flask stack's clients send it, or ISO 8601, in epoch microseconds.
 
-    A partial seed-format date is the first instant of the period it names; a date without a
+    A partial Flask-format date is the first instant of the period it names; a date without a
     zone is UTC (the Flask container's clock). ValueError with a message for the caller.
     """
     stripped = text.strip()
@@ -79,7 +79,8 @@ def json_number(value: float) -> int | float:
 def _number(value: Any) -> Any:
     """A JSON number or a numeric string (the Flask app ran int()/float() on what it got).
 
-    Booleans are refused: JSON `true` is not a reading (NOTES.md trap 18).
+    Booleans are refused: JSON `true` is not a reading, though Python (and pydantic's lax mode)
+    would take it for 1 (docs/field-notes.md, "Python libraries").
     """
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
