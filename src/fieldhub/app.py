@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
 from fieldhub.api.routes import (
+    command_states,
     commands,
     dead_letters,
     devices,
@@ -60,6 +61,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         health,
         devices,
         commands,
+        command_states,
         dead_letters,
         ingest,
         system,
