@@ -24,6 +24,7 @@ from fieldhub.broker import MosquittoProcess
 from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.sim.native import NativeDevice
 from fieldhub.status import SystemStatus
+from fieldhub.web import pages
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import connected_publisher, now_ms, publish_all
 
@@ -482,7 +483,14 @@ def test_dashboard_pages_render(fh: FieldhubProcess, mosquitto: MosquittoProcess
         assert is_html(response), path
     assert device_id in fh.get(f"/devices/{device_id}").text
     assert device_id in fh.get("/dead-letters", device=device_id).text
-    assert fh.get("/static/app.js").status_code == 200
+    # The dashboard's ES modules (static/*.js, one per page and the ones they share): each is
+    # served, and the pages' import map gives each its versioned URL (templates/base.html).
+    modules = sorted(path.name for path in (pages.HERE / "static").glob("*.js"))
+    assert {"fleet.js", "device.js", "dead_letters.js", "system.js"} <= set(modules)
+    html = fh.get("/").text
+    for name in modules:
+        assert fh.get(f"/static/{name}").status_code == 200, name
+        assert f'"/static/{name}": "/static/{name}?v={__version__}"' in html, name
 
 
 def test_dashboard_page_errors(fh: FieldhubProcess) -> None:

@@ -1,1 +1,2 @@
-"""The dashboard: Jinja2 templates, one ES module, vendored pinned front-end libraries."""
+"""The dashboard: Jinja2 templates, plain ES modules (one per page, and the ones they share),
+vendored pinned front-end libraries."""
