@@ -85,9 +85,10 @@ export function addPoint(c, view, ts, value) {
   }
 }
 
-// A preset range that follows now moves its start up to now - range and drops what fell out.
+// A preset range that follows now moves its start up to now - range and drops what fell out. A
+// custom range keeps its start, whether or not its end follows now.
 export function slide(c, view, now) {
-  if (view.endUs !== null) return;
+  if (view.endUs !== null || !(view.range in RANGES)) return;
   view.startUs = now - RANGES[view.range] * US;
   while (c.x.length && c.x[0] < view.startUs - view.intervalUs) { c.x.shift(); c.y.shift(); c.n.shift(); }
 }
