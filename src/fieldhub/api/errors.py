@@ -1,4 +1,8 @@
-"""API errors: one small tree with machine-readable codes, one handler mapping it to JSON."""
+"""API errors: one small tree with machine-readable codes, one handler mapping it to JSON.
+
+The domain raises `fieldhub.errors` (Invalid, NotFound, Conflict...), which know nothing of HTTP;
+`DOMAIN_STATUS` below is the one place that says which status each kind answers with.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fieldhub import errors as domain
 from fieldhub.store.base import StoreError
 
 
@@ -72,6 +77,34 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+# Each kind of domain error and the HTTP status it answers with; a subclass answers as its nearest
+# listed base, and a kind not listed as 500 (a bug: every kind a caller can act on is here).
+DOMAIN_STATUS: dict[type[domain.FieldhubError], int] = {
+    domain.Invalid: 422,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.TooLarge: 413,
+    domain.Overloaded: 429,
+    domain.Unavailable: 503,
+}
+
+
+def domain_status(exc: domain.FieldhubError) -> int:
+    """The HTTP status for a domain error (`DOMAIN_STATUS`, by its nearest listed kind)."""
+    for kind in type(exc).__mro__:
+        status = DOMAIN_STATUS.get(kind)
+        if status is not None:
+            return status
+    return 500
+
+
+def domain_headers(exc: domain.FieldhubError) -> dict[str, str] | None:
+    """Headers a domain error adds: `Retry-After` (whole seconds) for Overloaded."""
+    if isinstance(exc, domain.Overloaded):
+        return {"Retry-After": str(exc.retry_after_s)}
+    return None
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Not found"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
@@ -96,6 +129,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return _json(exc.status, exc.code, exc.message, headers=exc.headers)
 
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, domain.FieldhubError)
+        return _json(domain_status(exc), exc.code, exc.message, headers=domain_headers(exc))
+
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details = [
@@ -117,6 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(503, "store_unavailable", f"the database is not answering: {exc}")
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(domain.FieldhubError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)
