@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, ApiError, ErrorResponse, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse, NotFound
 from fieldhub.api.params import parse_time
 from fieldhub.api.routes.devices import device_or_404
 from fieldhub.api.routing import AllMethodsRoute
-from fieldhub.commands.service import CommandRefused, NewCommand
+from fieldhub.commands.service import NewCommand
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.schemas import (
     CommandPublic,
@@ -56,11 +56,6 @@ class CommandRequest(BaseModel):
     id: CommandId | None = Field(default=None, description="Idempotency key; default a UUID")
 
 
-def _refused(exc: CommandRefused) -> ApiError:
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-    return ApiError(exc.message, code=exc.code, status=exc.status, headers=headers)
-
-
 @router.post(
     "/{device_id}/commands",
     response_model=CommandPublic,
@@ -89,10 +84,8 @@ async def send_command(
         expires_us=parse_time("expires_at", expires),
         command_id=body.id,
     )
-    try:
-        row, created = await commands.submit(device, request)
-    except CommandRefused as exc:
-        raise _refused(exc) from None
+    # Refusals are domain errors (fieldhub.errors); api/errors.py gives each its status.
+    row, created = await commands.submit(device, request)
     if not created:
         response.status_code = 200
     if wait_s <= 0:
@@ -152,10 +145,7 @@ async def cancel_command(
 ) -> CommandPublic:
     """Cancel a command not yet handed to the broker; 409 once it was."""
     await device_or_404(store, device_id, now)
-    try:
-        await commands.cancel(device_id, command_id)
-    except CommandRefused as exc:
-        raise _refused(exc) from None
+    await commands.cancel(device_id, command_id)
     row = await store.get_command(device_id, command_id)
     if row is None:  # pragma: no cover - cancelled a moment ago
         raise NotFound(f"device {device_id!r} has no command {command_id!r}")

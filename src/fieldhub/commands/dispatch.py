@@ -1,0 +1,153 @@
+"""Dispatch: handing pending commands to the broker and hearing that it took them.
+
+It owns the commands' MQTT connection (TCP_NODELAY and a bounded in-flight window come with
+`MqttPublisher`). A device's pending commands go out, oldest first, when it is heard from (or the
+connection comes back); the broker's PUBACK moves a command to `sent`. A publish the broker never
+acknowledged is handed out again when the device is next heard from: the device drops a repeated
+id, so a second copy does no harm.
+
+The MQTT callbacks run on the client's network thread and hop onto the event loop; everything
+else runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import Future
+
+from fieldhub.clock import US_PER_S, Clock
+from fieldhub.commands.active import ActiveCommands, CommandKey
+from fieldhub.commands.formats import Outgoing
+from fieldhub.commands.tasks import Tasks
+from fieldhub.commands.tracking import CommandDeadlines, CommandTracker
+from fieldhub.mqtt.client import MqttPublisher
+from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.protocol.command_states import CommandState
+from fieldhub.store.base import CommandOutcome, Store
+
+# A publish the broker has not acknowledged after this long (the connection dropped under it)
+# is handed out again when the device is next heard from; the device drops a repeated id.
+PUBLISH_ACK_TIMEOUT_S = 10.0
+
+
+class Dispatcher:
+    """Publishes pending commands and follows the broker's acknowledgements."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        active: ActiveCommands,
+        deadlines: CommandDeadlines,
+        tracker: CommandTracker,
+        tasks: Tasks,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        protocol: int,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._active = active
+        self._deadlines = deadlines
+        self._tracker = tracker
+        self._publisher = MqttPublisher(
+            endpoint=endpoint,
+            client_id=client_id,
+            protocol=protocol,
+            on_subscribed=self._on_broker,
+        )
+        self._tasks = tasks
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while the commands' MQTT connection is up."""
+        return self._publisher.connected
+
+    def start(self) -> None:
+        """Connect (in the background) on behalf of the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._publisher.start()
+
+    async def stop(self) -> None:
+        """Disconnect; commands not yet acknowledged stay pending in the store."""
+        await asyncio.to_thread(self._publisher.stop)
+
+    def dispatch(self, device_id: str) -> None:
+        """Hand the device's pending commands to the broker, oldest first."""
+        if not self._publisher.connected:
+            return  # _on_broker sends them once connected
+        now = self._clock.now_us()
+        for active in self._active.of_device(device_id):
+            row = active.row
+            if row.state is not CommandState.PENDING or active.publishing:
+                continue
+            key = (device_id, row.command_id)
+            if row.expires_us is not None and row.expires_us <= now:
+                # Its expiry deadline may have come while a publish was in flight and skipped it.
+                self._deadlines.schedule(key, "expire", now)
+                continue
+            topic_id = active.fmt.topic_id_of(row.topic)
+            payload = active.fmt.encode(Outgoing(row.command_id, row.name, row.params, topic_id))
+            active.publishing = True
+            active.published_us = now
+            future = self._publisher.publish(row.topic, payload, qos=1)
+            self._deadlines.schedule(key, "publish", now + int(PUBLISH_ACK_TIMEOUT_S * US_PER_S))
+            future.add_done_callback(functools.partial(self._puback_done, key, now))
+
+    def dispatch_soon(self, device_id: str) -> None:
+        """Look up whether the device is online, and dispatch to it if so (in a task)."""
+        self._tasks.spawn(
+            self._dispatch_if_online(device_id), name=f"commands.publish[{device_id}]"
+        )
+
+    def publish_timed_out(self, key: CommandKey) -> None:
+        """The `publish` deadline came: no PUBACK, so the command may go out again."""
+        active = self._active.get(key)
+        if active is not None and active.publishing and active.row.state is CommandState.PENDING:
+            active.publishing = False
+            self.dispatch_soon(key[0])
+
+    async def _dispatch_if_online(self, device_id: str) -> None:
+        device = await self._store.get_device(device_id, now_us=self._clock.now_us())
+        if device is not None and device.presence == "online":
+            self.dispatch(device_id)
+
+    def _on_broker(self, up: bool) -> None:
+        # Network thread: the connection is (re)established and subscribed, or lost.
+        if up and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._dispatch_all)
+
+    def _dispatch_all(self) -> None:
+        for device_id in self._active.devices():
+            self.dispatch_soon(device_id)
+
+    def _puback_done(self, key: CommandKey, published_us: int, future: Future[None]) -> None:
+        # Network thread (or at once, if the publish failed): hop onto the loop.
+        delivered = future.exception() is None
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(
+                self._on_puback, key, published_us, delivered, self._clock.now_us()
+            )
+
+    def _on_puback(
+        self, key: CommandKey, published_us: int, delivered: bool, acked_us: int
+    ) -> None:
+        active = self._active.get(key)
+        if active is None or active.published_us != published_us:
+            return
+        if not delivered:
+            active.publishing = False  # sent again when the device is next heard from
+            self._deadlines.cancel(key, "publish")
+            expires_us = active.row.expires_us
+            if expires_us is not None and expires_us <= acked_us:
+                self._deadlines.schedule(key, "expire", acked_us)
+            return
+        self._tracker.transition_soon(
+            key,
+            CommandState.SENT,
+            CommandOutcome("the broker accepted it for the device"),
+            at_us=acked_us,
+        )
