@@ -75,7 +75,7 @@ from fieldhub.ingest.pipeline import BATCH_MAX_MESSAGES
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.store import Store, WriteBatch, open_store
-from fieldhub.store.base import SeriesPoint
+from fieldhub.store.types import SeriesPoint
 
 # --- the goal -----------------------------------------------------------------------------------
 

@@ -130,7 +130,7 @@ def up(
     port = _choose_port(settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port")
     from fieldhub.broker.errors import BrokerError
     from fieldhub.server import serve
-    from fieldhub.store.base import StoreError
+    from fieldhub.store.types import StoreError
 
     try:
         asyncio.run(serve(settings, http_port=port, mqtt_port=embedded_port, demo=demo))
@@ -523,8 +523,8 @@ def migrate(
     Exit status: 0 copied and verified; 1 failed (rolled back) or the verification found a
     difference; 2 refused, nothing written (wrong URLs, a target that holds data).
     """
-    from fieldhub.store.base import StoreError
     from fieldhub.store.migrate import MigrationRefused, migrate_sqlite_to_postgres, safe_url
+    from fieldhub.store.types import StoreError
 
     typer.echo(f"migrating {source} -> {safe_url(target)}")
     with contextlib.ExitStack() as stack:
@@ -600,7 +600,7 @@ def ingest(
             "--db postgresql://user@host:port/database"
         )
     from fieldhub.ingest.workers import WorkerSupervisor, retire_sessions, worker_main
-    from fieldhub.store.base import StoreError
+    from fieldhub.store.types import StoreError
 
     if worker_index is not None:
         try:

@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
-from fieldhub.store.base import StoreError
 from fieldhub.store.open import sqlite_path
-from fieldhub.store.retention import TIERS, RetentionPolicy, Rule, Selector, Tier
+from fieldhub.store.retention import RetentionPolicy, Rule
+from fieldhub.store.types import TIERS, Selector, StoreError, Tier
 
 # Preferred ports when none is given; when taken (another broker or app), a free one is chosen
 # and printed rather than failing, because `fieldhub up` must just work on a busy machine.

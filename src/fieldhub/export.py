@@ -26,8 +26,9 @@ from typing import Literal
 import orjson
 
 from fieldhub.protocol.timestamps import US_PER_S
-from fieldhub.store.base import Aggregate, Store
+from fieldhub.store.base import Store
 from fieldhub.store.rollups import ROLLUP_TABLES
+from fieldhub.store.types import Aggregate
 
 ExportFormat = Literal["csv", "jsonl"]
 Layout = Literal["wide", "long"]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import AttributeValue
 from fieldhub.protocol.timestamps import format_us
-from fieldhub.store.base import (
+from fieldhub.store.types import (
     CommandRow,
     CommandTransition,
     DeadLetterRow,

@@ -8,7 +8,7 @@ import inspect
 from prometheus_client import CollectorRegistry
 
 from fieldhub.events import Committed, EventBus, Subscription
-from fieldhub.store.base import DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import DeadLetter, PresenceChange, WriteBatch, WriteResult
 from support.store_rows import T0, msg
 
 

@@ -32,7 +32,7 @@ from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.store import Store, open_store
-from fieldhub.store.base import PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import PresenceChange, WriteBatch, WriteResult
 from support.mqtt import count_rows
 
 LOW = FLUSH_LINGER_LOW_RATE_MS / 1000

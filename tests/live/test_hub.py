@@ -31,7 +31,7 @@ from fieldhub.live.subscriptions import Subscribe
 from fieldhub.protocol.messages import Decoded, Presence
 from fieldhub.protocol.payload import payload_preview
 from fieldhub.store import open_store
-from fieldhub.store.base import DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import DeadLetter, PresenceChange, WriteBatch, WriteResult
 from support.store_rows import T0, msg
 
 MAC = "A4:CF:12:B3:C4:D5"

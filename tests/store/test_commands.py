@@ -11,7 +11,7 @@ import pytest
 from fieldhub.protocol.command_states import FINAL, TRANSITIONS, CommandState, allowed, sources
 from fieldhub.protocol.messages import CommandReply
 from fieldhub.store import Store, WriteBatch
-from fieldhub.store.base import CommandOutcome, CommandRow
+from fieldhub.store.types import CommandOutcome, CommandRow
 from support.store_rows import T0, S, msg
 
 Reopen = Callable[[Store], Awaitable[Store]]

@@ -9,7 +9,7 @@ import pytest
 
 from fieldhub.protocol.messages import Decoded, Presence
 from fieldhub.store import DeviceRow, Store, WriteBatch
-from fieldhub.store.base import PresenceState
+from fieldhub.store.types import PresenceState
 from support.store_rows import T0, S, msg
 
 

@@ -27,8 +27,7 @@ from fieldhub.export import (
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.store import SeriesPoint, Store, WriteBatch
-from fieldhub.store.base import AGGREGATES, Aggregate
-from fieldhub.store.retention import Selector
+from fieldhub.store.types import AGGREGATES, Aggregate, Selector
 
 T0 = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z: 20 s into a minute
 S = 1_000_000

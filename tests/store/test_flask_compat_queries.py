@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fieldhub.store import Store, WriteBatch
-from fieldhub.store.base import TimeRow
+from fieldhub.store.types import TimeRow
 from support.store_rows import T0, S, msg
 
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from fieldhub.store import Store, WriteBatch
-from fieldhub.store.base import AGGREGATES, Aggregate, SeriesPoint
 from fieldhub.store.rollups import HOUR_US, MINUTE_US, plan_series
+from fieldhub.store.types import AGGREGATES, Aggregate, SeriesPoint
 from support.store_rows import T0, S, msg
 
 # An hour boundary, so ranges below are aligned or ragged on purpose.

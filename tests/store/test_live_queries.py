@@ -7,7 +7,7 @@ import pytest
 
 from fieldhub.protocol.messages import Presence
 from fieldhub.store import DeadLetter, Store, WriteBatch
-from fieldhub.store.base import MetricSummary, PresenceEvent
+from fieldhub.store.types import MetricSummary, PresenceEvent
 from support.store_rows import T0, S, msg
 
 # The silences the `store` fixture (tests/store/conftest.py) configures per profile.

@@ -22,7 +22,6 @@ import pytest_asyncio
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import CommandReply, Decoded
 from fieldhub.store import DeadLetter, Store, StoreError, WriteBatch, open_store
-from fieldhub.store.base import CommandOutcome, CommandRow
 from fieldhub.store.migrate import (
     TABLES,
     MigrationRefused,
@@ -32,6 +31,7 @@ from fieldhub.store.migrate import (
     check_urls,
     migrate_sqlite_to_postgres,
 )
+from fieldhub.store.types import CommandOutcome, CommandRow
 from support.fieldhub_process import FIELDHUB
 from support.postgres import PostgresServer
 from support.store_rows import T0, S, msg

@@ -10,9 +10,11 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub.config import RetentionRuleSetting
 from fieldhub.store import Store, WriteBatch
-from fieldhub.store.postgres import PostgresStore, month_start_us, partition_month
-from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule, Selector
+from fieldhub.store.postgres import PostgresStore
+from fieldhub.store.postgres_partitions import month_start_us, partition_month
+from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule
 from fieldhub.store.rollups import HOUR_US
+from fieldhub.store.types import Selector
 from support.store_rows import S, msg
 
 NOW = 1_790_000_000 * S - (1_790_000_000 * S) % HOUR_US  # "now", on an hour boundary

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from fieldhub.store import Store, WriteBatch, open_store
-from fieldhub.store.base import AGGREGATES, Aggregate
 from fieldhub.store.rollups import HOUR_US, MINUTE_US, plan_series
+from fieldhub.store.types import AGGREGATES, Aggregate
 from support.store_rows import T0, S, msg
 
 # A start on an hour boundary, so the test picks aligned and unaligned ranges on purpose.

@@ -10,7 +10,7 @@ import pytest
 
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.store import SeriesPoint, Store, WriteBatch
-from fieldhub.store.base import AGGREGATES, Aggregate
+from fieldhub.store.types import AGGREGATES, Aggregate
 
 T0 = 1_700_000_000_000_000
 S = 1_000_000

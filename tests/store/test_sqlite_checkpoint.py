@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fieldhub.store.base import WriteBatch
 from fieldhub.store.sqlite import WAL_AUTOCHECKPOINT_PAGES, SqliteStore
+from fieldhub.store.types import WriteBatch
 from support.store_rows import T0, S, msg
 from support.waiting import wait_until
 

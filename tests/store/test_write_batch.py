@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from fieldhub.protocol.messages import Decoded
 from fieldhub.store import ReadingRow, Store, WriteBatch, WriteResult
-from fieldhub.store.base import PresenceChange
+from fieldhub.store.types import PresenceChange
 from support.store_rows import T0, S, msg
 
 Reopen = Callable[[Store], Awaitable[Store]]

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fieldhub import errors as domain
-from fieldhub.store.base import StoreError
+from fieldhub.store.types import StoreError
 
 
 class ErrorBody(BaseModel):

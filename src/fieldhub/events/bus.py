@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub.protocol.messages import Decoded
-from fieldhub.store.base import CommandRow, DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import CommandRow, DeadLetter, PresenceChange, WriteBatch, WriteResult
 
 # Events (= committed batches) a subscriber may hold before its oldest are dropped. A batch is
 # committed every 5-100 ms, so this is seconds of backlog: enough to ride out a GC pause or a

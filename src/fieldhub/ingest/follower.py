@@ -17,7 +17,8 @@ the store knew at start, for the live device list. A device whose first message 
 
 from __future__ import annotations
 
-from fieldhub.store.base import PresenceChange, Store, WriteBatch, WriteResult
+from fieldhub.store.base import Store
+from fieldhub.store.types import PresenceChange, WriteBatch, WriteResult
 
 # Devices listed per query when loading what the store knows at start.
 PAGE = 1000

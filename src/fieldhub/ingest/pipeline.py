@@ -32,7 +32,8 @@ from fieldhub.protocol.messages import (
     Rejected,
     RejectReason,
 )
-from fieldhub.store.base import DeadLetter, Store, WriteBatch, WriteResult
+from fieldhub.store.base import Store
+from fieldhub.store.types import DeadLetter, WriteBatch, WriteResult
 
 log = logging.getLogger("fieldhub.ingest")
 

@@ -2,7 +2,8 @@
 
 Viewers with equal subscriptions share a `Group`: one filter pass, one coalescer and one encoded
 frame per batch, then a cheap append per viewer. Each viewer has a bounded outbox drained by its
-own sender task (api/routes/live.py), so one slow socket costs only itself (NOTES.md trap 10).
+own sender task (api/routes/live.py), so one slow socket costs only itself and never stalls the
+others (docs/field-notes.md, "Python libraries").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fieldhub.live.coalesce import SeriesCoalescer, Update
 from fieldhub.live.subscriptions import LiveFilter
 from fieldhub.protocol.payload import payload_preview
 from fieldhub.schemas import CommandPublic, CommandTransitionPublic
-from fieldhub.store.base import DeadLetter
+from fieldhub.store.types import DeadLetter
 
 log = logging.getLogger("fieldhub.live")
 

@@ -1,18 +1,18 @@
 """Storage: one interface (`base.Store`), one implementation per database engine."""
 
-from fieldhub.store.base import (
+from fieldhub.store.base import Store
+from fieldhub.store.open import open_store
+from fieldhub.store.types import (
     DeadLetter,
     DeadLetterRow,
     DeviceRow,
     MetricSummary,
     ReadingRow,
     SeriesPoint,
-    Store,
     StoreError,
     WriteBatch,
     WriteResult,
 )
-from fieldhub.store.open import open_store
 
 __all__ = [
     "DeadLetter",

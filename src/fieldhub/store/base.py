@@ -1,7 +1,7 @@
-"""The storage interface every engine implements, and the rows it speaks.
+"""The storage interface: what ingest, the API, commands and retention ask of a database.
 
-Times are integer epoch microseconds everywhere in the store: exact, cheap to index, and the same
-in SQLite and PostgreSQL. The API formats them as ISO 8601.
+`core.SqlStore` implements it once for every SQL engine; `sqlite.py` and `postgres.py` add only
+how they connect and run statements. The rows it speaks are in `types.py`.
 """
 
 from __future__ import annotations
@@ -9,207 +9,32 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
 
 from fieldhub.protocol.command_states import CommandState
-
-if TYPE_CHECKING:
-    from fieldhub.store.retention import Selector, Tier
-    from fieldhub.store.rollups import Part, Partial
-from fieldhub.protocol.messages import AttributeValue, CommandReply, Decoded
-
-PresenceState = Literal["online", "offline", "stale", "unknown"]
-Aggregate = Literal["avg", "min", "max", "sum", "count", "first", "last"]
-AGGREGATES: tuple[Aggregate, ...] = ("avg", "min", "max", "sum", "count", "first", "last")
-
-
-class StoreError(RuntimeError):
-    """The database refused or failed an operation; the message says what to check."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message, kept with its raw bytes so nothing is silently dropped."""
-
-    topic: str
-    payload: bytes
-    reason: str
-    detail: str
-    received_us: int
-    device_id: str | None = None
-    profile: str | None = None
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """Everything one ingest batch stores, committed in one transaction.
-
-    `retained_digests` records, per topic, the digest of the last payload stored from a topic whose
-    devices publish retained, so a re-delivery after a reconnect is recognised and not stored again.
-    """
-
-    decoded: list[Decoded] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    retained_digests: dict[str, bytes] = field(default_factory=dict)
-    command_replies: list[CommandReply] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.decoded) + len(self.dead_letters) + len(self.command_replies)
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChange:
-    """A device's presence changed in a committed batch."""
-
-    device_id: str
-    state: Literal["online", "offline"]
-    at_us: int
-
-
-@dataclass(slots=True)
-class WriteResult:
-    """What a committed batch did."""
-
-    readings_written: int = 0
-    readings_duplicate: int = 0
-    dead_letters: int = 0
-    new_devices: list[str] = field(default_factory=list)
-    presence_changes: list[PresenceChange] = field(default_factory=list)
-    # Commands the batch's replies ended (each row as it now is, with its new history entries).
-    command_transitions: list[CommandRow] = field(default_factory=list)
-    # Replies that matched no command still waiting for one (already final, or unknown ids).
-    late_replies: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class CommandTransition:
-    """One stored step of a command's life."""
-
-    state: CommandState
-    at_us: int
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class CommandRow:
-    """A command as stored. `history` holds its transitions, oldest first, when asked for
-    (a store write returns the entries it added)."""
-
-    device_id: str
-    command_id: str
-    name: str
-    params: dict[str, object]
-    format: str
-    topic: str
-    state: CommandState
-    created_us: int
-    updated_us: int
-    timeout_s: float
-    expires_us: int | None
-    sent_us: int | None = None
-    finished_us: int | None = None
-    result: object = None
-    error: str | None = None
-    decided_by: str | None = None
-    history: tuple[CommandTransition, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    """What a transition stores besides the new state (for end states)."""
-
-    detail: str
-    decided_by: str | None = None
-    result: object = None
-    error: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRow:
-    """A registered device as the API shows it."""
-
-    device_id: str
-    profile: str
-    first_seen_us: int
-    last_seen_us: int
-    presence: PresenceState
-    presence_changed_us: int | None
-    attributes: dict[str, AttributeValue]
-    stale_after_s: int
-    # How to command the device (fieldhub/commands/formats.py) and its id as its topics spell it;
-    # None until a message said (the profile's default then applies).
-    command_format: str | None = None
-    topic_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MetricSummary:
-    """One metric of a device with its latest value."""
-
-    name: str
-    last_ts_us: int
-    last_value: float
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceEvent:
-    """A stored presence change."""
-
-    ts_us: int
-    state: Literal["online", "offline"]
-
-
-@dataclass(frozen=True, slots=True)
-class ReadingRow:
-    """One stored reading."""
-
-    metric: str
-    ts_us: int
-    value: float
-    received_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesPoint:
-    """One aggregated bucket: its start time, the aggregate and how many readings it covers."""
-
-    ts_us: int
-    value: float
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class TimeRow:
-    """The readings of one device that share one time: what one message said, as a row.
-
-    `values` always holds the row's primary metric; other asked-for metrics appear only when the
-    device stored them at exactly the same time (the same message: receive times are unique per
-    message). The Flask stack's API serves its readings this way, one row per message.
-    """
-
-    ts_us: int
-    received_us: int
-    values: dict[str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    """A stored dead letter."""
-
-    id: int
-    received_us: int
-    topic: str
-    reason: str
-    detail: str
-    payload: bytes
-    size: int
-    device_id: str | None
-    profile: str | None
+from fieldhub.store.rollups import Part, Partial, combine, plan_series
+from fieldhub.store.types import (
+    Aggregate,
+    CommandOutcome,
+    CommandRow,
+    DeadLetterRow,
+    DeviceRow,
+    MetricSummary,
+    PresenceEvent,
+    PresenceState,
+    ReadingRow,
+    Selector,
+    SeriesPoint,
+    Tier,
+    TimeRow,
+    WriteBatch,
+    WriteResult,
+)
 
 
 class Store(abc.ABC):
-    """The storage interface. Writes come from one writer (ingest); reads from anywhere."""
+    """The storage interface. Every method may be called from any task of the event loop; writes
+    are serialised by the engine (SQLite's one writer thread, PostgreSQL's transactions), and
+    several processes may write one PostgreSQL database at once (ingest workers)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -345,8 +170,6 @@ class Store(abc.ABC):
         interval_us: int,
         agg: Aggregate,
     ) -> list[SeriesPoint]:
-        from fieldhub.store.rollups import combine, plan_series
-
         # The parts (up to five: raw and minute edges, hours between) are independent queries:
         # run together, they overlap on the engine's side (SQLite's reader threads release the
         # GIL inside a query; PostgreSQL runs each on its own backend), and a fleet-wide series,

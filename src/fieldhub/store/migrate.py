@@ -36,15 +36,15 @@ from typing import Protocol
 import asyncpg
 
 from fieldhub import clock
-from fieldhub.store.base import StoreError
 from fieldhub.store.open import open_store, sqlite_path
-from fieldhub.store.postgres import (
+from fieldhub.store.postgres_partitions import (
     PARTITION_MONTHS_AHEAD,
     month_index,
     month_start_us,
     partition_ddl,
 )
 from fieldhub.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
+from fieldhub.store.types import StoreError
 
 # Rows read from SQLite at a time: large enough that per-chunk costs vanish, small enough that a
 # chunk of readings (~100 bytes a row in Python) stays a few MB.

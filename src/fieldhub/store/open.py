@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from fieldhub.store.base import Store, StoreError
+from fieldhub.store.base import Store
+from fieldhub.store.types import StoreError
 
 
 def sqlite_path(url: str) -> Path:

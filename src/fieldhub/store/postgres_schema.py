@@ -1,10 +1,10 @@
 """PostgreSQL schema as numbered migrations (the same versioned migrator as SQLite's).
 
-The readings table is partitioned by time (`ts`, epoch microseconds) into months: a query over
-a window touches only its months, and retention drops whole partitions instead of deleting rows
-(NOTES.md trap 9: BRIN on `ts` is useless when rows arrive out of time order; partitions plus a
-b-tree on (device, metric, ts) are not). Partitions are created ahead by the store
-(`ensure_partitions`); a default partition takes whatever falls outside them (years-old
+The readings table is partitioned by time (`ts`, epoch microseconds) into months: a query over a
+window touches only its months, and retention drops whole partitions instead of deleting rows
+(docs/field-notes.md, "SQLite and PostgreSQL": BRIN on `ts` is useless when rows arrive out of time
+order; partitions plus a b-tree on (device, metric, ts) are not). Partitions are created ahead by
+the store (`ensure_partitions`); a default partition takes whatever falls outside them (years-old
 backfill, a clock far in the future) so no write ever fails for want of one.
 """
 

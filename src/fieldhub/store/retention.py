@@ -15,39 +15,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub import clock
 from fieldhub.store.base import Store
+from fieldhub.store.types import TIERS, Selector, Tier
 
 log = logging.getLogger("fieldhub.retention")
 
-Tier = Literal["raw", "minute", "hour"]
-TIERS: tuple[Tier, ...] = ("raw", "minute", "hour")
 US_PER_DAY = 86_400 * 1_000_000
 # The disk-budget warning fires from this share of the budget on, before it is hit.
 BUDGET_WARN_FRACTION = 0.9
 FIRST_RUN_DELAY_S = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Selector:
-    """Which series a rule covers: a device, a metric, both, or (neither) every series."""
-
-    device: str | None = None
-    metric: str | None = None
-
-    @property
-    def specificity(self) -> int:
-        return (2 if self.device is not None else 0) + (1 if self.metric is not None else 0)
-
-    def overlaps(self, other: Selector) -> bool:
-        """True when some series matches both."""
-        return (self.device is None or other.device is None or self.device == other.device) and (
-            self.metric is None or other.metric is None or self.metric == other.metric
-        )
 
 
 @dataclass(frozen=True, slots=True)

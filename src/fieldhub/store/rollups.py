@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fieldhub.store.base import Aggregate, SeriesPoint
+from fieldhub.store.types import Aggregate, SeriesPoint
 
 MINUTE_US = 60 * 1_000_000
 HOUR_US = 60 * MINUTE_US
@@ -68,7 +68,7 @@ class Partial:
         return self.first if agg == "first" else self.last
 
 
-def rollup_rows(inserted: Iterable[tuple[int, int, int, float]], size_us: int) -> list[RollupRow]:
+def rollup_rows(inserted: Iterable[Sequence[Any]], size_us: int) -> list[RollupRow]:
     """Aggregate inserted readings (device_id, metric_id, ts, value) into buckets of `size_us`."""
     buckets: dict[tuple[int, int, int], Partial] = {}
     for device_pk, metric_pk, ts, value in inserted:

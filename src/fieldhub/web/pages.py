@@ -25,7 +25,7 @@ from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.payload import payload_preview
 from fieldhub.protocol.timestamps import format_us
-from fieldhub.store.base import PresenceState
+from fieldhub.store.types import PresenceState
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")

@@ -30,7 +30,8 @@ from fieldhub.schemas import (
     SeriesPointPublic,
     SeriesPublic,
 )
-from fieldhub.store.base import Aggregate, DeviceRow, PresenceState, Store
+from fieldhub.store.base import Store
+from fieldhub.store.types import Aggregate, DeviceRow, PresenceState
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
 

@@ -27,7 +27,7 @@ from fieldhub.export import (
 )
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.timestamps import US_PER_S
-from fieldhub.store.base import Aggregate
+from fieldhub.store.types import Aggregate
 
 router = APIRouter(prefix="/api/v1/export", tags=["export"])
 

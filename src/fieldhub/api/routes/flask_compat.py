@@ -48,7 +48,8 @@ from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import Decoded, Rejected, RejectReason
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
 from fieldhub.protocol.profiles import READINGS
-from fieldhub.store.base import Store, StoreError, TimeRow
+from fieldhub.store.base import Store
+from fieldhub.store.types import StoreError, TimeRow
 
 # One page of readings when the client names no `limit`. The Flask app sent everything (9.6 MB
 # for 79k rows); its clients know no paging, so the default must still cover what they

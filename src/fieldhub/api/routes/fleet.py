@@ -21,7 +21,7 @@ from fieldhub.api.routes.export import MAX_LIST_CHARS
 from fieldhub.api.routes.export import _device_ids as parse_device_ids
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.schemas import SeriesPointPublic, Time
-from fieldhub.store.base import Aggregate
+from fieldhub.store.types import Aggregate
 
 router = APIRouter(prefix="/api/v1/series", tags=["series"], responses=ERROR_RESPONSES)
 

@@ -7,7 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fieldhub.api.deps import IngestDep, RegistryDep, StatusDep, StoreDep
 from fieldhub.schemas import Health
-from fieldhub.store.base import StoreError
+from fieldhub.store.types import StoreError
 
 router = APIRouter(tags=["system"])
 

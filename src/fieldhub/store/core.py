@@ -1,0 +1,319 @@
+"""One store core for every SQL engine: `Store` implemented once, as scripts (ops.py) that an
+engine runs.
+
+An engine subclass says how it connects and how it runs a script: `_read` (on a reader, no
+transaction needed) and `_write` (in one transaction, on the writer). Everything a store does
+with rows (the batch plan, device filters, series parts, commands, retention sweeps,
+migrations) is written here and in the modules it calls, once. A new table is one schema entry
+per engine (`sqlite_schema.py`, `postgres_schema.py`) and its scripts here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+from fieldhub.protocol.command_states import CommandState
+from fieldhub.store import command_rows, reads, writes
+from fieldhub.store.base import Store
+from fieldhub.store.dialect import Dialect, Params
+from fieldhub.store.ops import Count, Query, Script
+from fieldhub.store.plan import WriterCaches
+from fieldhub.store.retention import delete_sql
+from fieldhub.store.rollups import Part, Partial
+from fieldhub.store.types import (
+    Aggregate,
+    CommandOutcome,
+    CommandRow,
+    DeadLetterRow,
+    DeviceRow,
+    MetricSummary,
+    PresenceEvent,
+    PresenceState,
+    ReadingRow,
+    Selector,
+    StoreError,
+    Tier,
+    TimeRow,
+    WriteBatch,
+    WriteResult,
+)
+
+T = TypeVar("T")
+
+
+class SqlStore(Store):
+    """`Store` over an engine that runs scripts (see the module docstring)."""
+
+    dialect: Dialect
+
+    def __init__(self, *, stale_after_s: Mapping[str, int]) -> None:
+        self._stale_after_s = dict(stale_after_s)
+        self._caches = WriterCaches()
+
+    # -- what an engine provides ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _read(self, script: Script[T]) -> T:
+        """Run a read-only script."""
+
+    @abc.abstractmethod
+    async def _write(self, script: Script[T]) -> T:
+        """Run a script in one transaction on the writer: all of it commits, or none."""
+
+    async def _read_series(self, script: Script[T]) -> T:
+        """Run one part of a series query (an engine may bound how many run at once)."""
+        return await self._read(script)
+
+    async def _drop_before(self, tier: Tier, cutoff_us: int) -> int:
+        """Engine-level retention before the DELETE of the tier's default rule (PostgreSQL
+        drops whole partitions); returns the rows it removed."""
+        return 0
+
+    # -- lifecycle helpers engines call --------------------------------------------------------
+
+    async def _migrate(self, migrations: Sequence[writes.Migration], where: str) -> None:
+        while await self._write(writes.migrate_step(self.dialect, migrations, where)) is not None:
+            pass
+
+    async def _load_caches(self) -> None:
+        self._caches = await self._read(writes.load_caches())
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """Store a batch in one transaction (see `Store.write_batch`)."""
+        try:
+            result, delta = await self._write(
+                writes.write_batch(self.dialect, batch, self._caches, self._stale_after_s)
+            )
+        except StoreError as exc:
+            raise StoreError(f"writing a batch of {len(batch)} messages failed: {exc}") from exc
+        # The caches follow only what committed.
+        self._caches.apply(delta)
+        return result
+
+    async def retained_digests(self) -> dict[str, bytes]:
+        """Topic -> digest of the last stored payload on retained-publishing topics."""
+        return await self._read(reads.retained_digests())
+
+    # -- devices -------------------------------------------------------------------------------
+
+    async def list_devices(
+        self,
+        *,
+        profile: str | None,
+        presence: PresenceState | None,
+        search: str | None,
+        limit: int,
+        after: str | None,
+        now_us: int,
+    ) -> list[DeviceRow]:
+        """Devices ordered by id (see `Store.list_devices`)."""
+        return await self._read(
+            reads.list_devices(
+                self.dialect,
+                profile=profile,
+                presence=presence,
+                search=search,
+                limit=limit,
+                after=after,
+                now_us=now_us,
+            )
+        )
+
+    async def count_devices(
+        self,
+        *,
+        profile: str | None,
+        presence: PresenceState | None,
+        search: str | None,
+        now_us: int,
+    ) -> int:
+        """How many devices match (see `Store.count_devices`)."""
+        return await self._read(
+            reads.count_devices(
+                self.dialect, profile=profile, presence=presence, search=search, now_us=now_us
+            )
+        )
+
+    async def get_device(self, device_id: str, *, now_us: int) -> DeviceRow | None:
+        """One device by canonical id."""
+        return await self._read(reads.get_device(self.dialect, device_id, now_us))
+
+    async def device_metrics(self, device_id: str) -> list[MetricSummary]:
+        """Metrics of a device with their latest values, by name."""
+        return (await self.latest_values([device_id]))[device_id]
+
+    async def latest_values(self, device_ids: Sequence[str]) -> dict[str, list[MetricSummary]]:
+        """Latest value of every metric of several devices, in one query."""
+        return await self._read(reads.latest_values(self.dialect, list(device_ids)))
+
+    async def presence_history(
+        self, device_id: str, *, start_us: int, end_us: int, limit: int
+    ) -> list[PresenceEvent]:
+        """Presence changes in the window, with the state it opens in (see the interface)."""
+        return await self._read(
+            reads.presence_history(
+                self.dialect, device_id, start_us=start_us, end_us=end_us, limit=limit
+            )
+        )
+
+    # -- readings ------------------------------------------------------------------------------
+
+    async def query_readings(
+        self,
+        device_id: str,
+        *,
+        metrics: Sequence[str] | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+        after: tuple[str, int] | None,
+        descending: bool,
+    ) -> list[ReadingRow]:
+        """Raw readings ordered by metric name, then time (see `Store.query_readings`)."""
+        return await self._read(
+            reads.query_readings(
+                self.dialect,
+                device_id,
+                metrics=metrics,
+                start_us=start_us,
+                end_us=end_us,
+                limit=limit,
+                after=after,
+                descending=descending,
+            )
+        )
+
+    async def series_partials(
+        self,
+        device_ids: Sequence[str] | None,
+        metric: str,
+        part: Part,
+        interval_us: int,
+        *,
+        agg: Aggregate,
+    ) -> list[tuple[int, Partial]]:
+        """One part of a series query over a set of devices, from raw readings or a rollup."""
+        return await self._read_series(
+            reads.series_partials(self.dialect, device_ids, metric, part, interval_us, agg=agg)
+        )
+
+    async def query_time_rows(
+        self,
+        device_id: str,
+        metric: str,
+        *,
+        with_metrics: Sequence[str],
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+        before_us: int | None,
+    ) -> list[TimeRow]:
+        """Rows of `metric` newest first, other metrics joined at the same time."""
+        return await self._read(
+            reads.query_time_rows(
+                self.dialect,
+                device_id,
+                metric,
+                with_metrics=with_metrics,
+                start_us=start_us,
+                end_us=end_us,
+                limit=limit,
+                before_us=before_us,
+            )
+        )
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def list_dead_letters(
+        self,
+        *,
+        limit: int,
+        before_id: int | None,
+        reason: str | None,
+        device_id: str | None,
+    ) -> list[DeadLetterRow]:
+        """Dead letters, newest first."""
+        return await self._read(
+            reads.list_dead_letters(
+                self.dialect, limit=limit, before_id=before_id, reason=reason, device_id=device_id
+            )
+        )
+
+    async def count_dead_letters(self, *, since_us: int) -> int:
+        """Dead letters received since `since_us`."""
+        return await self._read(reads.count_dead_letters(self.dialect, since_us))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    async def insert_command(self, command: CommandRow, detail: str) -> CommandRow | None:
+        """Store a new pending command (see `Store.insert_command`)."""
+        return await self._write(command_rows.insert(self.dialect, command, detail))
+
+    async def transition_command(
+        self,
+        device_id: str,
+        command_id: str,
+        target: CommandState,
+        at_us: int,
+        outcome: CommandOutcome,
+    ) -> CommandRow | None:
+        """Move a command on if the transition table allows it (see `Store.transition_command`)."""
+        return await self._write(
+            command_rows.transition_by_uid(
+                self.dialect, device_id, command_id, target, at_us, outcome
+            )
+        )
+
+    async def get_command(self, device_id: str, command_id: str) -> CommandRow | None:
+        """One command with its history."""
+        return await self._read(command_rows.get(self.dialect, device_id, command_id))
+
+    async def list_commands(
+        self,
+        device_id: str,
+        *,
+        state: CommandState | None,
+        limit: int,
+        before: tuple[int, str] | None,
+    ) -> list[CommandRow]:
+        """A device's commands, newest first."""
+        return await self._read(command_rows.page(self.dialect, device_id, state, limit, before))
+
+    async def active_commands(self) -> list[CommandRow]:
+        """Commands not yet final, oldest first."""
+        return await self._read(command_rows.active(self.dialect))
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def delete_older(
+        self,
+        tier: Tier,
+        cutoff_us: int,
+        *,
+        selector: Selector,
+        keep: Sequence[Selector],
+    ) -> int:
+        """One retention sweep (see `Store.delete_older`)."""
+        dropped = 0
+        if selector == Selector() and not keep:
+            dropped = await self._drop_before(tier, cutoff_us)
+        p = Params(self.dialect)
+        sql = delete_sql(tier, cutoff_us, selector, keep, p)
+        return dropped + await self._write(_count_deleted(sql, p.values))
+
+    async def ping(self) -> None:
+        """A trivial query on a reader."""
+        await self._read(_ping())
+
+
+def _count_deleted(sql: str, args: Sequence[object]) -> Script[int]:
+    ((deleted,),) = yield Count(sql, args)
+    return int(deleted)
+
+
+def _ping() -> Script[None]:
+    yield Query("SELECT 1")

@@ -1,0 +1,226 @@
+"""The store's vocabulary: the rows it speaks, the batches it writes, and the small literal types
+(aggregates, presence states, retention tiers, series selectors).
+
+A leaf: it imports nothing else from the store, so the interface, the shared core, the engines,
+rollups and retention all build on it without importing one another in circles. Times are integer
+epoch microseconds everywhere in the store: exact, cheap to index, and the same in SQLite and
+PostgreSQL; the API formats them as ISO 8601.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fieldhub.protocol.command_states import CommandState
+from fieldhub.protocol.messages import AttributeValue, CommandReply, Decoded
+
+PresenceState = Literal["online", "offline", "stale", "unknown"]
+Aggregate = Literal["avg", "min", "max", "sum", "count", "first", "last"]
+AGGREGATES: tuple[Aggregate, ...] = ("avg", "min", "max", "sum", "count", "first", "last")
+
+
+class StoreError(RuntimeError):
+    """The database refused or failed an operation; the message says what to check."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected message, kept with its raw bytes so nothing is silently dropped."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+    received_us: int
+    device_id: str | None = None
+    profile: str | None = None
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one ingest batch stores, committed in one transaction.
+
+    `retained_digests` records, per topic, the digest of the last payload stored from a topic whose
+    devices publish retained, so a re-delivery after a reconnect is recognised and not stored again.
+    """
+
+    decoded: list[Decoded] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    retained_digests: dict[str, bytes] = field(default_factory=dict)
+    command_replies: list[CommandReply] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.decoded) + len(self.dead_letters) + len(self.command_replies)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A device's presence changed in a committed batch."""
+
+    device_id: str
+    state: Literal["online", "offline"]
+    at_us: int
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a committed batch did."""
+
+    readings_written: int = 0
+    readings_duplicate: int = 0
+    dead_letters: int = 0
+    new_devices: list[str] = field(default_factory=list)
+    presence_changes: list[PresenceChange] = field(default_factory=list)
+    # Commands the batch's replies ended (each row as it now is, with its new history entries).
+    command_transitions: list[CommandRow] = field(default_factory=list)
+    # Replies that matched no command still waiting for one (already final, or unknown ids).
+    late_replies: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTransition:
+    """One stored step of a command's life."""
+
+    state: CommandState
+    at_us: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRow:
+    """A command as stored. `history` holds its transitions, oldest first, when asked for
+    (a store write returns the entries it added)."""
+
+    device_id: str
+    command_id: str
+    name: str
+    params: dict[str, object]
+    format: str
+    topic: str
+    state: CommandState
+    created_us: int
+    updated_us: int
+    timeout_s: float
+    expires_us: int | None
+    sent_us: int | None = None
+    finished_us: int | None = None
+    result: object = None
+    error: str | None = None
+    decided_by: str | None = None
+    history: tuple[CommandTransition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """What a transition stores besides the new state (for end states)."""
+
+    detail: str
+    decided_by: str | None = None
+    result: object = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A registered device as the API shows it."""
+
+    device_id: str
+    profile: str
+    first_seen_us: int
+    last_seen_us: int
+    presence: PresenceState
+    presence_changed_us: int | None
+    attributes: dict[str, AttributeValue]
+    stale_after_s: int
+    # How to command the device (fieldhub/commands/formats.py) and its id as its topics spell it;
+    # None until a message said (the profile's default then applies).
+    command_format: str | None = None
+    topic_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSummary:
+    """One metric of a device with its latest value."""
+
+    name: str
+    last_ts_us: int
+    last_value: float
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A stored presence change."""
+
+    ts_us: int
+    state: Literal["online", "offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    """One stored reading."""
+
+    metric: str
+    ts_us: int
+    value: float
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    """One aggregated bucket: its start time, the aggregate and how many readings it covers."""
+
+    ts_us: int
+    value: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRow:
+    """The readings of one device that share one time: what one message said, as a row.
+
+    `values` always holds the row's primary metric; other asked-for metrics appear only when the
+    device stored them at exactly the same time (the same message: receive times are unique per
+    message). The Flask stack's API serves its readings this way, one row per message.
+    """
+
+    ts_us: int
+    received_us: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A stored dead letter."""
+
+    id: int
+    received_us: int
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    size: int
+    device_id: str | None
+    profile: str | None
+
+
+Tier = Literal["raw", "minute", "hour"]
+TIERS: tuple[Tier, ...] = ("raw", "minute", "hour")
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which series a rule covers: a device, a metric, both, or (neither) every series."""
+
+    device: str | None = None
+    metric: str | None = None
+
+    @property
+    def specificity(self) -> int:
+        return (2 if self.device is not None else 0) + (1 if self.metric is not None else 0)
+
+    def overlaps(self, other: Selector) -> bool:
+        """True when some series matches both."""
+        return (self.device is None or other.device is None or self.device == other.device) and (
+            self.metric is None or other.metric is None or self.metric == other.metric
+        )

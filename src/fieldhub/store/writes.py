@@ -1,0 +1,251 @@
+"""The store's write scripts, written once for every engine (see ops.py): a batch, the
+schema migrations, and the writer's caches. An engine runs each inside one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from fieldhub import clock
+from fieldhub.store import command_rows
+from fieldhub.store.dialect import Dialect, Params
+from fieldhub.store.ops import Bulk, Many, Query, Script, Statements
+from fieldhub.store.plan import (
+    CacheDelta,
+    WriterCaches,
+    dead_letter_rows,
+    new_keys,
+    plan_rows,
+    reply_transition,
+)
+from fieldhub.store.rollups import ROLLUP_TABLES, rollup_rows, upsert_sql
+from fieldhub.store.types import StoreError, WriteBatch, WriteResult
+
+# PostgreSQL types of the bulk-written columns (SQLite ignores them).
+READING_TYPES = ("bigint", "int", "bigint", "float8", "bigint")
+ROLLUP_TYPES = (
+    "bigint",
+    "int",
+    "bigint",
+    "bigint",
+    "float8",
+    "float8",
+    "float8",
+    "bigint",
+    "float8",
+    "bigint",
+    "float8",
+)
+
+
+def _lookup_devices(
+    d: Dialect, uids: Sequence[str], device_ids: dict[str, int], presence: dict[int, str]
+) -> Script[None]:
+    p = Params(d)
+    sql = f"SELECT id, uid, presence FROM devices WHERE {p.array('uid', uids, 'text')}"
+    for row in (yield Query(sql, p.values)):
+        device_ids[row[1]] = row[0]
+        presence[row[0]] = row[2]
+
+
+def write_batch(
+    d: Dialect, batch: WriteBatch, caches: WriterCaches, stale_after_s: Mapping[str, int]
+) -> Script[tuple[WriteResult, CacheDelta]]:
+    """Store `batch` (see `Store.write_batch`); returns what it did and what the caches learn.
+
+    Devices and metrics are created with ON CONFLICT and then read back, so two writers meeting
+    a new device at once (ingest workers) both end up with its one id, and only the one that
+    created it reports it new.
+    """
+    result = WriteResult()
+    delta = CacheDelta()
+    keys = new_keys(batch, caches, stale_after_s)
+    device_ids: dict[str, int] = caches.devices
+    stored_presence: dict[int, str] = {}
+    if keys.devices or keys.lookup:
+        device_ids = dict(caches.devices)
+    if keys.devices:
+        uids = list(keys.devices)
+        created = yield Bulk(
+            "INSERT INTO devices (uid, profile, first_seen_us, last_seen_us, stale_after_s) ",
+            " ON CONFLICT (uid) DO NOTHING RETURNING uid",
+            ("text", "text", "bigint", "bigint", "int"),
+            [(u, *keys.devices[u][:2], keys.devices[u][1], keys.devices[u][2]) for u in uids],
+        )
+        mine = {row[0] for row in created}
+        result.new_devices = [u for u in uids if u in mine]
+        yield from _lookup_devices(d, uids, device_ids, stored_presence)
+    if keys.lookup:
+        yield from _lookup_devices(d, keys.lookup, device_ids, stored_presence)
+    metric_ids: dict[str, int] = caches.metrics
+    if keys.metrics:
+        metric_ids = dict(caches.metrics)
+        yield Bulk(
+            "INSERT INTO metrics (name) ",
+            " ON CONFLICT (name) DO NOTHING",
+            ("text",),
+            [(name,) for name in keys.metrics],
+        )
+        p = Params(d)
+        sql = f"SELECT id, name FROM metrics WHERE {p.array('name', keys.metrics, 'text')}"
+        for row in (yield Query(sql, p.values)):
+            metric_ids[row[1]] = row[0]
+    with_presence = sorted(
+        {device_ids[item.device_id] for item in batch.decoded if item.presence is not None}
+    )
+    if with_presence:
+        # Another writer may have changed it since this one last looked: compare with the
+        # database (rows locked until commit where writers run concurrently), not with memory.
+        p = Params(d)
+        sql = (
+            f"SELECT id, presence FROM devices WHERE {p.array('id', with_presence, 'bigint')}"
+            f"{d.lock_rows('devices')}"
+        )
+        for row in (yield Query(sql, p.values)):
+            stored_presence[row[0]] = row[1]
+    plan = plan_rows(batch, device_ids, metric_ids, stored_presence, caches)
+    if plan.readings:
+        # RETURNING gives only the rows inserted, not the duplicates: what the rollups add.
+        inserted = yield Bulk(
+            "INSERT INTO readings (device_id, metric_id, ts, value, received_at) ",
+            " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
+            READING_TYPES,
+            plan.readings,
+        )
+        result.readings_written = len(inserted)
+        result.readings_duplicate = len(plan.readings) - result.readings_written
+        for size_us, table in ROLLUP_TABLES:
+            rollups = rollup_rows(inserted, size_us)
+            if rollups:
+                head, tail = upsert_sql(table, d.least, d.greatest)
+                yield Bulk(head, tail, ROLLUP_TYPES, rollups)
+    if plan.new_series:
+        yield Bulk(
+            "INSERT INTO device_metrics (device_id, metric_id) ",
+            " ON CONFLICT DO NOTHING",
+            ("bigint", "int"),
+            sorted(plan.new_series),
+        )
+    if plan.last_seen:
+        yield Bulk(
+            "WITH v(id, ts) AS (",
+            f") UPDATE devices SET last_seen_us = {d.greatest}(devices.last_seen_us, v.ts) "
+            "FROM v WHERE devices.id = v.id",
+            ("bigint", "bigint"),
+            list(plan.last_seen.items()),
+        )
+    m = d.mark
+    if plan.attributes:
+        yield Many(
+            f"UPDATE devices SET attributes = {d.json_merge('attributes', m(1))} WHERE id = {m(2)}",
+            [(d.json_param(attrs), pk) for pk, attrs in plan.attributes.items()],
+        )
+    if plan.presence_events:
+        yield Many(
+            f"INSERT INTO presence_events (device_id, ts, state) VALUES ({m(1)}, {m(2)}, {m(3)}) "
+            "ON CONFLICT (device_id, ts) DO UPDATE SET state = excluded.state",
+            plan.presence_events,
+        )
+        yield Many(
+            f"UPDATE devices SET presence = {m(1)}, presence_changed_us = {m(2)} WHERE id = {m(3)}",
+            [(state, ts, pk) for pk, ts, state in plan.presence_events],
+        )
+    if batch.dead_letters:
+        yield Many(
+            "INSERT INTO dead_letters "
+            "(received_at, topic, reason, detail, payload, size, device_uid, profile) "
+            f"VALUES ({', '.join(m(i) for i in range(1, 9))})",
+            dead_letter_rows(batch.dead_letters),
+        )
+        result.dead_letters = len(batch.dead_letters)
+    if batch.retained_digests:
+        yield Many(
+            f"INSERT INTO retained_digests (topic, digest) VALUES ({m(1)}, {m(2)}) "
+            "ON CONFLICT (topic) DO UPDATE SET digest = excluded.digest",
+            list(batch.retained_digests.items()),
+        )
+    if plan.formats:
+        yield Many(
+            f"UPDATE devices SET command_format = {m(1)}, topic_id = {m(2)} WHERE id = {m(3)}",
+            [(fmt, topic_id, pk) for pk, (fmt, topic_id) in plan.formats.items()],
+        )
+    for reply in batch.command_replies:
+        device_pk = device_ids.get(reply.device_id)
+        target, outcome = reply_transition(reply)
+        ended = (
+            None
+            if device_pk is None
+            else (
+                yield from command_rows.transition(
+                    d, device_pk, reply.command_id, target, reply.received_us, outcome
+                )
+            )
+        )
+        if ended is None:
+            result.late_replies += 1
+        else:
+            result.command_transitions.append(ended)
+    result.presence_changes = plan.presence_changes
+    if device_ids is not caches.devices:
+        delta.devices = {u: device_ids[u] for u in (*keys.devices, *keys.lookup) if u in device_ids}
+    if metric_ids is not caches.metrics:
+        delta.metrics = {name: metric_ids[name] for name in keys.metrics}
+    delta.presence = {**stored_presence, **plan.presence}
+    delta.series = plan.new_series
+    delta.formats = plan.formats
+    return result, delta
+
+
+Migration = tuple[int, str, str]
+
+
+def migrate_step(d: Dialect, migrations: Sequence[Migration], where: str) -> Script[int | None]:
+    """Apply the first migration not yet recorded in schema_migrations; returns its version,
+    or None when the schema is up to date. One transaction per migration (the caller loops):
+    a migration that fails leaves neither its tables nor its version behind, and the ones
+    before it stay applied. Refuses a database whose schema is newer than this fieldhub knows.
+    """
+    if d.lock_migrations is not None:
+        # Other processes starting against the same database wait here, then see it applied.
+        yield Query(d.lock_migrations)
+    yield Query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "description TEXT NOT NULL, applied_us BIGINT NOT NULL)"
+    )
+    done = {row[0] for row in (yield Query("SELECT version FROM schema_migrations"))}
+    known = max(version for version, _, _ in migrations)
+    if max(done, default=0) > known:
+        raise StoreError(
+            f"{where} has schema version {max(done)}, newer than this fieldhub knows ({known}); "
+            "upgrade fieldhub"
+        )
+    pending = [m for m in migrations if m[0] not in done]
+    if not pending:
+        return None
+    version, description, sql = pending[0]
+    try:
+        yield Statements(sql)
+    except StoreError as exc:
+        raise StoreError(f"migration {version} ({description}) failed: {exc}") from exc
+    m = d.mark
+    yield Query(
+        f"INSERT INTO schema_migrations VALUES ({m(1)}, {m(2)}, {m(3)})",
+        (version, description, clock.now_us()),
+    )
+    return version
+
+
+def load_caches() -> Script[WriterCaches]:
+    """The writer's caches as the database holds them now."""
+    caches = WriterCaches()
+    for pk, uid, presence, fmt, topic_id in (
+        yield Query("SELECT id, uid, presence, command_format, topic_id FROM devices")
+    ):
+        caches.devices[uid] = pk
+        caches.presence[pk] = presence
+        caches.formats[pk] = (fmt, topic_id)
+    caches.metrics = {name: pk for pk, name in (yield Query("SELECT id, name FROM metrics"))}
+    caches.series = {
+        (row[0], row[1]) for row in (yield Query("SELECT device_id, metric_id FROM device_metrics"))
+    }
+    return caches
