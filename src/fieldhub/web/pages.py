@@ -1,4 +1,4 @@
-"""The dashboard's pages: server-rendered with Jinja2, kept live by static/app.js.
+"""The dashboard's pages: server-rendered with Jinja2, kept live by the ES modules in static/.
 
 Each page renders complete from the store (a reload never loses anything), then the ES module
 subscribes to `/api/v1/live` and patches the page in place. No build step, no Node at runtime.
@@ -39,7 +39,7 @@ DAY_US = 86_400 * 1_000_000
 def format_value(value: float) -> str:
     """A reading as the dashboard shows it: at most two decimals, no trailing zeros.
 
-    static/app.js formats live values the same way (`formatValue`); keep them in step.
+    static/format.js formats live values the same way (`formatValue`); keep them in step.
     """
     if not math.isfinite(value):
         return str(value)
