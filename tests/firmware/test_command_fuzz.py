@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fieldhub_node.config import validate
@@ -34,7 +34,12 @@ def node() -> Node:
     return n
 
 
-@settings(max_examples=400)
+# A draw is up to 12 nested JSON commands: on a loaded 2-core machine generating one can take
+# longer than the health check allows (it failed a full suite run there once), which says
+# nothing about the handler. The examples and every assertion stay as they were.
+@settings(
+    max_examples=400, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(st.lists(payloads, max_size=12))
 def test_any_payload_is_acked_once_or_counted_as_rejected(messages: list[bytes]) -> None:
     """Never raises; each message gives one valid ack or one counted rejection; one run per id."""
