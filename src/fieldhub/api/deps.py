@@ -11,7 +11,8 @@ more time in those hops than in the device).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 from prometheus_client import CollectorRegistry
@@ -32,46 +33,15 @@ from fieldhub.status import StatusReporter
 from fieldhub.store.base import Store
 
 
-async def get_store(request: Request) -> Store:
-    """The platform's store."""
-    store: Store = request.app.state.store
-    return store
+def _part(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency answering the platform part `app.state.<name>`; the `Annotated` alias below
+    it declares the part's type."""
 
+    async def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-async def get_commands(request: Request) -> CommandService:
-    """The platform's command service."""
-    commands: CommandService = request.app.state.commands
-    return commands
-
-
-async def get_ingest(request: Request) -> Ingest:
-    """The platform's ingest pipeline (the HTTP ingest route submits to it)."""
-    ingest: Ingest = request.app.state.ingest
-    return ingest
-
-
-async def get_decoder(request: Request) -> MessageDecoder:
-    """The decoder of the enabled profiles."""
-    decoder: MessageDecoder = request.app.state.decoder
-    return decoder
-
-
-async def get_status(request: Request) -> StatusReporter:
-    """The platform's status reporter (health, `/api/v1/system`)."""
-    status: StatusReporter = request.app.state.status
-    return status
-
-
-async def get_live(request: Request) -> LiveHub:
-    """The live hub that serves `/api/v1/live`."""
-    live: LiveHub = request.app.state.live
-    return live
-
-
-async def get_registry(request: Request) -> CollectorRegistry:
-    """This process's Prometheus registry."""
-    registry: CollectorRegistry = request.app.state.registry
-    return registry
+    get.__name__ = f"get_{name}"
+    return get
 
 
 async def device_id_param(
@@ -96,12 +66,12 @@ async def now_us() -> int:
     return clock.now_us()
 
 
-StoreDep = Annotated[Store, Depends(get_store)]
-CommandsDep = Annotated[CommandService, Depends(get_commands)]
-IngestDep = Annotated[Ingest, Depends(get_ingest)]
-DecoderDep = Annotated[MessageDecoder, Depends(get_decoder)]
-StatusDep = Annotated[StatusReporter, Depends(get_status)]
-LiveDep = Annotated[LiveHub, Depends(get_live)]
-RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]
+StoreDep = Annotated[Store, Depends(_part("store"))]
+CommandsDep = Annotated[CommandService, Depends(_part("commands"))]
+IngestDep = Annotated[Ingest, Depends(_part("ingest"))]
+DecoderDep = Annotated[MessageDecoder, Depends(_part("decoder"))]
+StatusDep = Annotated[StatusReporter, Depends(_part("status"))]
+LiveDep = Annotated[LiveHub, Depends(_part("live"))]
+RegistryDep = Annotated[CollectorRegistry, Depends(_part("registry"))]
 DeviceIdDep = Annotated[str, Depends(device_id_param)]
 NowDep = Annotated[int, Depends(now_us)]
