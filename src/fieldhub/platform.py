@@ -19,7 +19,8 @@ from fieldhub.ingest.follower import Follower
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
-from fieldhub.mqtt.client import MqttEndpoint, MqttSubscriber, parse_mqtt_url
+from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
+from fieldhub.mqtt.subscriber import MqttSubscriber
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
 from fieldhub.status import StatusReporter

@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from conftest import MosquittoFactory
-from fieldhub.mqtt.client import AckToken, MqttSubscriber
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.subscriber import AckToken, MqttSubscriber
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.sim.native import NativeDevice
 from fieldhub.sim.payloads import epoch_ms

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from fieldhub.mqtt.client import MqttPublisher, Will
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher, Will
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import count_metric
 from support.rabbitmq import RabbitMQNode, RabbitMQUnavailable, in_ci

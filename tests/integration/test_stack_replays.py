@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt.client import MqttPublisher, Will
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher, Will
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from support.audio import sine, wav_bytes
 from support.fieldhub_process import FieldhubProcess, wait_until

@@ -1,4 +1,4 @@
-"""MQTT 5 -> 3.1.1 fallback of fieldhub's MQTT clients (fieldhub.mqtt.client._Client).
+"""MQTT 5 -> 3.1.1 fallback of fieldhub's MQTT clients (fieldhub.mqtt.paho_client._Client).
 
 The two ways a 3.1.1-only broker answers an MQTT 5 CONNECT are played by a scripted broker on a
 real loopback socket: RabbitMQ's MQTT plugin (before 3.13) closes the connection without a
@@ -19,8 +19,9 @@ from typing import Literal
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt.client import MqttPublisher, MqttSubscriber
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher
+from fieldhub.mqtt.subscriber import MqttSubscriber
 from support.waiting import wait_until
 
 Refusal = Literal["close", "connack"]

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from fieldhub.mqtt.client import MqttSubscriber
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.subscriber import MqttSubscriber
 
 
 def subscriber(slot: tuple[int, int]) -> MqttSubscriber:

@@ -15,8 +15,9 @@ import psutil  # type: ignore[import-untyped]  # stubs are not a test dependency
 import pytest
 
 from fieldhub.broker import MosquittoProcess
-from fieldhub.mqtt.client import AckToken, MqttPublisher, MqttSubscriber
 from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher
+from fieldhub.mqtt.subscriber import AckToken, MqttSubscriber
 from fieldhub.net import free_port
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.sim import (

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import orjson
 
-from fieldhub.mqtt.client import MqttPublisher
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher
 from support.fieldhub_process import FieldhubProcess
 from support.waiting import wait_until
 

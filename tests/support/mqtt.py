@@ -8,8 +8,8 @@ import uuid
 from concurrent.futures import Future, wait
 from pathlib import Path
 
-from fieldhub.mqtt.client import MqttPublisher
 from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.mqtt.publisher import MqttPublisher
 
 
 def connected_publisher(url: str, *, client_id: str | None = None) -> MqttPublisher:

@@ -31,7 +31,8 @@ from prometheus_client import CollectorRegistry
 from fieldhub.config import Settings
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
-from fieldhub.mqtt.client import AckToken, MqttSubscriber, end_session
+from fieldhub.mqtt.paho_client import end_session
+from fieldhub.mqtt.subscriber import AckToken, MqttSubscriber
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.messages import InboundMessage
 from fieldhub.protocol.profiles import select_profiles

@@ -47,8 +47,8 @@ from dataclasses import dataclass, replace
 
 import orjson
 
-from fieldhub.mqtt.client import Will
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import Will
 from fieldhub.sim.link import LinkedDevice, Periodic
 from fieldhub.sim.payloads import BoundedWalk, SensorModel, _check_mac
 from fieldhub.sim.readings import monotonic_ms

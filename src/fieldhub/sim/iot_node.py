@@ -36,8 +36,8 @@ from typing import Literal
 
 import orjson
 
-from fieldhub.mqtt.client import Will
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import Will
 from fieldhub.sim.link import LinkedDevice, Periodic
 from fieldhub.sim.payloads import SensorModel
 from fieldhub.sim.readings import monotonic_ms

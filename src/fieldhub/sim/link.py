@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from fieldhub.mqtt.client import MqttPublisher, Will
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import MqttPublisher, Will
 from fieldhub.sim.stats import PublishCounter
 
 # Arduino PubSubClient, the MQTT library of these sketches, speaks MQTT 3.1.1 (its MQTT_VERSION

@@ -33,8 +33,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any
 
-from fieldhub.mqtt.client import MqttPublisher, Will
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import MqttPublisher, Will
 from fieldhub.sim.payloads import (
     OFFLINE_PAYLOAD,
     NativeTelemetry,

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
-from fieldhub.mqtt.client import MqttPublisher
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import MqttPublisher
 from fieldhub.sim.payloads import (
     SensorModel,
     readings_gateway_payload,
