@@ -15,7 +15,7 @@ from fieldhub.commands.admission import Admission, CommandLimits, NewCommand
 from fieldhub.errors import Conflict, Invalid, Overloaded, TooLarge
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.store import DeviceRow, Store
-from fieldhub.store.base import CommandRow, CommandTransition
+from fieldhub.store.types import CommandRow, CommandTransition
 
 
 class FakeStore:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fieldhub.commands.formats import CommandFormat, Expectation
-from fieldhub.store.base import CommandRow, CommandTransition
+from fieldhub.store.types import CommandRow, CommandTransition
 
 CommandKey = tuple[str, str]  # (device id, command id)
 

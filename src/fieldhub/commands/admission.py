@@ -18,7 +18,8 @@ from fieldhub.commands.formats import FORMATS, CommandError, CommandFormat, Outg
 from fieldhub.commands.ratelimit import RateLimiter
 from fieldhub.errors import Conflict, FieldhubError, Invalid, Overloaded, TooLarge
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store.base import CommandRow, DeviceRow, Store
+from fieldhub.store.base import Store
+from fieldhub.store.types import CommandRow, DeviceRow
 
 # A full queue drains as its commands end (acks arrive within milliseconds to seconds), so a
 # client is told to look again shortly rather than after a whole command timeout.

@@ -24,7 +24,8 @@ from fieldhub.commands.tracking import CommandDeadlines, CommandTracker
 from fieldhub.mqtt.client import MqttPublisher
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store.base import CommandOutcome, Store
+from fieldhub.store.base import Store
+from fieldhub.store.types import CommandOutcome
 
 # A publish the broker has not acknowledged after this long (the connection dropped under it)
 # is handed out again when the device is next heard from; the device drops a repeated id.

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fieldhub.clock import US_PER_S
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store.base import CommandRow
+from fieldhub.store.types import CommandRow
 
 # From a few milliseconds (a device on the LAN answering an ack) to the default 10 s timeout and
 # the window-control stack's 30 s one, where an answer is decided by the next periodic report.

@@ -38,7 +38,8 @@ from fieldhub.commands.tracking import (
 from fieldhub.events.bus import EventBus
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store.base import CommandRow, DeviceRow, Store, WriteBatch, WriteResult
+from fieldhub.store.base import Store
+from fieldhub.store.types import CommandRow, DeviceRow, WriteBatch, WriteResult
 
 __all__ = [
     "RESTART_GRACE_S",

@@ -23,7 +23,8 @@ from fieldhub.errors import Conflict, NotFound
 from fieldhub.events.bus import CommandChanged, EventBus
 from fieldhub.protocol.command_states import FINAL, CommandState
 from fieldhub.protocol.messages import CommandReply, Decoded
-from fieldhub.store.base import CommandOutcome, CommandRow, Store
+from fieldhub.store.base import Store
+from fieldhub.store.types import CommandOutcome, CommandRow
 
 log = logging.getLogger("fieldhub.commands")
 
