@@ -21,8 +21,8 @@ from fieldhub.commands.active import ActiveCommands, CommandKey
 from fieldhub.commands.formats import Outgoing
 from fieldhub.commands.tasks import Tasks
 from fieldhub.commands.tracking import CommandDeadlines, CommandTracker
-from fieldhub.mqtt.client import MqttPublisher
 from fieldhub.mqtt.endpoint import MqttEndpoint
+from fieldhub.mqtt.publisher import MqttPublisher
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.base import Store
 from fieldhub.store.types import CommandOutcome
