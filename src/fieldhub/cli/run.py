@@ -1,0 +1,147 @@
+"""`fieldhub up` and `fieldhub ingest`: running the platform, whole or as ingest workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fieldhub.cli.common import configure_logging, fail, settings_from
+from fieldhub.config import PREFERRED_HTTP_PORT, PREFERRED_MQTT_PORT
+from fieldhub.net import free_port, port_is_free
+
+
+def _choose_port(explicit: int | None, preferred: int, what: str, flag: str) -> int:
+    if explicit is not None:
+        if not port_is_free("127.0.0.1", explicit):
+            raise fail(
+                f"{what} port {explicit} is already in use; pick another with {flag} or omit it"
+            )
+        return explicit
+    if port_is_free("127.0.0.1", preferred):
+        return preferred
+    chosen = free_port()
+    typer.echo(f"{what} port {preferred} is in use; using {chosen} instead ({flag} to choose)")
+    return chosen
+
+
+def up(
+    demo: Annotated[
+        bool, typer.Option(help="Also run simulated devices so there is data to see")
+    ] = False,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Database and broker state [FIELDHUB_DATA_DIR]")
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Database URL, e.g. sqlite:///data/fieldhub.db")
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="Use this external broker instead of the embedded one")
+    ] = None,
+    mqtt_port: Annotated[
+        int | None, typer.Option(help="Port of the embedded broker (default 1883 or free)")
+    ] = None,
+    http_host: Annotated[str | None, typer.Option(help="Address the HTTP API listens on")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (default 8000 or a free one)")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    ingest: Annotated[
+        bool | None,
+        typer.Option(
+            "--ingest/--no-ingest",
+            help="--no-ingest: API and dashboard only, beside `fieldhub ingest` workers that "
+            "store what the broker delivers (needs --mqtt-url and --db)",
+        ),
+    ] = None,
+) -> None:
+    """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API."""
+    settings = settings_from(
+        data_dir=data_dir,
+        db=db,
+        mqtt_url=mqtt_url,
+        mqtt_port=mqtt_port,
+        http_host=http_host,
+        http_port=http_port,
+        log_level=log_level,
+        ingest=ingest,
+    )
+    configure_logging(settings.log_level)
+    if not settings.ingest and (settings.mqtt_url is None or settings.db is None):
+        raise fail(
+            "--no-ingest serves what `fieldhub ingest` workers store: give it their broker "
+            "(--mqtt-url mqtt://host:port) and their database (--db postgresql://...)"
+        )
+    embedded_port = None
+    if settings.mqtt_url is None:
+        embedded_port = _choose_port(settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port")
+    port = _choose_port(settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port")
+    from fieldhub.broker.errors import BrokerError
+    from fieldhub.server import serve
+    from fieldhub.store.types import StoreError
+
+    try:
+        asyncio.run(serve(settings, http_port=port, mqtt_port=embedded_port, demo=demo))
+    except BrokerError as exc:
+        raise fail(str(exc), 1) from None
+    except StoreError as exc:
+        raise fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def ingest(
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes sharing one subscription")
+    ] = 1,
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (postgresql://... for several workers)")
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="The broker the workers share (required)")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    worker_index: Annotated[
+        int | None, typer.Option(hidden=True, help="Run as worker N (set by the supervisor)")
+    ] = None,
+) -> None:
+    """Run ingest only (no HTTP API): N workers on one MQTT shared subscription, one database.
+
+    The API then runs as its own process (`fieldhub up` against the same database and broker).
+    Workers that die are started again; their persistent sessions keep what they had not
+    stored. Scale-out shape and its limits: docs/scale-out.md.
+    """
+    settings = settings_from(db=db, mqtt_url=mqtt_url, log_level=log_level)
+    configure_logging(settings.log_level)
+    if settings.mqtt_url is None:
+        raise fail("fieldhub ingest needs the broker to share: --mqtt-url mqtt://host:port")
+    if workers > 1 and not settings.db_url.startswith(("postgresql:", "postgres:")):
+        raise fail(
+            "several workers need PostgreSQL (SQLite has one writer): "
+            "--db postgresql://user@host:port/database"
+        )
+    from fieldhub.ingest.workers import WorkerSupervisor, retire_sessions, worker_main
+    from fieldhub.store.types import StoreError
+
+    if worker_index is not None:
+        try:
+            worker_main(settings, worker_index, workers)
+        except StoreError as exc:
+            raise fail(str(exc), 1) from None
+        return
+    try:
+        for index, held in retire_sessions(settings, workers):
+            typer.echo(
+                f"fieldhub ingest: worker {index} of an earlier run with more workers: stored "
+                f"the {held:,} messages its session held and ended the session"
+            )
+    except (StoreError, OSError) as exc:
+        raise fail(f"could not check for sessions of an earlier run: {exc}", 1) from None
+    # Flags reach the workers as the variables Settings reads.
+    for name, value in (("DB", db), ("MQTT_URL", mqtt_url), ("LOG_LEVEL", log_level)):
+        if value is not None:
+            os.environ[f"FIELDHUB_{name}"] = value
+    raise typer.Exit(WorkerSupervisor(workers).run())

@@ -1,0 +1,134 @@
+"""What `fieldhub migrate` copies: every table of the schema with its columns, and the check that
+a schema holds exactly those (a column added by a later migration is never left behind)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fieldhub.store.types import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """One table copied as is: the same name and columns in both schemas."""
+
+    name: str
+    columns: tuple[str, ...]
+    order_by: str
+    # The id column whose sequence must continue after the copied ids (BIGSERIAL/SERIAL).
+    serial: str | None = None
+
+
+# In dependency order (devices and metrics before what refers to them). JSON columns (attributes,
+# params, result) are TEXT in SQLite and JSONB in PostgreSQL: asyncpg's default jsonb codec takes
+# the JSON text as is and PostgreSQL parses it, so no Python round trip.
+TABLES: tuple[Table, ...] = (
+    Table("metrics", ("id", "name"), "id", serial="id"),
+    Table(
+        "devices",
+        (
+            "id",
+            "uid",
+            "profile",
+            "first_seen_us",
+            "last_seen_us",
+            "presence",
+            "presence_changed_us",
+            "stale_after_s",
+            "attributes",
+            "command_format",
+            "topic_id",
+        ),
+        "id",
+        serial="id",
+    ),
+    Table("device_metrics", ("device_id", "metric_id"), "device_id, metric_id"),
+    Table(
+        "readings",
+        ("device_id", "metric_id", "ts", "value", "received_at"),
+        "device_id, metric_id, ts",
+    ),
+    Table("presence_events", ("device_id", "ts", "state"), "device_id, ts"),
+    Table(
+        "dead_letters",
+        (
+            "id",
+            "received_at",
+            "topic",
+            "reason",
+            "detail",
+            "payload",
+            "size",
+            "device_uid",
+            "profile",
+        ),
+        "id",
+        serial="id",
+    ),
+    Table("retained_digests", ("topic", "digest"), "topic"),
+    Table(
+        "commands",
+        (
+            "id",
+            "device_id",
+            "uid",
+            "name",
+            "params",
+            "format",
+            "topic",
+            "state",
+            "created_us",
+            "updated_us",
+            "timeout_s",
+            "expires_us",
+            "sent_us",
+            "finished_us",
+            "result",
+            "error",
+            "decided_by",
+        ),
+        "id",
+        serial="id",
+    ),
+    Table("command_history", ("command_id", "seq", "state", "at_us", "detail"), "command_id, seq"),
+    *(
+        Table(
+            name,
+            (
+                "device_id",
+                "metric_id",
+                "bucket",
+                "n",
+                "total",
+                "lo",
+                "hi",
+                "first_ts",
+                "first_value",
+                "last_ts",
+                "last_value",
+            ),
+            "device_id, metric_id, bucket",
+        )
+        for name in ("rollup_minute", "rollup_hour")
+    ),
+)
+# Tables of either schema that are not data to copy.
+NOT_COPIED = {"schema_migrations"}
+
+
+def check_known(engine: str, found: dict[str, set[str]]) -> None:
+    """StoreError unless a schema's tables and columns are exactly those TABLES copies: a table
+    or column added by a later migration must never be left behind silently."""
+    expected = {t.name: set(t.columns) for t in TABLES}
+    problems = [f"table {name} is not copied" for name in sorted(found.keys() - expected.keys())]
+    problems += [f"table {name} is missing" for name in sorted(expected.keys() - found.keys())]
+    for name in sorted(found.keys() & expected.keys()):
+        problems += [
+            f"column {name}.{c} is not copied" for c in sorted(found[name] - expected[name])
+        ]
+        problems += [f"column {name}.{c} is missing" for c in sorted(expected[name] - found[name])]
+    if problems:
+        raise StoreError(
+            f"the {engine} schema does not match what fieldhub migrate copies "
+            f"({'; '.join(problems)}): a fieldhub bug, nothing was written; please report it"
+        )
