@@ -164,11 +164,6 @@ def test_messages_without_readings_write_no_rows() -> None:
     assert (out.readings, out.new_series) == ([], set())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: plan.py sorts whole rows, so same-key readings of one batch are ordered by value "
-    "and ON CONFLICT DO NOTHING keeps the smaller value, not the first message's",
-)
 def test_same_key_readings_keep_batch_order() -> None:
     """Two messages of one batch with the same (device, metric, ts): the first one's row leads,
     so the database (ON CONFLICT DO NOTHING) keeps the first value."""

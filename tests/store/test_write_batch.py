@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from fieldhub.protocol.messages import Decoded
 from fieldhub.store import ReadingRow, Store, WriteBatch, WriteResult
 from fieldhub.store.types import PresenceChange
@@ -128,17 +130,21 @@ async def test_duplicate_reading_keeps_first_value(store: Store) -> None:
     assert await latest(store) == {"temp": (T0 + 1, 3.0)}
 
 
-async def test_duplicate_within_one_batch_keeps_first_value(store: Store) -> None:
-    """Two messages of one batch with the same reading store the first; latest agrees."""
+@pytest.mark.parametrize(("first", "second"), [(1.0, 2.0), (2.0, 1.0)])
+async def test_duplicate_within_one_batch_keeps_first_value(
+    store: Store, first: float, second: float
+) -> None:
+    """Two messages of one batch with the same reading store the first, whichever value is
+    smaller; latest agrees."""
     result = await write(
         store,
-        msg("dev-1", T0, [("temp", T0, 1.0)]),
-        msg("dev-1", T0 + 1, [("temp", T0, 2.0)]),
+        msg("dev-1", T0, [("temp", T0, first)]),
+        msg("dev-1", T0 + 1, [("temp", T0, second)]),
     )
 
     assert (result.readings_written, result.readings_duplicate) == (1, 1)
-    assert await all_readings(store) == [ReadingRow("temp", T0, 1.0, T0)]
-    assert await latest(store) == {"temp": (T0, 1.0)}
+    assert await all_readings(store) == [ReadingRow("temp", T0, first, T0)]
+    assert await latest(store) == {"temp": (T0, first)}
 
 
 async def test_same_metric_of_other_device_is_not_a_duplicate(store: Store) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from fieldhub.protocol.command_states import CommandState
@@ -24,8 +25,9 @@ DEAD_LETTER_MAX_BYTES = 64 * 1024
 # A device's silence before it shows `stale`, for profiles the store was given no value for.
 DEFAULT_STALE_AFTER_S = 120
 
-# (device_id, metric_id, ts, value, received_at): a readings row.
+# (device_id, metric_id, ts, value, received_at): a readings row; its key is the first three.
 ReadingKeyRow = tuple[int, int, int, float, int]
+READING_KEY = itemgetter(0, 1, 2)
 # (command_format, topic_id) of a device: how it is commanded and its id as its topics spell it.
 Format = tuple[str | None, str | None]
 
@@ -144,7 +146,10 @@ def plan_rows(
                 out.presence_events.append((device_pk, received, item.presence))
                 out.presence_changes.append(PresenceChange(item.device_id, item.presence, received))
     # Key order walks the readings B-tree once instead of jumping between leaves for each row.
-    rows.sort()
+    # By the key only, and stable: of two readings with one key in a batch, the first message's
+    # stays first and is the one ON CONFLICT DO NOTHING keeps (a whole-row sort put the smaller
+    # value first). Costs ~0.3 ms per 5,000 rows over a whole-row sort.
+    rows.sort(key=READING_KEY)
     return out
 
 
