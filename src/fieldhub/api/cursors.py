@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from fieldhub.api.errors import InvalidParameter
+from fieldhub.errors import Invalid
 
 
 def encode_cursor(*parts: Any) -> str:
@@ -30,7 +30,5 @@ def decode_cursor(cursor: str, *types: type) -> list[Any]:
             isinstance(p, t) and not isinstance(p, bool) for p, t in zip(parts, types, strict=True)
         )
     ):
-        raise InvalidParameter(
-            "cursor is not valid: pass next_cursor from a previous page unchanged"
-        )
+        raise Invalid("cursor is not valid: pass next_cursor from a previous page unchanged")
     return parts

@@ -18,8 +18,8 @@ from fastapi import Depends, Path, Request
 from prometheus_client import CollectorRegistry
 
 from fieldhub import clock
-from fieldhub.api.errors import InvalidParameter
 from fieldhub.commands.service import CommandService
+from fieldhub.errors import Invalid
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
 from fieldhub.protocol.decode import MessageDecoder
@@ -58,7 +58,7 @@ async def device_id_param(
     try:
         return canonical_device_id(device_id)
     except InvalidDeviceId as exc:
-        raise InvalidParameter(str(exc)) from None
+        raise Invalid(str(exc)) from None
 
 
 async def now_us() -> int:

@@ -33,50 +33,6 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class ApiError(Exception):
-    """An error the API reports to the caller."""
-
-    status = 400
-    code = "bad_request"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        status: int | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-
-
-class NotFound(ApiError):
-    """The resource does not exist."""
-
-    status = 404
-    code = "not_found"
-
-
-class InvalidParameter(ApiError):
-    """A parameter is well-formed for the schema but wrong for the request (bad range...)."""
-
-    status = 422
-    code = "invalid_parameter"
-
-
-class PayloadTooLarge(ApiError):
-    """The request body is over the limit."""
-
-    status = 413
-    code = "payload_too_large"
-
-
 # Each kind of domain error and the HTTP status it answers with; a subclass answers as its nearest
 # listed base, and a kind not listed as 500 (a bug: every kind a caller can act on is here).
 DOMAIN_STATUS: dict[type[domain.FieldhubError], int] = {
@@ -125,10 +81,6 @@ def _json(
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as `{"error": {"code", "message"}}` with a fitting status."""
 
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return _json(exc.status, exc.code, exc.message, headers=exc.headers)
-
     async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, domain.FieldhubError)
         return _json(domain_status(exc), exc.code, exc.message, headers=domain_headers(exc))
@@ -153,7 +105,6 @@ def install_error_handlers(app: FastAPI) -> None:
     async def store_error(request: Request, exc: Exception) -> JSONResponse:
         return _json(503, "store_unavailable", f"the database is not answering: {exc}")
 
-    app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(domain.FieldhubError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Query
 
-from fieldhub.api.errors import InvalidParameter
+from fieldhub.errors import Invalid
 from fieldhub.protocol.timestamps import US_PER_S, parse_time_param
 
 # A series request may ask for at most this many buckets: enough for a 4K-wide chart, few
@@ -57,7 +57,7 @@ def parse_time(name: str, value: str | None) -> int | None:
     try:
         return parse_time_param(value)
     except ValueError as exc:
-        raise InvalidParameter(f"{name}: {exc}") from None
+        raise Invalid(f"{name}: {exc}") from None
 
 
 def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
@@ -65,7 +65,7 @@ def parse_range(start: str | None, end: str | None) -> tuple[int | None, int | N
     start_us = parse_time("start", start)
     end_us = parse_time("end", end)
     if start_us is not None and end_us is not None and start_us >= end_us:
-        raise InvalidParameter(f"start ({start}) must be before end ({end})")
+        raise Invalid(f"start ({start}) must be before end ({end})")
     return start_us, end_us
 
 
@@ -73,12 +73,12 @@ def parse_interval(value: str) -> int:
     """`90`, `90s`, `5m`, `1h`, `1d`, `500ms` -> microseconds (a bare number is seconds)."""
     match = _INTERVAL.match(value)
     if match is None:
-        raise InvalidParameter(f"interval {value!r} is not a duration: use e.g. 30s, 5m, 1h, 1d")
+        raise Invalid(f"interval {value!r} is not a duration: use e.g. 30s, 5m, 1h, 1d")
     interval_us = int(float(match.group(1)) * _UNIT_US[match.group(2) or "s"])
     if interval_us < 1_000:
-        raise InvalidParameter(f"interval {value!r} is below the 1 ms minimum")
+        raise Invalid(f"interval {value!r} is below the 1 ms minimum")
     if interval_us > MAX_INTERVAL_US:
-        raise InvalidParameter(f"interval {value!r} is over the 3660-day maximum")
+        raise Invalid(f"interval {value!r} is over the 3660-day maximum")
     return interval_us
 
 
@@ -92,11 +92,11 @@ def series_window(
     end_us = end_us if end_us is not None else now_us + 1
     start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
     if start_us >= end_us:
-        raise InvalidParameter("start must be before end (end defaults to now)")
+        raise Invalid("start must be before end (end defaults to now)")
     interval_us = parse_interval(interval) if interval else auto_interval(end_us - start_us)
     buckets = (end_us - start_us) // interval_us
     if buckets > MAX_SERIES_BUCKETS:
-        raise InvalidParameter(
+        raise Invalid(
             f"{buckets} buckets requested; at most {MAX_SERIES_BUCKETS}: widen the interval or "
             "narrow the range"
         )

@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from fieldhub import __version__, clock
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DecoderDep, StatusDep, StoreDep
-from fieldhub.api.errors import InvalidParameter
+from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.payload import payload_preview
@@ -69,7 +69,7 @@ def _device_param(raw: str | None, field: str) -> str | None:
     try:
         return canonical_device_id(raw)
     except InvalidDeviceId as exc:
-        raise InvalidParameter(f"{field}: {exc}") from None
+        raise Invalid(f"{field}: {exc}") from None
 
 
 @router.get("/", response_class=HTMLResponse)

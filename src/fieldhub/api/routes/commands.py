@@ -9,11 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse
 from fieldhub.api.params import parse_time
 from fieldhub.api.routes.devices import device_or_404
 from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.commands.service import NewCommand
+from fieldhub.errors import NotFound
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.schemas import (
     CommandPublic,

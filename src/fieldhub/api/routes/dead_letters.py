@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter
+from fieldhub.api.errors import ERROR_RESPONSES
+from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.schemas import DeadLetterPublic, DeadLettersPublic
 
@@ -30,7 +31,7 @@ async def list_dead_letters(
         try:
             device_id = canonical_device_id(device)
         except InvalidDeviceId as exc:
-            raise InvalidParameter(f"device: {exc}") from None
+            raise Invalid(f"device: {exc}") from None
     rows = await store.list_dead_letters(
         limit=limit + 1, before_id=before, reason=reason, device_id=device_id
     )

@@ -9,7 +9,7 @@ from pydantic import StringConstraints
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DeviceIdDep, NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.params import (
     DEFAULT_SERIES_WINDOW_US,
     IntervalParam,
@@ -17,6 +17,7 @@ from fieldhub.api.params import (
     parse_range,
     series_window,
 )
+from fieldhub.errors import Invalid, NotFound
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.schemas import (
     DeviceDetail,
@@ -112,7 +113,7 @@ async def get_presence(
     end_us = end_us if end_us is not None else now + 1
     start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
     if start_us >= end_us:
-        raise InvalidParameter("start must be before end (end defaults to now)")
+        raise Invalid("start must be before end (end defaults to now)")
     await device_or_404(store, device_id, now)
     events = await store.presence_history(device_id, start_us=start_us, end_us=end_us, limit=limit)
     return PresencePublic(

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from fieldhub.api.deps import NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, InvalidParameter, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.params import (
     DEFAULT_SERIES_WINDOW_US,
     TimeParam,
     parse_interval,
     parse_range,
 )
+from fieldhub.errors import Invalid, NotFound
 from fieldhub.export import (
     DEFAULT_LAYOUT,
     MEDIA_TYPES,
@@ -53,7 +54,7 @@ def _split(name: str, value: str | None) -> list[str] | None:
         return None
     parts = [part.strip() for part in value.split(",")]
     if any(not part for part in parts):
-        raise InvalidParameter(f"{name}: empty name in the comma-separated list {value!r}")
+        raise Invalid(f"{name}: empty name in the comma-separated list {value!r}")
     return list(dict.fromkeys(parts))
 
 
@@ -64,7 +65,7 @@ def _device_ids(value: str | None) -> list[str] | None:
     try:
         return list(dict.fromkeys(canonical_device_id(part) for part in raw))
     except InvalidDeviceId as exc:
-        raise InvalidParameter(f"devices: {exc}") from None
+        raise Invalid(f"devices: {exc}") from None
 
 
 def _filename_time(ts_us: int, name: str) -> str:
@@ -72,7 +73,7 @@ def _filename_time(ts_us: int, name: str) -> str:
     try:
         moment = datetime.fromtimestamp(ts_us // US_PER_S, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        raise InvalidParameter(f"{name} is out of the supported time range") from None
+        raise Invalid(f"{name} is out of the supported time range") from None
     return moment.strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -139,7 +140,7 @@ async def export(
     end_us = end_us if end_us is not None else now + 1
     start_us = start_us if start_us is not None else end_us - DEFAULT_SERIES_WINDOW_US
     if start_us >= end_us:
-        raise InvalidParameter("start must be before end (end defaults to now)")
+        raise Invalid("start must be before end (end defaults to now)")
     filename = (
         f"fieldhub-export-{_filename_time(start_us, 'start')}-{_filename_time(end_us, 'end')}"
     )
@@ -147,13 +148,13 @@ async def export(
     if interval is not None:
         interval_us = parse_interval(interval)
     elif agg is not None:
-        raise InvalidParameter("agg needs an interval (without one the export is raw readings)")
+        raise Invalid("agg needs an interval (without one the export is raw readings)")
     device_list = _device_ids(devices)
     metric_list = _split("metrics", metrics)
     if metric_list is not None:
         long_names = [m for m in metric_list if len(m) > MAX_METRIC_CHARS]
         if long_names:
-            raise InvalidParameter(
+            raise Invalid(
                 f"metrics: {long_names[0][:40]!r}... is over {MAX_METRIC_CHARS} characters"
             )
     for device in device_list or []:
@@ -174,7 +175,7 @@ async def export(
     try:
         first = await anext(chunks)
     except ExportError as exc:
-        raise InvalidParameter(str(exc)) from None
+        raise Invalid(str(exc)) from None
     return StreamingResponse(
         _nonempty(first, chunks),
         media_type=MEDIA_TYPES[fmt],

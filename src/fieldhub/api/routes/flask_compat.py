@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DecoderDep, IngestDep, NowDep, StoreDep
-from fieldhub.api.errors import ApiError
 from fieldhub.api.routes.flask_compat_schema import (
     FlaskDevice,
     FlaskDevices,
@@ -42,6 +41,7 @@ from fieldhub.api.routes.flask_compat_schema import (
     parse_flask_time,
 )
 from fieldhub.api.routing import AllMethodsRoute
+from fieldhub.errors import FieldhubError
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
@@ -236,7 +236,7 @@ def _cursor(cursor: str | None, kind: type) -> Any:
         return None
     try:
         return decode_cursor(cursor, kind)[0]
-    except ApiError as exc:
+    except FieldhubError as exc:
         raise CompatError(400, "invalid_cursor", exc.message) from None
 
 

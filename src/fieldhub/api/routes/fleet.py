@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from fieldhub.api.deps import NowDep, StoreDep
-from fieldhub.api.errors import ERROR_RESPONSES, NotFound
+from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.params import (
     IntervalParam,
     TimeParam,
@@ -19,6 +19,7 @@ from fieldhub.api.params import (
 # bad id) and the bounds are the export's: one syntax for `devices=` across the API.
 from fieldhub.api.routes.export import MAX_LIST_CHARS
 from fieldhub.api.routes.export import _device_ids as parse_device_ids
+from fieldhub.errors import NotFound
 from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.schemas import SeriesPointPublic, Time
 from fieldhub.store.types import Aggregate

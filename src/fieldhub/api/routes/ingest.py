@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from fieldhub.api.deps import DecoderDep, IngestDep
-from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse, NotFound, PayloadTooLarge
+from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse
+from fieldhub.errors import NotFound, TooLarge
 from fieldhub.protocol.messages import CommandReply, Ignored, Rejected
 from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
@@ -68,12 +69,12 @@ async def ingest(
     limit = decoder.max_payload_bytes(topic)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body is {declared} bytes, the limit for this topic is {limit}")
+        raise TooLarge(f"body is {declared} bytes, the limit for this topic is {limit}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise PayloadTooLarge(f"body is over the {limit}-byte limit for this topic")
+            raise TooLarge(f"body is over the {limit}-byte limit for this topic")
     outcome = await ingest.submit(topic, bytes(body))
     result = outcome.result
     if isinstance(result, Rejected):
