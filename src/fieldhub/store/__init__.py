@@ -1,4 +1,5 @@
-"""Storage: one interface (`base.Store`), one implementation per database engine."""
+"""Storage: one interface (`base.Store`), one SQL core (`core.SqlStore`), one thin engine per
+database (`sqlite.py`, `postgres.py`); docs/architecture.md shows how the modules fit."""
 
 from fieldhub.store.base import Store
 from fieldhub.store.open import open_store
