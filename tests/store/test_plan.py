@@ -20,6 +20,7 @@ from fieldhub.store.plan import (
     CacheDelta,
     WriterCaches,
     dead_letter_rows,
+    decide_presence,
     new_keys,
     plan_rows,
     reply_transition,
@@ -67,9 +68,13 @@ def plan(
     caches: WriterCaches | None = None,
     stored: Mapping[str, str] | None = None,
 ) -> BatchRows:
-    """plan_rows over the fixed ids; `stored` is the stored presence by device name."""
+    """plan_rows over the fixed ids, then decide_presence; `stored` is the stored presence by
+    device name."""
     presence = {DEVICE_IDS[name]: state for name, state in (stored or {}).items()}
-    return plan_rows(batch(*items), DEVICE_IDS, METRIC_IDS, presence, caches or WriterCaches())
+    out = plan_rows(batch(*items), DEVICE_IDS, METRIC_IDS, caches or WriterCaches())
+    assert out.complete
+    decide_presence(out, presence)
+    return out
 
 
 # -- new_keys ---------------------------------------------------------------------------------
@@ -172,6 +177,25 @@ def test_same_key_readings_keep_batch_order() -> None:
     assert plan(items).readings == [(3, 1, T0, 2.0, T0), (3, 1, T0, 1.0, T0 + 1)]
 
 
+def test_an_unknown_device_or_metric_leaves_the_plan_incomplete() -> None:
+    """A device or metric without an id makes the plan incomplete (the writer creates the keys
+    new_keys lists and plans again); a batch of known keys is complete."""
+    known = [msg("dev-a", T0, [("temp", T0, 1.0)])]
+    assert plan_rows(batch(*known), DEVICE_IDS, METRIC_IDS, WriterCaches()).complete
+    new_device = [*known, msg("dev-new", T0, [("temp", T0, 1.0)])]
+    assert not plan_rows(batch(*new_device), DEVICE_IDS, METRIC_IDS, WriterCaches()).complete
+    new_metric = [*known, msg("dev-b", T0, [("pressure", T0, 1.0)])]
+    assert not plan_rows(batch(*new_metric), DEVICE_IDS, METRIC_IDS, WriterCaches()).complete
+    with_ids = plan_rows(
+        batch(*new_device, *new_metric),
+        {**DEVICE_IDS, "dev-new": 9},
+        {**METRIC_IDS, "pressure": 8},
+        WriterCaches(),
+    )
+    assert with_ids.complete
+    assert len(with_ids.readings) == 4
+
+
 # -- plan_rows: last seen, attributes ----------------------------------------------------------
 
 
@@ -184,7 +208,7 @@ def test_last_seen_is_the_latest_receive_time_of_the_devices_own_messages() -> N
     items = [msg("dev-a", T0 + 5 * S), msg("dev-a", T0 + 9 * S), msg("dev-a", T0 + 7 * S)]
     items += [order, later_order]
 
-    out = plan_rows(batch(*items), DEVICE_IDS, {"window_position": 9}, {}, WriterCaches())
+    out = plan_rows(batch(*items), DEVICE_IDS, {"window_position": 9}, WriterCaches())
 
     assert out.last_seen == {3: T0 + 9 * S}
     assert out.readings == [(3, 9, T0, 30.0, T0 + 99 * S)]

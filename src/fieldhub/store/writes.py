@@ -14,6 +14,7 @@ from fieldhub.store.plan import (
     CacheDelta,
     WriterCaches,
     dead_letter_rows,
+    decide_presence,
     new_keys,
     plan_rows,
     reply_transition,
@@ -59,51 +60,50 @@ def write_batch(
     """
     result = WriteResult()
     delta = CacheDelta()
-    keys = new_keys(batch, caches, stale_after_s)
     device_ids: dict[str, int] = caches.devices
-    stored_presence: dict[int, str] = {}
-    if keys.devices or keys.lookup:
-        device_ids = dict(caches.devices)
-    if keys.devices:
-        uids = list(keys.devices)
-        created = yield Bulk(
-            "INSERT INTO devices (uid, profile, first_seen_us, last_seen_us, stale_after_s) ",
-            " ON CONFLICT (uid) DO NOTHING RETURNING uid",
-            ("text", "text", "bigint", "bigint", "int"),
-            [(u, *keys.devices[u][:2], keys.devices[u][1], keys.devices[u][2]) for u in uids],
-        )
-        mine = {row[0] for row in created}
-        result.new_devices = [u for u in uids if u in mine]
-        yield from _lookup_devices(d, uids, device_ids, stored_presence)
-    if keys.lookup:
-        yield from _lookup_devices(d, keys.lookup, device_ids, stored_presence)
     metric_ids: dict[str, int] = caches.metrics
-    if keys.metrics:
-        metric_ids = dict(caches.metrics)
-        yield Bulk(
-            "INSERT INTO metrics (name) ",
-            " ON CONFLICT (name) DO NOTHING",
-            ("text",),
-            [(name,) for name in keys.metrics],
-        )
-        p = Params(d)
-        sql = f"SELECT id, name FROM metrics WHERE {p.array('name', keys.metrics, 'text')}"
-        for row in (yield Query(sql, p.values)):
-            metric_ids[row[1]] = row[0]
-    with_presence = sorted(
-        {device_ids[item.device_id] for item in batch.decoded if item.presence is not None}
-    )
-    if with_presence:
+    stored_presence: dict[int, str] = {}
+    plan = plan_rows(batch, device_ids, metric_ids, caches)
+    lookup_replies = {r.device_id for r in batch.command_replies} - device_ids.keys()
+    keys = None
+    if not plan.complete or lookup_replies:
+        keys = new_keys(batch, caches, stale_after_s)
+        device_ids, metric_ids = dict(device_ids), dict(metric_ids)
+        if keys.devices:
+            uids = list(keys.devices)
+            created = yield Bulk(
+                "INSERT INTO devices (uid, profile, first_seen_us, last_seen_us, stale_after_s) ",
+                " ON CONFLICT (uid) DO NOTHING RETURNING uid",
+                ("text", "text", "bigint", "bigint", "int"),
+                [(u, *keys.devices[u][:2], keys.devices[u][1], keys.devices[u][2]) for u in uids],
+            )
+            mine = {row[0] for row in created}
+            result.new_devices = [u for u in uids if u in mine]
+            yield from _lookup_devices(d, uids, device_ids, stored_presence)
+        if keys.lookup:
+            yield from _lookup_devices(d, keys.lookup, device_ids, stored_presence)
+        if keys.metrics:
+            yield Bulk(
+                "INSERT INTO metrics (name) ",
+                " ON CONFLICT (name) DO NOTHING",
+                ("text",),
+                [(name,) for name in keys.metrics],
+            )
+            p = Params(d)
+            sql = f"SELECT id, name FROM metrics WHERE {p.array('name', keys.metrics, 'text')}"
+            for row in (yield Query(sql, p.values)):
+                metric_ids[row[1]] = row[0]
+        if not plan.complete:
+            plan = plan_rows(batch, device_ids, metric_ids, caches)
+    if plan.presence_said:
         # Another writer may have changed it since this one last looked: compare with the
         # database (rows locked until commit where writers run concurrently), not with memory.
         p = Params(d)
-        sql = (
-            f"SELECT id, presence FROM devices WHERE {p.array('id', with_presence, 'bigint')}"
-            f"{d.lock_rows('devices')}"
-        )
-        for row in (yield Query(sql, p.values)):
+        said = sorted({device_pk for device_pk, _, _, _ in plan.presence_said})
+        sql = f"SELECT id, presence FROM devices WHERE {p.array('id', said, 'bigint')}"
+        for row in (yield Query(sql + d.lock_rows("devices"), p.values)):
             stored_presence[row[0]] = row[1]
-    plan = plan_rows(batch, device_ids, metric_ids, stored_presence, caches)
+        decide_presence(plan, stored_presence)
     if plan.readings:
         # RETURNING gives only the rows inserted, not the duplicates: what the rollups add.
         inserted = yield Bulk(
@@ -186,9 +186,8 @@ def write_batch(
         else:
             result.command_transitions.append(ended)
     result.presence_changes = plan.presence_changes
-    if device_ids is not caches.devices:
+    if keys is not None:
         delta.devices = {u: device_ids[u] for u in (*keys.devices, *keys.lookup) if u in device_ids}
-    if metric_ids is not caches.metrics:
         delta.metrics = {name: metric_ids[name] for name in keys.metrics}
     delta.presence = {**stored_presence, **plan.presence}
     delta.series = plan.new_series
