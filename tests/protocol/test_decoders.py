@@ -256,7 +256,8 @@ def test_fastapi_stack_flat_data_object() -> None:
         "light_state": 1.0,
         "fan_state": 0.0,
         "rssi": -61.0,
-        "uptime_s": 3600.0,
+        # The stack's `uptime` is millis() (tests/protocol/test_fastapi_profile.py).
+        "uptime_ms": 3600.0,
     }
     assert {r.ts_us for r in result.readings} == {RECEIVED_US}
     assert result.attributes == {"status": "active", "node_id": "esp32_01", "timestamp": "12:34:56"}

@@ -13,8 +13,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from fieldhub.protocol.audio import AudioError, measure_pcm, measure_wav
-from fieldhub.protocol.messages import CommandReply, Decoded, Ignored, Reading, RejectReason
+from fieldhub.protocol.messages import (
+    AttributeValue,
+    CommandReply,
+    Decoded,
+    Ignored,
+    Reading,
+    RejectReason,
+)
 from fieldhub.protocol.payload import (
     PayloadError,
     check_size,
@@ -34,6 +43,16 @@ PRESENCE_WORDS = {"online": "online", "offline": "offline"}
 # A bare number as firmware prints it (`25.5`, `-3`, ` 21.50`, `1e3`): Python's float() would also
 # take `nan`, `inf` and `1_000`, which no sensor means.
 NUMBER_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# The FastAPI/RabbitMQ stack's node (IoT_Platform_Node.ino) sends its heartbeat, its status
+# message and its sensor data on one topic; these fields tell them apart (decode_fastapi_data).
+FASTAPI_KIND_KEY = "type"
+FASTAPI_HEARTBEAT = "heartbeat"
+# Fields of a heartbeat that only tag it; neither becomes an attribute or a reading.
+FASTAPI_HEARTBEAT_TAGS = frozenset({FASTAPI_KIND_KEY, "status"})
+# Only publishStatus() sends ESP.getFreeHeap().
+FASTAPI_STATUS_MARKER = "free_heap"
+# The attribute holding a status message's `timestamp` (the node's local clock, not a time).
+FASTAPI_STATUS_TIME = "status_time"
 # Headerless PCM (no RIFF header) is read as this: the I2S microphones the stacks use deliver
 # 16-bit mono samples.
 HEADERLESS_PCM_SAMPLE_BYTES = 2
@@ -58,7 +77,11 @@ class DecodeContext:
         )
 
     def name(self, field_name: str) -> str:
-        """The fieldhub metric/attribute name for a payload field name."""
+        """The fieldhub metric/attribute name for a payload field name: the route's rename, else
+        the profile's, else the field's own name."""
+        renamed = self.route.renames.get(field_name)
+        if renamed is not None:
+            return renamed
         return self.profile.renames.get(field_name, field_name)
 
     def metric(self) -> str:
@@ -133,7 +156,11 @@ def _backfill_entry(entry: Any, ctx: DecodeContext, result: Decoded) -> None:
 
 def decode_json_telemetry(payload: bytes, ctx: DecodeContext) -> Decoded:
     """Native telemetry: a JSON object, a `{ts, values}` backfill entry, or a list of those."""
-    data = parse_json(payload)
+    return _telemetry(parse_json(payload), ctx)
+
+
+def _telemetry(data: Any, ctx: DecodeContext) -> Decoded:
+    """`decode_json_telemetry` of a payload already parsed."""
     result = ctx.new()
     if isinstance(data, list):
         if not data:
@@ -220,6 +247,83 @@ def decode_status(payload: bytes, ctx: DecodeContext) -> Decoded | Ignored:
     _object_readings(data, ctx, result)
     # A JSON heartbeat without a recognised state still proves the device is talking.
     result.presence = "offline" if state == "offline" else "online"
+    return result
+
+
+def _attribute_of(value: Any) -> AttributeValue:
+    """A JSON value kept whole as one attribute: scalars as they are, a group as its JSON text."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def decode_fastapi_data(payload: bytes, ctx: DecodeContext) -> Decoded:
+    """The FastAPI/RabbitMQ stack's node on `devices/{MAC}/data`: three kinds of JSON object.
+
+    The firmware (`IoT_Platform_Node.ino`) publishes all of them on this one topic:
+
+    - `publishHeartbeat()`: `{"type":"heartbeat","status":"online","node_id","uptime"}` every
+      3 s. Presence online; `type` and `status` say nothing more, so neither is kept (a
+      heartbeat whose `status` is not `online` contradicts itself: dead letter `bad_status`).
+    - `publishStatus(state)`: `{"timestamp","status","uptime","free_heap","wifi_rssi",
+      "node_id","servo_angle","gas_sensor","signal_strength"}` on connect, on a STATUS_REQUEST,
+      before a reboot and around an OTA update. Told apart by `free_heap`, which only it sends.
+      `status` is kept as the `status` attribute: the `fastapi` command format reads it (with
+      `uptime_ms`) to end REBOOT, STATUS_REQUEST and FIRMWARE_UPDATE. A `status` that is not a
+      non-blank string is `bad_status`. Presence is online when the state is `online`; other
+      states leave presence alone (the node is still connected when it says `rebooting`).
+    - `readAndPublishSensors()`, every second: everything else, decoded as plain telemetry.
+
+    `uptime` is `millis()` in all three and the route renames it `uptime_ms`.
+    """
+    data = parse_json(payload)
+    if isinstance(data, dict):
+        if data.get(FASTAPI_KIND_KEY) == FASTAPI_HEARTBEAT:
+            return _fastapi_heartbeat(data, ctx)
+        if FASTAPI_STATUS_MARKER in data:
+            return _fastapi_status(data, ctx)
+    return _telemetry(data, ctx)
+
+
+def _fastapi_heartbeat(data: dict[str, Any], ctx: DecodeContext) -> Decoded:
+    """`{"type":"heartbeat","status":"online","node_id","uptime"}`: see decode_fastapi_data."""
+    fields = {key: value for key, value in data.items() if key not in FASTAPI_HEARTBEAT_TAGS}
+    if "status" in data:
+        state = data["status"]
+        if not (isinstance(state, str) and PRESENCE_WORDS.get(state.strip().lower()) == "online"):
+            raise PayloadError(
+                RejectReason.BAD_STATUS,
+                f"a heartbeat's status must be 'online' (the firmware sends no other), got "
+                f"{str(state)[:40]!r}",
+            )
+    result = ctx.new()
+    _object_readings(fields, ctx, result)
+    result.presence = "online"
+    return result
+
+
+def _fastapi_status(data: dict[str, Any], ctx: DecodeContext) -> Decoded:
+    """`publishStatus(state)`'s object: see decode_fastapi_data."""
+    state = data.get("status")
+    if not isinstance(state, str) or not state.strip():
+        raise PayloadError(
+            RejectReason.BAD_STATUS,
+            f"a status message (it has {FASTAPI_STATUS_MARKER!r}) needs a non-blank string "
+            f"'status', got {str(state)[:40]!r}",
+        )
+    fields = {key: value for key, value in data.items() if key not in ("status", "timestamp")}
+    result = ctx.new()
+    _object_readings(fields, ctx, result)
+    result.attributes["status"] = state
+    if "timestamp" in data:
+        # The node's local wall clock (`%Y-%m-%d %H:%M:%S` in the firmware's configured zone,
+        # UTC+5:30 as shipped, with no offset written) or "unknown" before NTP. Read as UTC it
+        # would date the readings hours off and still pass the one-day future check, so it is
+        # never the reading time: it is kept as text, named for the message it came with
+        # (`timestamp` is the sensor data's "HH:MM:SS" clock, which it would overwrite).
+        result.attributes[FASTAPI_STATUS_TIME] = _attribute_of(data["timestamp"])
+    if state.strip().lower() == "online":
+        result.presence = "online"
     return result
 
 
@@ -318,6 +422,7 @@ BARE_VALUE_DECODERS = frozenset({"number_text", "sound_level"})
 
 DECODERS: Mapping[str, Decoder] = {
     "json_telemetry": decode_json_telemetry,
+    "fastapi_data": decode_fastapi_data,
     "readings": decode_readings,
     "status": decode_status,
     "number_text": decode_number_text,

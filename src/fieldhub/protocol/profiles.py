@@ -27,7 +27,9 @@ class Route:
     messages tell which stack a device runs, and so how to send it commands (fieldhub/commands).
     `from_device` is False for topics other systems publish about a device (the window-control
     stack's ML orders, fieldhub's own commands there): they are stored, but do not prove the
-    device is alive, so they leave its last-seen time alone.
+    device is alive, so they leave its last-seen time alone. `renames` maps field names of this
+    route only, before the profile's `renames`: one profile can carry two stacks whose same field
+    has different units (`uptime` in seconds on one topic, milliseconds on another).
     """
 
     pattern: str
@@ -39,6 +41,7 @@ class Route:
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     command_format: str | None = None
     from_device: bool = True
+    renames: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         levels = self.pattern.split("/")
@@ -75,9 +78,18 @@ NATIVE = Profile(
     subscriptions=("devices/#",),
     routes=(
         Route("devices/+/telemetry", "telemetry", "json_telemetry", command_format="native"),
-        # The FastAPI/RabbitMQ stack's devices publish a flat object here every second; they take
-        # that stack's `{"action": ...}` commands, not fieldhub's.
-        Route("devices/+/data", "telemetry", "json_telemetry", command_format="fastapi"),
+        # The FastAPI/RabbitMQ stack's node publishes everything here: sensor data every second,
+        # a heartbeat every 3 s and a status message around connects, reboots and updates
+        # (decode_fastapi_data tells them apart). It takes that stack's `{"action": ...}`
+        # commands, not fieldhub's. Its `uptime` is `millis()` (IoT_Platform_Node.ino), so it is
+        # stored as `uptime_ms`; `wifi_rssi` -> `rssi` comes from the profile's renames.
+        Route(
+            "devices/+/data",
+            "telemetry",
+            "fastapi_data",
+            command_format="fastapi",
+            renames=MappingProxyType({"uptime": "uptime_ms"}),
+        ),
         Route("devices/+/status", "status", "status", publishes_retained=True),
         # Down-link topics fieldhub itself publishes to, and up-links later features consume.
         Route("devices/+/commands", "commands", "ignore"),
@@ -88,9 +100,10 @@ NATIVE = Profile(
     ),
     # Native nodes publish every few seconds and heartbeat on status; two silent minutes is news.
     stale_after_s=120,
-    # The FastAPI/RabbitMQ stack's devices (data and heartbeat) use the iot-node stack's names for
-    # RSSI in dBm and uptime in seconds; stored under fieldhub's names, as for iot-node. fieldhub's
-    # own firmware sends `rssi` and `uptime_s` and is not affected.
+    # Payloads in the iot-node stack's shape on `devices/+/telemetry` name RSSI in dBm
+    # `wifi_rssi` and uptime in seconds `uptime`; stored under fieldhub's names, as for iot-node.
+    # The `devices/+/data` route overrides `uptime` (milliseconds there). fieldhub's own firmware
+    # sends `rssi` and `uptime_s` and is not affected.
     renames=MappingProxyType({"wifi_rssi": "rssi", "uptime": "uptime_s"}),
     command_format="native",
 )
