@@ -11,6 +11,7 @@ backfill, a clock far in the future) so no write ever fails for want of one.
 from __future__ import annotations
 
 from fieldhub.store.rollup_schema import rollup_migration
+from fieldhub.store.sqlite_schema import fastapi_uptime_migration
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -114,5 +115,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         3,
         "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
         rollup_migration(ids="BIGINT", count="BIGINT", real="DOUBLE PRECISION"),
+    ),
+    (
+        4,
+        "the FastAPI stack's uptime is milliseconds: its devices' uptime_s becomes uptime_ms",
+        # The same statements as SQLite's migration 5 (written once, in sqlite_schema.py).
+        fastapi_uptime_migration(),
     ),
 ]

@@ -9,6 +9,52 @@ from __future__ import annotations
 
 from fieldhub.store.rollup_schema import rollup_migration
 
+# What a stored `uptime_s` value of the FastAPI/RabbitMQ stack's node is multiplied by to become
+# `uptime_ms`. The node's `uptime` is `millis()` (IoT_Platform_Node.ino: readAndPublishSensors,
+# publishHeartbeat, publishStatus), and ingest only renamed it (`uptime` -> `uptime_s`), never
+# scaled it: the numbers stored are already milliseconds, under the wrong name. Multiplying them
+# by 1000 would make every real node's history 1000 times too long, so the migration relabels.
+FASTAPI_UPTIME_S_TO_MS = 1
+
+
+def fastapi_uptime_migration(factor: int = FASTAPI_UPTIME_S_TO_MS) -> str:
+    """SQL (the same on both engines) that moves `uptime_s` of devices commanded in the `fastapi`
+    format to the metric `uptime_ms`, times `factor`: readings, both rollup tables and
+    device_metrics. Other devices' `uptime_s` stays as it is.
+
+    A device that already has `uptime_ms` (device_metrics lists every pair ever stored; retention
+    never prunes it) keeps its `uptime_s` untouched: merging two series could collide on a time
+    or a rollup bucket, and moving part of one would leave rollups that disagree with their
+    readings. `n` and the times of a rollup do not change; its sums, extremes and first/last
+    values scale (factor > 0 keeps lo <= hi).
+    """
+    s = "(SELECT id FROM metrics WHERE name = 'uptime_s')"
+    ms = "(SELECT id FROM metrics WHERE name = 'uptime_ms')"
+    # Evaluated before device_metrics changes (the last statement), so the same set throughout.
+    moving = f"""(SELECT device_id FROM device_metrics WHERE metric_id = {s}
+            AND device_id IN (SELECT id FROM devices WHERE command_format = 'fastapi')
+            AND device_id NOT IN (SELECT device_id FROM device_metrics WHERE metric_id = {ms}))"""
+    scale = ", ".join(
+        f"{column} = {column} * {factor}"
+        for column in ("total", "lo", "hi", "first_value", "last_value")
+    )
+    rollups = "".join(
+        f"""
+        UPDATE {table} SET metric_id = {ms}, {scale}
+        WHERE metric_id = {s} AND device_id IN {moving};"""
+        for table in ("rollup_minute", "rollup_hour")
+    )
+    return f"""
+        INSERT INTO metrics (name)
+        SELECT 'uptime_ms' WHERE EXISTS {moving}
+        ON CONFLICT (name) DO NOTHING;
+        UPDATE readings SET metric_id = {ms}, value = value * {factor}
+        WHERE metric_id = {s} AND device_id IN {moving};{rollups}
+        UPDATE device_metrics SET metric_id = {ms}
+        WHERE metric_id = {s} AND device_id IN {moving};
+        """
+
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -125,5 +171,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         4,
         "per-minute and per-hour rollups (count, sum, min, max, first, last) of what is stored",
         rollup_migration(ids="INTEGER", count="INTEGER", real="REAL", suffix=" WITHOUT ROWID"),
+    ),
+    (
+        5,
+        "the FastAPI stack's uptime is milliseconds: its devices' uptime_s becomes uptime_ms",
+        fastapi_uptime_migration(),
     ),
 ]
