@@ -16,6 +16,7 @@ from fieldhub.api.routes import (
     dead_letters,
     devices,
     export,
+    fastapi_compat,
     flask_compat,
     fleet,
     health,
@@ -67,6 +68,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         system,
         live,
         flask_compat,
+        fastapi_compat,
         export,
         fleet,
     ):
