@@ -221,6 +221,11 @@ def test_an_action_becomes_a_tracked_command(fieldhub: FieldhubProcess) -> None:
     # `value` goes to the action's one parameter, the firmware's `state`.
     body = _json(httpx.post(url, json={"action": "LIGHT_CONTROL", "value": True}, timeout=10), 200)
     light_id = body["command_id"]
+    # A JSON object's keys become the params; `url` keeps its name.
+    relay = {"action": "RELAY_CONTROL", "value": {"relay": 3, "state": True}}
+    relay_id = _json(httpx.post(url, json=relay, timeout=10), 200)["command_id"]
+    update = {"action": "FIRMWARE_UPDATE", "url": "http://10.0.0.2/firmware_v2.bin"}
+    update_id = _json(httpx.post(url, json=update, timeout=10), 200)["command_id"]
 
     commands = {
         c["id"]: c for c in _json(fh.get(f"/api/v1/devices/{NODE_A}/commands"), 200)["data"]
@@ -230,4 +235,7 @@ def test_an_action_becomes_a_tracked_command(fieldhub: FieldhubProcess) -> None:
     assert commands[servo_id]["format"] == "fastapi"
     assert commands[light_id]["name"] == "LIGHT_CONTROL"
     assert commands[light_id]["params"] == {"state": True}
+    assert commands[relay_id]["params"] == {"relay": 3, "state": True}
+    assert commands[update_id]["name"] == "FIRMWARE_UPDATE"
+    assert commands[update_id]["params"] == {"url": "http://10.0.0.2/firmware_v2.bin"}
     assert isinstance(commands[servo_id]["state"], str)

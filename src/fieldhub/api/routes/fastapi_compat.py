@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -175,8 +175,12 @@ async def node_or_none(store: Store, node_id: str, now_us: int) -> DeviceRow | N
     return device if device is not None and is_node(device) else None
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _datetime(ts_us: int) -> datetime:
-    return datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+    """Exact to the microsecond (a float of epoch seconds is not)."""
+    return EPOCH + timedelta(microseconds=ts_us)
 
 
 def _node_id(device: DeviceRow) -> str:
