@@ -105,7 +105,7 @@ class Admission:
         topic_id = device.topic_id or device.device_id
         try:
             fmt.validate(request.name, request.params)
-            fmt.encode(Outgoing(command_id, request.name, request.params, topic_id))
+            fmt.encode(Outgoing(command_id, request.name, request.params, topic_id, now))
         except CommandError as exc:
             raise refusal(exc) from None
         expires_us = request.expires_us
@@ -128,7 +128,7 @@ class Admission:
             state=CommandState.PENDING,
             created_us=now,
             updated_us=now,
-            timeout_s=request.timeout_s or fmt.default_timeout_s,
+            timeout_s=request.timeout_s or fmt.timeout_for(request.name),
             expires_us=expires_us,
         )
         detail = (

@@ -6,6 +6,13 @@ connection comes back); the broker's PUBACK moves a command to `sent`. A publish
 acknowledged is handed out again when the device is next heard from: the device drops a repeated
 id, so a second copy does no harm.
 
+A format with a retained fallback topic (the FastAPI stack's `devices/{MAC}/commands/last`, which
+its node reads on every reconnect) also gets a state command admitted while its device is offline
+or stale left there, retained, stamped with the time; it is cleared (an empty retained payload)
+once the command was sent on the command topic or ended, so an old command cannot run again on a
+later reconnect (the node itself ignores one over 5 minutes old). Only the newest such command of
+a device is held there; an older one ending leaves it alone.
+
 The MQTT callbacks run on the client's network thread and hop onto the event loop; everything
 else runs on the loop.
 """
@@ -17,7 +24,7 @@ import functools
 from concurrent.futures import Future
 
 from fieldhub.clock import US_PER_S, Clock
-from fieldhub.commands.active import ActiveCommands, CommandKey
+from fieldhub.commands.active import ActiveCommand, ActiveCommands, CommandKey, key_of
 from fieldhub.commands.formats import Outgoing
 from fieldhub.commands.tasks import Tasks
 from fieldhub.commands.tracking import CommandDeadlines, CommandTracker
@@ -25,7 +32,7 @@ from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.mqtt.publisher import MqttPublisher
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.base import Store
-from fieldhub.store.types import CommandOutcome
+from fieldhub.store.types import CommandOutcome, CommandRow
 
 # A publish the broker has not acknowledged after this long (the connection dropped under it)
 # is handed out again when the device is next heard from; the device drops a repeated id.
@@ -61,6 +68,8 @@ class Dispatcher:
         )
         self._tasks = tasks
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Device -> (the command left on its retained fallback topic, that topic).
+        self._fallbacks: dict[str, tuple[CommandKey, str]] = {}
 
     @property
     def connected(self) -> bool:
@@ -91,12 +100,46 @@ class Dispatcher:
                 self._deadlines.schedule(key, "expire", now)
                 continue
             topic_id = active.fmt.topic_id_of(row.topic)
-            payload = active.fmt.encode(Outgoing(row.command_id, row.name, row.params, topic_id))
+            payload = active.fmt.encode(
+                Outgoing(row.command_id, row.name, row.params, topic_id, now)
+            )
             active.publishing = True
             active.published_us = now
             future = self._publisher.publish(row.topic, payload, qos=1)
             self._deadlines.schedule(key, "publish", now + int(PUBLISH_ACK_TIMEOUT_S * US_PER_S))
             future.add_done_callback(functools.partial(self._puback_done, key, now))
+
+    def leave_fallback(self, active: ActiveCommand) -> bool:
+        """Leave a command for an offline device on its format's retained fallback topic, if
+        the format has one for the command; True when it was handed to the broker."""
+        row = active.row
+        topic_id = active.fmt.topic_id_of(row.topic)
+        topic = active.fmt.fallback_topic(topic_id, row.name)
+        if topic is None or not self._publisher.connected:
+            return False
+        now = self._clock.now_us()
+        payload = active.fmt.encode(Outgoing(row.command_id, row.name, row.params, topic_id, now))
+        self._publisher.publish(topic, payload, qos=1, retain=True)
+        self._fallbacks[row.device_id] = (key_of(row), topic)
+        return True
+
+    def held_fallback(self, active: ActiveCommand) -> None:
+        """A command loaded at start may still be on its fallback topic: clear it when it is
+        sent or ends (the newest loaded one of a device wins)."""
+        row = active.row
+        topic = active.fmt.fallback_topic(active.fmt.topic_id_of(row.topic), row.name)
+        if topic is not None and row.state is CommandState.PENDING:
+            self._fallbacks[row.device_id] = (key_of(row), topic)
+
+    def settled(self, row: CommandRow) -> None:
+        """A transition was stored: once the command left `pending`, its fallback goes."""
+        held = self._fallbacks.get(row.device_id)
+        if row.state is CommandState.PENDING or held is None or held[0] != key_of(row):
+            return
+        del self._fallbacks[row.device_id]
+        # An empty retained payload deletes the retained message (the node, if subscribed, gets
+        # it too and drops it: mqttCallback cannot parse it).
+        self._publisher.publish(held[1], b"", qos=1, retain=True)
 
     def dispatch_soon(self, device_id: str) -> None:
         """Look up whether the device is online, and dispatch to it if so (in a task)."""

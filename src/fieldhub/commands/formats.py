@@ -8,7 +8,6 @@ device's next messages as ingest stores them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fieldhub.clock import US_PER_S
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import Decoded
 from fieldhub_node.commands import MAX_COMMAND_BYTES as NATIVE_MAX_COMMAND_BYTES
@@ -91,6 +91,8 @@ class CommandSpec:
     name: str
     description: str
     params: type[BaseModel] = NoParams
+    # This command's default timeout when it needs longer than its format's.
+    timeout_s: float | None = None
 
     def schema(self) -> dict[str, Any]:
         """JSON schema of the params (what the dashboard builds its form from)."""
@@ -110,10 +112,14 @@ class Verdict:
 
 class Expectation:
     """What proves a command worked when the device sends no ack; `check` sees each of the
-    device's stored messages received after the command went out."""
+    device's stored messages received after the command went out, `observe` the ones before
+    (what the device reported up to then: the state the command starts from)."""
 
     def check(self, decoded: Decoded) -> Verdict | None:
         raise NotImplementedError
+
+    def observe(self, decoded: Decoded) -> None:
+        """A message of the device from before the command went out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,8 @@ class Outgoing:
     name: str
     params: Mapping[str, Any]
     topic_id: str
+    # When it is encoded (epoch us, from the caller's clock): the stacks that stamp commands.
+    at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,15 +204,35 @@ class CommandFormat:
     topic_pattern: str
     commands: Mapping[str, CommandSpec]
     encode_payload: Callable[[Outgoing], dict[str, Any]]
-    expectation: Callable[[str, Mapping[str, Any]], Expectation | None]
+    # (name, params, the device's latest values of `state_metrics` when it was accepted).
+    expectation: Callable[[str, Mapping[str, Any], Mapping[str, float]], Expectation | None]
     max_payload_bytes: int
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     # Names outside `commands` pass through unchecked (the device answers for itself).
     open_catalogue: bool = False
+    # The readings whose value before the command its expectation compares with.
+    state_metrics: Callable[[str, Mapping[str, Any]], tuple[str, ...]] = lambda name, params: ()
+    # A retained topic the device also reads commands from after a reconnect (the FastAPI
+    # stack's `.../commands/last`), and the commands that may be left there for it.
+    fallback_topic_pattern: str | None = None
+    fallback_commands: frozenset[str] = frozenset()
 
     def topic(self, topic_id: str) -> str:
         """The device's command topic."""
         return self.topic_pattern.format(id=topic_id)
+
+    def fallback_topic(self, topic_id: str, name: str) -> str | None:
+        """The retained topic to leave command `name` on for an offline device, if any."""
+        if self.fallback_topic_pattern is None or name not in self.fallback_commands:
+            return None
+        return self.fallback_topic_pattern.format(id=topic_id)
+
+    def timeout_for(self, name: str) -> float:
+        """A command's default timeout."""
+        spec = self.commands.get(name)
+        if spec is not None and spec.timeout_s is not None:
+            return spec.timeout_s
+        return self.default_timeout_s
 
     def topic_id_of(self, topic: str) -> str:
         """The id level of one of this format's command topics."""
@@ -251,33 +279,376 @@ def _native(outgoing: Outgoing) -> dict[str, Any]:
     return {"id": outgoing.command_id, "name": outgoing.name, "params": dict(outgoing.params)}
 
 
-# The FastAPI stack's manual controls: fieldhub's names -> (action, the state its data echoes).
-FASTAPI_SWITCHES: Mapping[str, tuple[str, str, float]] = MappingProxyType(
+# -- The FastAPI/RabbitMQ stack -------------------------------------------------------------------
+# Every fact below is read from that stack's firmware, firmware/IoT_Platform_Node/
+# IoT_Platform_Node.ino (nrn-dilanka/rnr-iot): `mqttCallback` (the actions and their fields),
+# the `handle*` functions (what each does and publishes), `readAndPublishSensors` and
+# `publishStatus` (what the device reports afterwards). docs/commands.md has the table.
+
+# mqttCallback parses a command into `StaticJsonDocument<256>`; a command that does not fit fails
+# to parse and is dropped without a word. ArduinoJson 6 (the version that sizes that document; the
+# repository pins none) spends 16 bytes a member on a 32-bit ESP32 and copies every key and string
+# value (with its NUL) out of the `String` it parses.
+FASTAPI_JSON_DOC_BYTES = 256
+ARDUINOJSON_SLOT_BYTES = 16
+# readAndPublishSensors fills a `StaticJsonDocument<250>`: with ArduinoJson 6, 14 members of 16
+# bytes and the copied `timestamp` and `node_id` strings fill it before `smart_mode`, so
+# `smart_mode`, `uptime` and `wifi_rssi` are silently left out of every data message (with
+# ArduinoJson 7 nothing is left out, but the 330-odd bytes then exceed the sketch's own 300-byte
+# check and the data message is never sent). `uptime` still comes in the heartbeat and the status
+# message.
+FASTAPI_DATA_DOC_BYTES = 250
+# The node drops a command on the retained `.../commands/last` topic whose `cmd_timestamp` is more
+# than this old (mqttCallback, STALE_MESSAGE_THRESHOLD_SECONDS).
+FASTAPI_FALLBACK_MAX_AGE_S = 300
+# `millis()` is an unsigned 32-bit count: it wraps after 49.7 days. A drop from the last minute
+# before the wrap to the first minute after is the wrap, not a restart.
+MILLIS_WRAP = 2**32
+MILLIS_WRAP_MARGIN_MS = 60_000
+# An OTA download and flash takes far longer than a relay; a reboot needs the restart, WiFi, NTP's
+# 2 s and the MQTT connection before the node is heard again.
+FASTAPI_FIRMWARE_TIMEOUT_S = 180.0
+FASTAPI_REBOOT_TIMEOUT_S = 30.0
+
+StrictBool = Annotated[bool, Field(strict=True)]
+Hour = Annotated[int, Field(ge=0, le=23, strict=True)]
+
+
+class SwitchParams(BaseModel):
+    """Switch the output on (`true`) or off (`false`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: StrictBool
+
+
+class RelayParams(BaseModel):
+    """Switch relay `relay` (1 light, 2 fan, 3, 4, 5 the real model) on or off."""
+
+    model_config = ConfigDict(extra="forbid")
+    relay: Annotated[int, Field(ge=1, le=5, strict=True)]
+    state: StrictBool
+
+
+class SmartModeParams(BaseModel):
+    """Let the node switch the light by its schedule and the fan by temperature and gas."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: StrictBool
+
+
+class LightScheduleParams(BaseModel):
+    """The hours (0-23, the node's local time) smart mode turns the light on and off."""
+
+    model_config = ConfigDict(extra="forbid")
+    on_hour: Hour
+    off_hour: Hour
+
+
+class FirmwareParams(BaseModel):
+    """The image to flash: `httpUpdate.update` over a plain `WiFiClient`, so http:// only."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, Field(strict=True, pattern=r"^http://[^\s/]+(/\S*)?$", max_length=200)]
+
+
+# The 0/1 reading of the data message that shows each relay (handleRelayControl's switch).
+FASTAPI_RELAY_METRICS: Mapping[int, str] = MappingProxyType(
+    {1: "light_state", 2: "fan_state", 3: "relay3_state", 4: "relay4_state", 5: "real_model_state"}
+)
+# Actions whose effect is a state: executing one twice does no harm, so they may also wait on the
+# retained fallback topic for a node that is offline (see `fallback_topic`).
+FASTAPI_IDEMPOTENT = frozenset(
     {
-        "light_on": ("LIGHT_ON", "light_state", 1.0),
-        "light_off": ("LIGHT_OFF", "light_state", 0.0),
-        "fan_on": ("FAN_ON", "fan_state", 1.0),
-        "fan_off": ("FAN_OFF", "fan_state", 0.0),
+        "SERVO_CONTROL",
+        "SERVO_ANGLE",
+        "LIGHT_CONTROL",
+        "FAN_CONTROL",
+        "RELAY_CONTROL",
+        "REAL_MODEL_CONTROL",
+        "SMART_MODE",
+        "SET_LIGHT_SCHEDULE",
     }
 )
 
 
+def fastapi_target(name: str, params: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The reading (metric, value) a state command sets, as the data message reports it."""
+    if name in ("SERVO_CONTROL", "SERVO_ANGLE"):
+        return ("servo_angle", float(params["angle"]))
+    simple = {
+        "LIGHT_CONTROL": "light_state",
+        "FAN_CONTROL": "fan_state",
+        "REAL_MODEL_CONTROL": "real_model_state",
+    }
+    if name in simple:
+        return (simple[name], float(bool(params["state"])))
+    if name == "RELAY_CONTROL":
+        return (FASTAPI_RELAY_METRICS[int(params["relay"])], float(bool(params["state"])))
+    if name == "SMART_MODE":
+        return ("smart_mode", float(bool(params["enabled"])))
+    return None
+
+
+def is_data_message(decoded: Decoded) -> bool:
+    """`readAndPublishSensors`'s message (the one with the relays' 0/1 states)."""
+    return any(reading.metric == "light_state" for reading in decoded.readings)
+
+
+def is_status_message(decoded: Decoded) -> bool:
+    """A `publishStatus` message: `status` set, and neither the data message nor the heartbeat
+    (`type: heartbeat`), which both carry `status: online` as well."""
+    attributes = decoded.attributes
+    if not isinstance(attributes.get("status"), str) or attributes.get("type") == "heartbeat":
+        return False
+    return not is_data_message(decoded)
+
+
+def _uptime_of(decoded: Decoded) -> float | None:
+    for reading in decoded.readings:
+        if reading.metric == "uptime_ms":
+            return reading.value
+    return None
+
+
+def _restarted(before: float | None, now: float) -> bool:
+    if before is None or now >= before:
+        return False
+    wrapped = before > MILLIS_WRAP - MILLIS_WRAP_MARGIN_MS and now < MILLIS_WRAP_MARGIN_MS
+    return not wrapped
+
+
+@dataclass(slots=True)
+class StateEcho(Expectation):
+    """The next report shows `metric` = `value`. `before` is the device's latest value of it
+    before the command went out (from the store when it was accepted, then each report until it
+    was sent; None: never reported): when it already was `value`, the echo is no proof that the
+    command ran, and the rule that decides says so (`echo_unchanged`)."""
+
+    metric: str
+    value: float
+    before: float | None = None
+    # The node's data message may leave `metric` out (SMART_MODE's `smart_mode`: see
+    # FASTAPI_DATA_DOC_BYTES): then a data message without it ends the command by `next_message`.
+    may_be_unreported: bool = False
+
+    def observe(self, decoded: Decoded) -> None:
+        for reading in decoded.readings:
+            if reading.metric == self.metric:
+                self.before = reading.value
+
+    @property
+    def unchanged(self) -> bool:
+        """True when the device already was in the target state at admission."""
+        return self.before == self.value
+
+    def check(self, decoded: Decoded) -> Verdict | None:
+        for reading in decoded.readings:
+            if reading.metric == self.metric and reading.value == self.value:
+                shown = f"{self.metric}={self.value:g}"
+                if self.unchanged:
+                    return Verdict(
+                        CommandState.SUCCEEDED,
+                        f"echo_unchanged:{shown}",
+                        f"the device's next report shows {shown}, as it already did when the "
+                        "command was accepted: the state is right, but this is no proof the "
+                        "command ran",
+                        {self.metric: reading.value},
+                    )
+                return Verdict(
+                    CommandState.SUCCEEDED,
+                    f"echo:{shown}",
+                    f"the device's next report shows {shown} (it was "
+                    f"{'not reported' if self.before is None else f'{self.before:g}'} before)",
+                    {self.metric: reading.value},
+                )
+        if (
+            self.may_be_unreported
+            and is_data_message(decoded)
+            and not any(reading.metric == self.metric for reading in decoded.readings)
+        ):
+            return Verdict(
+                CommandState.SUCCEEDED,
+                "next_message",
+                f"the node kept reporting after the command; its data message does not carry "
+                f"{self.metric}, so the new state cannot be seen",
+            )
+        return None
+
+
+@dataclass(slots=True)
+class Restart(Expectation):
+    """REBOOT: handleReboot publishes `rebooting` before `ESP.restart()`; if that is lost, the
+    uptime (`millis()`) the node reports afterwards is lower than the one before."""
+
+    last_uptime_ms: float | None = None
+
+    def observe(self, decoded: Decoded) -> None:
+        uptime = _uptime_of(decoded)
+        if uptime is not None:
+            self.last_uptime_ms = uptime
+
+    def check(self, decoded: Decoded) -> Verdict | None:
+        if is_status_message(decoded) and decoded.attributes.get("status") == "rebooting":
+            return Verdict(
+                CommandState.SUCCEEDED, "status:rebooting", "the node said it is rebooting"
+            )
+        uptime = _uptime_of(decoded)
+        if uptime is None:
+            return None
+        before, self.last_uptime_ms = self.last_uptime_ms, uptime
+        if _restarted(before, uptime):
+            return Verdict(
+                CommandState.SUCCEEDED,
+                "uptime_reset",
+                f"the node's uptime went from {before:g} ms to {uptime:g} ms: it restarted",
+                {"uptime_ms": uptime},
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer(Expectation):
+    """STATUS_REQUEST: handleStatusRequest publishes `publishStatus("online")`."""
+
+    def check(self, decoded: Decoded) -> Verdict | None:
+        if is_status_message(decoded) and decoded.attributes.get("status") == "online":
+            return Verdict(
+                CommandState.SUCCEEDED, "status_message", "the node published its status"
+            )
+        return None
+
+
+# handleFirmwareUpdate's outcome words after `updating`. HTTP_UPDATE_OK is only published when
+# httpUpdate does not restart the node itself (its default does: then the restart is the success).
+FIRMWARE_OUTCOMES: Mapping[str, CommandState] = MappingProxyType(
+    {
+        "update_success": CommandState.SUCCEEDED,
+        "no_update_needed": CommandState.SUCCEEDED,
+        "update_failed": CommandState.FAILED,
+    }
+)
+
+
+@dataclass(slots=True)
+class FirmwareOutcome(Expectation):
+    """FIRMWARE_UPDATE: `updating`, then `update_failed` / `no_update_needed` /
+    `update_success`, or (after `updating`) the restart into the new image."""
+
+    last_uptime_ms: float | None = None
+    updating: bool = False
+
+    def observe(self, decoded: Decoded) -> None:
+        uptime = _uptime_of(decoded)
+        if uptime is not None:
+            self.last_uptime_ms = uptime
+
+    def check(self, decoded: Decoded) -> Verdict | None:
+        status = decoded.attributes.get("status") if is_status_message(decoded) else None
+        uptime = _uptime_of(decoded)
+        before = self.last_uptime_ms
+        if uptime is not None:
+            self.last_uptime_ms = uptime
+        if status == "updating":
+            self.updating = True
+            return None
+        if isinstance(status, str) and status in FIRMWARE_OUTCOMES:
+            state = FIRMWARE_OUTCOMES[status]
+            failed = state is CommandState.FAILED
+            return Verdict(
+                state,
+                f"status:{status}",
+                f"the node reported {status}" + (" (download or flash failed)" if failed else ""),
+                error=status if failed else None,
+            )
+        if self.updating and uptime is not None and _restarted(before, uptime):
+            return Verdict(
+                CommandState.SUCCEEDED,
+                "update_rebooted",
+                "the node restarted after `updating` (httpUpdate restarts it into the new image "
+                "once flashed)",
+                {"uptime_ms": uptime},
+            )
+        return None
+
+
 def _fastapi(outgoing: Outgoing) -> dict[str, Any]:
-    if outgoing.name == "set_servo":
-        body: dict[str, Any] = {"action": "SERVO_ANGLE", "angle": outgoing.params["angle"]}
-    else:
-        body = {"action": FASTAPI_SWITCHES[outgoing.name][0]}
-    # The stack's backend adds these to every command; the sketch ignores them.
+    spec = FASTAPI_COMMANDS[outgoing.name]
+    # The schema's field order and types (True stays a JSON true, which `bool state =
+    # doc["state"]` reads; a missing field would read as 0/false).
+    body: dict[str, Any] = {"action": outgoing.name}
+    body.update(spec.params.model_validate(dict(outgoing.params)).model_dump())
+    # As the stack's backend sends them (mqtt_publisher.py): the sketch ignores `message_id`, and
+    # reads `cmd_timestamp` (epoch s) only on the retained fallback topic.
     body["message_id"] = outgoing.command_id
-    body["cmd_timestamp"] = int(time.time())
+    body["cmd_timestamp"] = outgoing.at_us // US_PER_S
+    used = arduinojson_bytes(body)
+    if used > FASTAPI_JSON_DOC_BYTES:
+        raise CommandError(
+            "payload_too_large",
+            f"the command needs {used} bytes of the node's {FASTAPI_JSON_DOC_BYTES}-byte JSON "
+            "document (it would drop it unparsed); use a shorter id or url",
+        )
     return body
 
 
-def _fastapi_expectation(name: str, params: Mapping[str, Any]) -> Expectation | None:
-    if name == "set_servo":
-        return Echo("servo_angle", float(params["angle"]))
-    _, metric, value = FASTAPI_SWITCHES[name]
-    return Echo(metric, value)
+def arduinojson_bytes(body: Mapping[str, Any]) -> int:
+    """What ArduinoJson 6 spends on a flat object parsed from a String (see above)."""
+    used = ARDUINOJSON_SLOT_BYTES * len(body)
+    for key, value in body.items():
+        used += len(key.encode()) + 1
+        if isinstance(value, str):
+            used += len(value.encode()) + 1
+    return used
+
+
+def _fastapi_state_metrics(name: str, params: Mapping[str, Any]) -> tuple[str, ...]:
+    if name in ("REBOOT", "FIRMWARE_UPDATE"):
+        return ("uptime_ms",)
+    target = fastapi_target(name, params)
+    return () if target is None else (target[0],)
+
+
+def _fastapi_expectation(
+    name: str, params: Mapping[str, Any], state: Mapping[str, float]
+) -> Expectation | None:
+    if name == "REBOOT":
+        return Restart(state.get("uptime_ms"))
+    if name == "FIRMWARE_UPDATE":
+        return FirmwareOutcome(state.get("uptime_ms"))
+    if name == "STATUS_REQUEST":
+        return StatusAnswer()
+    target = fastapi_target(name, params)
+    if target is None:  # SET_LIGHT_SCHEDULE: the node reports no schedule
+        return NextMessage()
+    metric, value = target
+    return StateEcho(metric, value, state.get(metric), may_be_unreported=metric == "smart_mode")
+
+
+FASTAPI_COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            CommandSpec("SERVO_ANGLE", "Turn the servo (degrees, 0-180)", ServoParams),
+            CommandSpec("SERVO_CONTROL", "Turn the servo (the same as SERVO_ANGLE)", ServoParams),
+            CommandSpec("LIGHT_CONTROL", "Switch the light (relay 1)", SwitchParams),
+            CommandSpec("FAN_CONTROL", "Switch the fan (relay 2)", SwitchParams),
+            CommandSpec("RELAY_CONTROL", "Switch one relay (1-5)", RelayParams),
+            CommandSpec("REAL_MODEL_CONTROL", "Switch the real model output", SwitchParams),
+            CommandSpec("SMART_MODE", "Turn smart automation on or off", SmartModeParams),
+            CommandSpec(
+                "SET_LIGHT_SCHEDULE", "Smart mode's light hours (0-23)", LightScheduleParams
+            ),
+            CommandSpec("REBOOT", "Restart the node", timeout_s=FASTAPI_REBOOT_TIMEOUT_S),
+            CommandSpec("STATUS_REQUEST", "Ask the node to publish its status"),
+            CommandSpec(
+                "FIRMWARE_UPDATE",
+                "Flash a new image from an http:// URL",
+                FirmwareParams,
+                timeout_s=FASTAPI_FIRMWARE_TIMEOUT_S,
+            ),
+        )
+    }
+)
 
 
 def _iot_node(outgoing: Outgoing) -> dict[str, Any]:
@@ -288,7 +659,7 @@ def _sensor(outgoing: Outgoing) -> dict[str, Any]:
     # The ML service's control message, as an operator's order: certain, and no features.
     return {
         "device_id": outgoing.topic_id,
-        "timestamp": int(time.time()),
+        "timestamp": outgoing.at_us // US_PER_S,
         "position": outgoing.params["position"],
         "confidence": 1.0,
         "features_used": ["manual"],
@@ -309,7 +680,7 @@ NATIVE = CommandFormat(
         }
     ),
     encode_payload=_native,
-    expectation=lambda name, params: None,
+    expectation=lambda name, params, state: None,
     max_payload_bytes=NATIVE_MAX_COMMAND_BYTES,
     open_catalogue=True,
 )
@@ -317,18 +688,13 @@ NATIVE = CommandFormat(
 FASTAPI = CommandFormat(
     name="fastapi",
     topic_pattern="devices/{id}/commands",
-    commands=MappingProxyType(
-        {
-            "set_servo": CommandSpec("set_servo", "Turn the servo (degrees)", ServoParams),
-            "light_on": CommandSpec("light_on", "Switch the light relay on"),
-            "light_off": CommandSpec("light_off", "Switch the light relay off"),
-            "fan_on": CommandSpec("fan_on", "Switch the fan relay on"),
-            "fan_off": CommandSpec("fan_off", "Switch the fan relay off"),
-        }
-    ),
+    commands=FASTAPI_COMMANDS,
     encode_payload=_fastapi,
     expectation=_fastapi_expectation,
-    max_payload_bytes=PUBSUBCLIENT_MAX_PAYLOAD_BYTES,
+    max_payload_bytes=FASTAPI_JSON_DOC_BYTES,
+    state_metrics=_fastapi_state_metrics,
+    fallback_topic_pattern="devices/{id}/commands/last",
+    fallback_commands=FASTAPI_IDEMPOTENT,
 )
 
 IOT_NODE = CommandFormat(
@@ -338,7 +704,7 @@ IOT_NODE = CommandFormat(
         {"set_led": CommandSpec("set_led", "Switch the LED and set its brightness", LedParams)}
     ),
     encode_payload=_iot_node,
-    expectation=lambda name, params: StatusReply(name),
+    expectation=lambda name, params, state: StatusReply(name),
     max_payload_bytes=PUBSUBCLIENT_MAX_PAYLOAD_BYTES,
 )
 
@@ -349,7 +715,7 @@ SENSOR = CommandFormat(
         {"set_window": CommandSpec("set_window", "Move the window (percent open)", WindowParams)}
     ),
     encode_payload=_sensor,
-    expectation=lambda name, params: NextMessage(),
+    expectation=lambda name, params, state: NextMessage(),
     max_payload_bytes=SENSOR_MAX_PAYLOAD_BYTES,
     default_timeout_s=SENSOR_DEFAULT_TIMEOUT_S,
 )

@@ -95,6 +95,7 @@ class CommandService:
             waiters=self._waiters,
             metrics=CommandMetrics(registry, active_count=lambda: len(self._active)),
             tasks=self._tasks,
+            on_applied=self._applied,
         )
         self._dispatcher = Dispatcher(
             store=store,
@@ -120,8 +121,10 @@ class CommandService:
             if fmt is None:  # a format this version no longer has: it can only time out
                 log.warning("command %s has unknown format %r", row.command_id, row.format)
                 continue
-            active = ActiveCommand(row, fmt, fmt.expectation(row.name, row.params))
+            state = await self._state_before(row, fmt)
+            active = ActiveCommand(row, fmt, fmt.expectation(row.name, row.params, state))
             self._tracker.track(active)
+            self._dispatcher.held_fallback(active)
             if row.state is CommandState.SENT:
                 # The broker had it; the device's answer may be queued for ingest's session.
                 active.published_us = row.sent_us or row.created_us
@@ -164,17 +167,52 @@ class CommandService:
         if not admitted.created:
             return admitted.row, False
         stored, fmt = admitted.row, admitted.fmt
-        self._tracker.created(
-            ActiveCommand(
-                stored,
-                fmt,
-                fmt.expectation(stored.name, stored.params),
-                history=list(stored.history),
-            )
+        state = await self._state_now(
+            device.device_id, fmt.state_metrics(stored.name, stored.params)
         )
+        active = ActiveCommand(
+            stored,
+            fmt,
+            fmt.expectation(stored.name, stored.params, state),
+            history=list(stored.history),
+        )
+        self._tracker.created(active)
         if device.presence == "online":
             self._dispatcher.dispatch(device.device_id)
+        else:
+            self._dispatcher.leave_fallback(active)
         return stored, True
+
+    async def _state_now(self, device_id: str, metrics: tuple[str, ...]) -> dict[str, float]:
+        """The device's latest values of `metrics` (what an expectation compares with)."""
+        if not metrics:
+            return {}
+        return {
+            summary.name: summary.last_value
+            for summary in await self.store.device_metrics(device_id)
+            if summary.name in metrics
+        }
+
+    async def _state_before(self, row: CommandRow, fmt: CommandFormat) -> dict[str, float]:
+        """For a command loaded at start: its device's values of the metrics its expectation
+        compares with, as they were when the command was accepted."""
+        state: dict[str, float] = {}
+        for metric in fmt.state_metrics(row.name, row.params):
+            rows = await self.store.query_readings(
+                row.device_id,
+                metrics=[metric],
+                start_us=None,
+                end_us=row.created_us,
+                limit=1,
+                after=None,
+                descending=True,
+            )
+            if rows:
+                state[metric] = rows[0].value
+        return state
+
+    def _applied(self, row: CommandRow) -> None:
+        self._dispatcher.settled(row)
 
     async def cancel(self, device_id: str, command_id: str) -> CommandRow:
         """Cancel a pending command; Conflict once it was handed to the broker, NotFound when

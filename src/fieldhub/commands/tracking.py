@@ -10,6 +10,7 @@ proves about a command of an ack-less stack, and cancellation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal
 
@@ -52,8 +53,10 @@ class CommandTracker:
         waiters: CommandWaiters,
         metrics: CommandMetrics,
         tasks: Tasks,
+        on_applied: Callable[[CommandRow], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_applied = on_applied
         self._bus = bus
         self._clock = clock
         self._active = active
@@ -129,6 +132,8 @@ class CommandTracker:
                 self._deadlines.cancel(key, "publish")
                 self._deadlines.schedule(key, "timeout", timeout_us(row))
         self._changed(row)
+        if self._on_applied is not None:
+            self._on_applied(row)
 
     async def adopt(self, key: CommandKey) -> None:
         """Follow transitions another process stored for a command this one tracks."""
@@ -165,11 +170,11 @@ class CommandTracker:
 
     def _check_expectations(self, decoded: Decoded) -> None:
         for active in self._active.of_device(decoded.device_id):
-            if (
-                active.expectation is None
-                or active.published_us == 0
-                or decoded.received_us < active.published_us
-            ):
+            if active.expectation is None:
+                continue
+            if active.published_us == 0 or decoded.received_us < active.published_us:
+                # From before the command went out: the state it starts from.
+                active.expectation.observe(decoded)
                 continue
             verdict = active.expectation.check(decoded)
             if verdict is None:

@@ -606,7 +606,10 @@ def test_requests_fieldhub_refuses(
     refused(unique_id("nobody"), {"name": "ping"}, 404, "not_found")
     refused(fastapi_topic_id, {"name": "reboot"}, 422, "unknown_command")
     refused(
-        fastapi_topic_id, {"name": "set_servo", "params": {"angle": 181}}, 422, "invalid_params"
+        fastapi_topic_id, {"name": "SERVO_ANGLE", "params": {"angle": 181}}, 422, "invalid_params"
+    )
+    refused(
+        fastapi_topic_id, {"name": "set_servo", "params": {"angle": 90}}, 422, "unknown_command"
     )
     refused(native_id, {"name": "set_window", "params": {"position": 140}}, 422, "invalid_params")
     refused(native_id, {"name": "set_window", "params": {"position": "50"}}, 422, "invalid_params")
