@@ -93,6 +93,9 @@ NATIVE = Profile(
         Route("devices/+/status", "status", "status", publishes_retained=True),
         # Down-link topics fieldhub itself publishes to, and up-links later features consume.
         Route("devices/+/commands", "commands", "ignore"),
+        # The FastAPI stack's retained fallback: fieldhub publishes a held command there for a
+        # node that is offline and clears it (docs/commands.md); both are down-link, not data.
+        Route("devices/+/commands/last", "commands", "ignore"),
         Route("devices/+/commands/ack", "command_ack", "command_ack"),
         Route("devices/+/audio", "audio", "ignore"),
         Route("devices/+/ota", "ota", "ignore"),
