@@ -208,9 +208,10 @@ def _knows(fh: FieldhubProcess, name: str) -> bool:
 
 
 def test_an_action_becomes_a_tracked_command(fieldhub: FieldhubProcess) -> None:
+    """POST /api/nodes/{id}/actions turns each NodeAction into a tracked command of the
+    firmware's action name, with the params the firmware reads."""
     fh = fieldhub
-    if not _knows(fh, "SERVO_ANGLE"):
-        pytest.skip("the fastapi command format does not name commands by the firmware's actions")
+    assert _knows(fh, "SERVO_ANGLE"), "the fastapi format names commands by firmware actions"
     url = f"{fh.base_url}/api/nodes/{NODE_A}/actions"
 
     body = _json(httpx.post(url, json={"action": "SERVO_ANGLE", "angle": 90}, timeout=10), 200)
