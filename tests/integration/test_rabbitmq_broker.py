@@ -22,6 +22,7 @@ import pytest
 
 from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.mqtt.publisher import MqttPublisher, Will
+from fieldhub.sim import FastApiNode
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import count_metric
 from support.rabbitmq import RabbitMQNode, RabbitMQUnavailable, in_ci
@@ -116,21 +117,30 @@ def random_mac_prefix() -> str:
 
 
 def fastapi_data(node_id: str, second: int) -> bytes:
-    """The FastAPI stack's flat data object (docs/protocol.md): numbers, booleans and strings."""
-    return json.dumps(
-        {
-            "temperature": 24.0 + second / 10,
-            "humidity": 55.0,
-            "gas_sensor": 312,
-            "servo_angle": 90,
-            "light_state": True,
-            "fan_state": False,
-            "wifi_rssi": -61,
-            "uptime": 3_600 + second,
-            "status": "active",
-            "node_id": node_id,
-            "timestamp": f"12:{second // 60 % 60:02d}:{second % 60:02d}",
-        }
+    """The FastAPI stack's sensor data exactly as its firmware sends it (IoT_Platform_Node.ino,
+    readAndPublishSensors()): the 14 members that fit its StaticJsonDocument<250>, compact."""
+    return (
+        f'{{"timestamp":"12:{second // 60 % 60:02d}:{second % 60:02d}",'
+        f'"temperature":{24.0 + second / 10:.1f},"humidity":55,"humidity_mq":0,'
+        f'"humidity_mq_raw":0,"gas_sensor":312,"status":"online","node_id":"{node_id}",'
+        f'"servo_angle":90,"light_state":true,"fan_state":false,"relay3_state":false,'
+        f'"relay4_state":false,"real_model_state":false}}'
+    ).encode()
+
+
+def fastapi_heartbeat(node_id: str, uptime_ms: int) -> bytes:
+    """publishHeartbeat(), every 3 s on the data topic."""
+    return (
+        f'{{"type":"heartbeat","status":"online","node_id":"{node_id}","uptime":{uptime_ms}}}'
+    ).encode()
+
+
+def fastapi_status(node_id: str, status: str, uptime_ms: int, rssi: int, strength: int) -> bytes:
+    """publishStatus(status), on the data topic; its clock is local time without a zone."""
+    return (
+        f'{{"timestamp":"2026-12-05 11:31:20","status":"{status}","uptime":{uptime_ms},'
+        f'"free_heap":201344,"wifi_rssi":{rssi},"node_id":"{node_id}","servo_angle":90,'
+        f'"gas_sensor":312,"signal_strength":{strength}}}'
     ).encode()
 
 
@@ -192,19 +202,21 @@ def test_startup_reports_rabbitmq_as_the_external_broker(
 def test_fastapi_stack_devices_through_rabbitmq(
     rabbitmq: RabbitMQNode, fieldhub_on_rabbitmq: FieldhubFactory
 ) -> None:
-    """Data and heartbeats stored once, strings kept as attributes, MAC spellings merged into one
-    device, presence online from the heartbeat and offline from the will on a lost link."""
+    """The firmware's data, heartbeats and status messages stored once, with uptime in ms and
+    RSSI in dBm; strings kept as attributes; MAC spellings merged into one device; presence
+    online from the status and heartbeats, offline from the will on a lost link."""
     fh = fieldhub_on_rabbitmq()
     mac = random_mac_prefix() + "4C"
     bare = mac.replace(":", "")  # the firmware's node_id: WiFi.macAddress() without colons
     dashed = mac.lower().replace(":", "-")
-    will = Will(topic=f"devices/{mac}/status", payload=b"offline", qos=1, retain=True)
-    client = device_client(rabbitmq.mqtt_url, bare, will=will)
+    will = Will(topic=f"devices/{bare}/status", payload=b"offline", qos=1, retain=True)
+    client = device_client(rabbitmq.mqtt_url, f"ESP32-{bare}", will=will)
     try:
-        frames = [(f"devices/{bare}/data", fastapi_data(bare, s)) for s in range(5)]
+        frames = [(f"devices/{bare}/data", fastapi_status(bare, "online", 6_004, -61, 55))]
+        frames += [(f"devices/{bare}/data", fastapi_data(bare, s)) for s in range(5)]
         frames += [(f"devices/{dashed}/data", fastapi_data(bare, s)) for s in range(5, 7)]
-        heartbeat = {"status": "online", "uptime": 3_607, "wifi_rssi": -60, "free_heap": 201_344}
-        frames.append((f"devices/{mac.lower()}/status", json.dumps(heartbeat).encode()))
+        frames.append((f"devices/{bare}/data", fastapi_heartbeat(bare, 9_012)))
+        frames.append((f"devices/{mac}/data", fastapi_status(bare, "light_on", 9_480, -60, 57)))
         publish_all(client, frames)
 
         wait_until(lambda: stored_messages(fh) >= len(frames), what="every message stored")
@@ -214,11 +226,16 @@ def test_fastapi_stack_devices_through_rabbitmq(
         assert values(fh, mac, "temperature") == pytest.approx([24.0 + s / 10 for s in range(7)])
         assert values(fh, mac, "light_state") == [1.0] * 7
         assert values(fh, mac, "fan_state") == [0.0] * 7
-        assert len(values(fh, mac, "uptime_s")) == 8  # seven data messages and the heartbeat
+        assert values(fh, mac, "uptime_ms") == [6_004.0, 9_012.0, 9_480.0]
+        assert values(fh, mac, "uptime_s") == []
+        assert values(fh, mac, "rssi") == [-61.0, -60.0]
+        assert values(fh, mac, "signal_strength") == [55.0, 57.0]
+        assert values(fh, mac, "free_heap") == [201_344.0, 201_344.0]
         found = device(fh, mac)
         assert found is not None
         assert found["profile"] == "native"
         assert found["attributes"]["node_id"] == bare
+        assert found["attributes"]["status"] == "light_on"
         assert found["attributes"]["timestamp"] == "12:00:06"
         assert "temperature" not in found["attributes"]
         wait_until(lambda: (device(fh, mac) or {}).get("presence") == "online", what="online")
@@ -227,6 +244,59 @@ def test_fastapi_stack_devices_through_rabbitmq(
         client.stop(disconnect=False)
     wait_until(lambda: (device(fh, mac) or {}).get("presence") == "offline", what="the will")
     assert stored_messages(fh) == len(frames) + 1  # the will, and nothing twice
+
+
+def test_simulated_fastapi_node_through_rabbitmq(
+    rabbitmq: RabbitMQNode, fieldhub_on_rabbitmq: FieldhubFactory
+) -> None:
+    """The simulated node on RabbitMQ as the firmware connects: `ESP32-<id>`, a persistent
+    session, QoS 1 subscriptions to /commands and /commands/last; its messages stored with
+    their units, a command obeyed, and its will on a crash."""
+    fh = fieldhub_on_rabbitmq()
+    mac = random_mac_prefix() + "5D"
+    node = FastApiNode(endpoint=parse_mqtt_url(rabbitmq.mqtt_url), mac=mac)
+    node.start()
+    try:
+        assert node.wait_subscribed(DEADLINE_S), "the node did not subscribe"
+        # RabbitMQ keeps the session as a durable queue named after the client id.
+        queues = rabbitmq.ctl("list_queues", "name", "durable", "--no-table-headers", "--quiet")
+        assert f"mqtt-subscription-{node.client_id}qos1\ttrue" in queues.stdout, queues.stdout
+        assert node.publish_heartbeat() is not None
+        wait_until(lambda: len(values(fh, mac, "uptime_ms")) >= 2, what="status and heartbeat")
+        wait_until(lambda: len(values(fh, mac, "servo_angle")) >= 2, what="status and data")
+        # setup()'s test ping follows the data message; it carries only attributes.
+        wait_until(
+            lambda: (device(fh, mac) or {}).get("attributes", {}).get("test") == "ping",
+            what="the test ping",
+        )
+        found = device(fh, mac)
+        assert found is not None
+        assert (found["profile"], found["presence"]) == ("native", "online")
+        assert found["attributes"]["status"] == "online"
+        assert {"rssi", "free_heap", "signal_strength", "uptime_ms", "gas_sensor"} <= {
+            metric["name"] for metric in found["metrics"]
+        }
+
+        commander = device_client(rabbitmq.mqtt_url, f"backend-{uuid.uuid4().hex[:8]}")
+        try:
+            body = {"action": "SERVO_ANGLE", "angle": 135, "cmd_timestamp": int(time.time())}
+            commander.publish(node.commands_topic, json.dumps(body).encode(), qos=1).result(
+                DEADLINE_S
+            )
+        finally:
+            commander.stop()
+        wait_until(lambda: node.actuators.servo_angle == 135, what="the servo to turn")
+        wait_until(lambda: 135.0 in values(fh, mac, "servo_angle"), what="the status echo")
+        wait_until(
+            lambda: (
+                (device(fh, mac) or {}).get("attributes", {}).get("status") == "servo_updated_wifi"
+            ),
+            what="the status attribute",
+        )
+    finally:
+        node.crash()
+        forget_session(rabbitmq.mqtt_url, node.client_id)
+    wait_until(lambda: (device(fh, mac) or {}).get("presence") == "offline", what="the will")
 
 
 def test_messages_sent_while_fieldhub_is_down_arrive_once(
@@ -331,7 +401,7 @@ def test_burst_is_stored_completely_and_once(
         for client in clients:
             client.stop()
     assert count_metric(fh.db_path, prefix, "temperature") == total
-    assert count_metric(fh.db_path, prefix, "uptime_s") == total
+    assert count_metric(fh.db_path, prefix, "servo_angle") == total
     assert stored_messages(fh) == total
     print(  # -s shows it: the burst's rates through RabbitMQ on this machine
         f"burst of {total}: published in {published_s:.2f} s, all stored after {stored_s:.2f} s "

@@ -122,39 +122,60 @@ def command(broker: MqttEndpoint, topic: str, body: dict[str, object]) -> None:
         publisher.stop()
 
 
+def status_messages(watcher: Observer, topic: str) -> list[str]:
+    """`status` of every status message (those with `free_heap`) on the data topic, in order."""
+    found = []
+    for seen in watcher.on(topic):
+        body = orjson.loads(seen.payload)
+        if "free_heap" in body:
+            found.append(body["status"])
+    return found
+
+
 def test_fastapi_node_on_the_wire(
     broker: MqttEndpoint, observe: Callable[[Sequence[str]], Observer]
 ) -> None:
-    """Heartbeat on connect (retained), data QoS 0 not retained, commands echoed, will retained."""
-    node = FastApiNode(endpoint=broker, mac=mac_for_index(random.randrange(0x200000, 0xFFFFFF)))
+    """The firmware's connect sequence, everything QoS 0 unretained on the data topic, commands
+    on both command topics, the retained will on a lost link, and a REBOOT on its persistent
+    session (a command sent while it is down arrives after it is back)."""
+    node = FastApiNode(
+        endpoint=broker,
+        mac=mac_for_index(random.randrange(0x200000, 0xFFFFFF)),
+        boot_s=0.5,
+    )
     watcher = observe([f"devices/{node.device_id}/#"])
     node.start()
     try:
         assert node.wait_subscribed(DEADLINE_S)
-        hello = watcher.next_on(node.status_topic, 0, "the heartbeat sent on connect")
-        assert (hello.qos, hello.retain) == (0, True)
-        assert orjson.loads(hello.payload)["status"] == "online"
-
-        assert node.publish_data() is not None
-        first = watcher.next_on(node.data_topic, 0, "the first data message")
-        assert (first.qos, first.retain) == (0, False)
-        data = orjson.loads(first.payload)
-        assert list(data) == [
-            "temperature",
-            "humidity",
-            "gas_sensor",
-            "servo_angle",
-            "light_state",
-            "fan_state",
-            "wifi_rssi",
-            "uptime",
-            "status",
-            "node_id",
+        hello = watcher.next_on(node.data_topic, 0, "the status message sent on connect")
+        assert (hello.qos, hello.retain) == (0, False)
+        status = orjson.loads(hello.payload)
+        assert list(status) == [
             "timestamp",
+            "status",
+            "uptime",
+            "free_heap",
+            "wifi_rssi",
+            "node_id",
+            "servo_angle",
+            "gas_sensor",
+            "signal_strength",
         ]
-        assert (data["servo_angle"], data["light_state"], data["fan_state"]) == (90, False, False)
-        assert data["node_id"] == node.device_id
+        assert (status["status"], status["node_id"]) == ("online", node.device_id)
+        first = orjson.loads(watcher.next_on(node.data_topic, 1, "the first data").payload)
+        assert list(first)[-1] == "real_model_state"
+        assert (first["servo_angle"], first["light_state"], first["fan_state"]) == (
+            90,
+            False,
+            False,
+        )
+        ping = watcher.next_on(node.data_topic, 2, "the test ping")
+        assert orjson.loads(ping.payload) == {"test": "ping", "node_id": node.device_id}
+        assert node.publish_heartbeat() is not None
+        beat = orjson.loads(watcher.next_on(node.data_topic, 3, "a heartbeat").payload)
+        assert list(beat) == ["type", "status", "node_id", "uptime"]
 
+        command(broker, node.commands_topic, {"action": "SMART_MODE", "enabled": False})
         command(
             broker,
             node.commands_topic,
@@ -165,22 +186,47 @@ def test_fastapi_node_on_the_wire(
                 "cmd_timestamp": int(time.time()),
             },
         )
-        command(broker, node.commands_topic, {"action": "LIGHT_ON"})
-        wait_until(lambda: node.commands_applied == 2, what="both commands to arrive")
+        command(broker, node.last_topic, {"action": "LIGHT_CONTROL", "state": True})
+        wait_until(lambda: node.commands_applied == 3, what="the three commands to arrive")
+        # The node publishes each status message right after applying its command (QoS 0, so
+        # the observer may see it a moment later): wait for both before counting messages.
+        wait_until(
+            lambda: (
+                status_messages(watcher, node.data_topic)[-2:] == ["servo_updated_wifi", "light_on"]
+            ),
+            what="the servo and light status messages",
+        )
+        seen = len(watcher.on(node.data_topic))
         assert node.publish_data() is not None
-        echoed = orjson.loads(watcher.next_on(node.data_topic, 1, "the next data").payload)
+        echoed = orjson.loads(watcher.next_on(node.data_topic, seen, "the next data").payload)
         assert (echoed["servo_angle"], echoed["light_state"]) == (135, True)
-        # No acknowledgement topic: the firmware confirms through its data only.
-        assert watcher.topics() <= {node.data_topic, node.status_topic, node.commands_topic}
+        # Nothing but the will ever goes to the status topic; no acknowledgement topic exists.
+        assert watcher.on(node.status_topic) == []
+
+        # REBOOT: `rebooting`, then the connection drops without DISCONNECT (the will), and the
+        # node boots with its defaults and resumes its session.
+        command(broker, node.commands_topic, {"action": "REBOOT"})
+        will = watcher.next_on(node.status_topic, 0, "the will after the restart")
+        assert (will.payload, will.qos, will.retain) == (b"offline", 1, True)
+        assert "rebooting" in status_messages(watcher, node.data_topic)
+        command(broker, node.commands_topic, {"action": "FAN_CONTROL", "state": True})
+        wait_until(lambda: node.boots == 2 and node.connected, what="the node back")
+        wait_until(lambda: node.actuators.fan_state, what="the command queued while down")
+        assert node.actuators.servo_angle == 90  # back to its default
 
         node.crash()
-        will = wait_until(
-            lambda: [s for s in watcher.on(node.status_topic) if s.payload == b"offline"],
-            what="the `offline` will",
-        )[0]
-        assert (will.qos, will.retain) == (1, True)
+        wait_until(lambda: len(watcher.on(node.status_topic)) == 2, what="the will after the crash")
     finally:
         node.close()
+        # The persistent session outlives the node on the broker: end it.
+        ender = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=node.client_id,
+            protocol=paho.MQTTv311,
+            clean_session=True,
+        )
+        ender.connect(broker.host, broker.port)
+        ender.disconnect()
 
 
 def test_iot_node_on_the_wire(

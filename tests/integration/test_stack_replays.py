@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ def fieldhub(mosquitto: MosquittoProcess, tmp_path: Path) -> Iterator[FieldhubPr
     fh = FieldhubProcess(data_dir=tmp_path / "fh", mqtt_url=mosquitto.url).start()
     yield fh
     fh.stop()
+
+
+def parse_ts(text: str) -> float:
+    """Epoch seconds of an API time (ISO 8601 with a zone)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def readings(fh: FieldhubProcess, device: str, metric: str) -> list[tuple[str, float]]:
@@ -165,60 +171,116 @@ def test_flask_gateway_stack_replay(mosquitto: MosquittoProcess, fieldhub: Field
 # --- FastAPI/RabbitMQ/React stack (native aliases) --------------------------------------------
 
 
-def fastapi_data(mac_id: str, second: int, servo: int) -> bytes:
-    """The stack's flat data object, once a second (Arduino firmware, no NTP yet at first)."""
-    return json.dumps(
-        {
-            "temperature": 24.5 + second / 10,
-            "humidity": 55.0,
-            "gas_sensor": 312,
-            "servo_angle": servo,
-            "light_state": True,
-            "fan_state": False,
-            "wifi_rssi": -61,
-            "uptime": 3_600 + second,
-            "status": "active",
-            "node_id": mac_id,
-            "timestamp": "unknown" if second == 0 else f"12:34:{second:02d}",
-        }
+# The node's clock: configTime() with UTC+5:30 and no zone written (IoT_Platform_Node.ino).
+FASTAPI_UTC_OFFSET_S = 19_800
+
+
+def fastapi_clock(fmt: str, epoch_s: float) -> str:
+    return time.strftime(fmt, time.gmtime(epoch_s + FASTAPI_UTC_OFFSET_S))
+
+
+def fastapi_status(node_id: str, status: str, clock: str, *numbers: int) -> bytes:
+    """publishStatus(): the firmware's members in its order, compact (ArduinoJson)."""
+    uptime, heap, rssi, servo, gas, strength = numbers
+    return (
+        f'{{"timestamp":"{clock}","status":"{status}","uptime":{uptime},"free_heap":{heap},'
+        f'"wifi_rssi":{rssi},"node_id":"{node_id}","servo_angle":{servo},"gas_sensor":{gas},'
+        f'"signal_strength":{strength}}}'
     ).encode()
 
 
+def fastapi_sensor_data(node_id: str, clock: str, temperature: str, gas: int, light: str) -> bytes:
+    """readAndPublishSensors() as sent: the first 14 of its 17 members (the rest do not fit its
+    StaticJsonDocument<250> under ArduinoJson 6: no `smart_mode`, `uptime`, `wifi_rssi`)."""
+    return (
+        f'{{"timestamp":"{clock}","temperature":{temperature},"humidity":50,"humidity_mq":0,'
+        f'"humidity_mq_raw":0,"gas_sensor":{gas},"status":"online","node_id":"{node_id}",'
+        f'"servo_angle":90,"light_state":{light},"fan_state":false,"relay3_state":false,'
+        f'"relay4_state":false,"real_model_state":false}}'
+    ).encode()
+
+
+def fastapi_heartbeat(node_id: str, uptime: int) -> bytes:
+    return (
+        f'{{"type":"heartbeat","status":"online","node_id":"{node_id}","uptime":{uptime}}}'.encode()
+    )
+
+
 def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
-    """Data every second, a JSON heartbeat, and the retained `offline` will on a lost link."""
+    """The firmware's connect sequence (status `online`, data, test ping), heartbeats, a servo
+    command's status message, all on the data topic; the retained `offline` will on a lost link."""
     mac = random_mac()
-    bare = mac.replace(":", "")
-    status_topic = f"devices/{mac}/status"
+    bare = mac.replace(":", "")  # the firmware's node_id
+    data_topic = f"devices/{bare}/data"
+    now_s = time.time()
+    date = fastapi_clock("%Y-%m-%d %H:%M:%S", now_s)
+    later_date = fastapi_clock("%Y-%m-%d %H:%M:%S", now_s + 6)
+    clocks = [fastapi_clock("%H:%M:%S", now_s + step) for step in (1, 4)]
     client = device_client(
         mosquitto.url,
         f"ESP32-{bare}",
-        will=Will(topic=status_topic, payload=b"offline", qos=1, retain=True),
+        will=Will(topic=f"devices/{bare}/status", payload=b"offline", qos=1, retain=True),
     )
-    frames = [Frame(f"devices/{bare}/data", fastapi_data(bare, s, 90 * (s % 2))) for s in range(3)]
-    # The heartbeat, on the status topic with the MAC in colon form: the same device.
-    heartbeat = {"status": "online", "uptime": 3_603, "wifi_rssi": -60, "free_heap": 201_344}
-    frames.append(Frame(status_topic, json.dumps(heartbeat).encode()))
+    frames = [
+        Frame(data_topic, fastapi_status(bare, "online", date, 6_004, 201_344, -61, 90, 45, 55)),
+        Frame(data_topic, fastapi_sensor_data(bare, clocks[0], "20.1", 45, "false")),
+        Frame(data_topic, f'{{"test":"ping","node_id":"{bare}"}}'.encode()),
+        Frame(data_topic, fastapi_heartbeat(bare, 9_012)),
+        Frame(data_topic, fastapi_sensor_data(bare, clocks[1], "20.2", 47, "true")),
+        Frame(data_topic, fastapi_heartbeat(bare, 12_015)),
+        Frame(
+            data_topic,
+            fastapi_status(
+                bare, "servo_updated_wifi", later_date, 12_480, 201_112, -60, 135, 47, 57
+            ),
+        ),
+    ]
     replay(client, frames)
 
-    wait_until(lambda: len(readings(fieldhub, mac, "uptime_s")) == 4, what="four uptimes")
+    wait_until(lambda: len(readings(fieldhub, mac, "uptime_ms")) == 4, what="four uptimes")
+    wait_until(lambda: len(readings(fieldhub, mac, "temperature")) == 2, what="both data")
     found = device(fieldhub, mac.lower())
     assert found is not None
     assert (found["id"], found["profile"], found["presence"]) == (mac, "native", "online")
-    assert found["attributes"] == {"status": "active", "node_id": bare, "timestamp": "12:34:02"}
+    assert found["attributes"] == {
+        "status": "servo_updated_wifi",
+        "status_time": later_date,
+        "node_id": bare,
+        "timestamp": clocks[1],
+        "test": "ping",
+    }
     assert metric_names(fieldhub, mac) == {
         "temperature",
         "humidity",
+        "humidity_mq",
+        "humidity_mq_raw",
         "gas_sensor",
         "servo_angle",
         "light_state",
         "fan_state",
-        "rssi",
-        "uptime_s",
+        "relay3_state",
+        "relay4_state",
+        "real_model_state",
+        "uptime_ms",
         "free_heap",
+        "rssi",
+        "signal_strength",
     }
-    assert [v for _, v in readings(fieldhub, mac, "servo_angle")] == [0.0, 90.0, 0.0]
-    assert {v for _, v in readings(fieldhub, mac, "light_state")} == {1.0}
-    assert [v for _, v in readings(fieldhub, mac, "rssi")] == [-61.0, -61.0, -61.0, -60.0]
+    # millis(): milliseconds, from the status messages and the heartbeats.
+    assert [v for _, v in readings(fieldhub, mac, "uptime_ms")] == [6_004, 9_012, 12_015, 12_480]
+    assert [v for _, v in readings(fieldhub, mac, "rssi")] == [-61.0, -60.0]
+    assert [v for _, v in readings(fieldhub, mac, "signal_strength")] == [55.0, 57.0]
+    assert [v for _, v in readings(fieldhub, mac, "free_heap")] == [201_344.0, 201_112.0]
+    assert [v for _, v in readings(fieldhub, mac, "temperature")] == [20.1, 20.2]
+    assert [v for _, v in readings(fieldhub, mac, "light_state")] == [0.0, 1.0]
+    assert [v for _, v in readings(fieldhub, mac, "servo_angle")] == [90.0, 90.0, 90.0, 135.0]
+    assert [v for _, v in readings(fieldhub, mac, "gas_sensor")] == [45.0, 45.0, 47.0, 47.0]
+    assert [v for _, v in readings(fieldhub, mac, "humidity_mq_raw")] == [0.0, 0.0]
+    # The status messages are dated on receipt, not by their zone-less local clock: every
+    # reading is within a minute of now.
+    for ts, _ in readings(fieldhub, mac, "uptime_ms"):
+        assert abs(parse_ts(ts) - time.time()) < 60
+    assert fieldhub.get("/api/v1/dead-letters", device=mac).json()["data"] == []
 
     # Power lost: the broker publishes the retained will.
     client.stop(disconnect=False)
@@ -230,7 +292,7 @@ def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPro
     fresh = on_a_new_session(fieldhub, retained_copies=1)
     try:
         assert presence_changes(fresh, mac) == changes
-        assert len(readings(fresh, mac, "uptime_s")) == 4
+        assert len(readings(fresh, mac, "uptime_ms")) == 4
         assert (device(fresh, mac) or {}).get("presence") == "offline"
     finally:
         fresh.stop()

@@ -1,4 +1,5 @@
-"""Pure tests of the legacy-stack device kinds: byte layouts, the WAV builder, command handling.
+"""Pure tests of the legacy-stack device kinds: byte layouts, the WAV builder, command handling
+(the fastapi kind has its own module, test_sim_fastapi_node.py).
 
 No broker: the devices are built but never started (their MQTT client only connects on start).
 """
@@ -23,20 +24,14 @@ from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim import (
     DEVICE_KINDS,
     SIM_PROFILES,
-    Actuators,
     CommandResult,
-    FastApiNode,
     IotNode,
     Led,
     PublishCounter,
     WindowMotor,
     WindowSensor,
     ambient_sound,
-    apply_fastapi_command,
     apply_iot_node_command,
-    fastapi_data_payload,
-    fastapi_heartbeat_payload,
-    fastapi_node_id,
     iot_node_offline_payload,
     iot_node_status_payload,
     iot_node_telemetry_payload,
@@ -56,148 +51,8 @@ from fieldhub.sim.window_sensor import (
 
 # Nothing listens here; nothing below connects.
 NOWHERE = MqttEndpoint(host="127.0.0.1", port=9)
-MAC = "3C:E9:0E:10:00:01"
-NODE_ID = "3CE90E100001"
-HH_MM_SS = re.compile(r"^\d{2}:\d{2}:\d{2}$")
 # 2 s of 16 kHz mono 16-bit PCM plus the 44-byte RIFF header.
 WAV_BYTES = 44 + 2 * 16_000 * 2
-
-
-# --- fastapi (FastAPI/RabbitMQ stack) ------------------------------------------------------------
-
-
-def test_fastapi_data_has_exactly_the_seed_fields_in_order_and_types() -> None:
-    """The data object: the simulator's eleven fields, compact, booleans for light and fan."""
-    payload = fastapi_data_payload(
-        node_id=NODE_ID,
-        temperature=24.3,
-        humidity=51.2,
-        gas_sensor=45,
-        actuators=Actuators(servo_angle=90, light_state=True, fan_state=False),
-        wifi_rssi=-61,
-        uptime_s=12,
-        clock="14:03:07",
-    )
-    assert payload == (
-        b'{"temperature":24.3,"humidity":51.2,"gas_sensor":45,"servo_angle":90,'
-        b'"light_state":true,"fan_state":false,"wifi_rssi":-61,"uptime":12,"status":"online",'
-        b'"node_id":"3CE90E100001","timestamp":"14:03:07"}'
-    )
-    decoded = orjson.loads(payload)
-    types = {key: type(value) for key, value in decoded.items()}
-    assert types == {
-        "temperature": float,
-        "humidity": float,
-        "gas_sensor": int,
-        "servo_angle": int,
-        "light_state": bool,
-        "fan_state": bool,
-        "wifi_rssi": int,
-        "uptime": int,
-        "status": str,
-        "node_id": str,
-        "timestamp": str,
-    }
-
-
-def test_fastapi_heartbeat_is_json_that_says_online() -> None:
-    """The heartbeat names the node and says `online`, with numbers for health."""
-    payload = fastapi_heartbeat_payload(node_id=NODE_ID, uptime_s=3, wifi_rssi=-60, free_heap=1)
-    assert payload == (
-        b'{"node_id":"3CE90E100001","status":"online","uptime":3,"wifi_rssi":-60,"free_heap":1}'
-    )
-
-
-def test_fastapi_node_id_is_the_mac_without_colons() -> None:
-    """`node_id.replace(":", "")` as in the write-up; a non-canonical MAC is a caller bug."""
-    assert fastapi_node_id(MAC) == NODE_ID
-    with pytest.raises(ValueError, match="upper case"):
-        fastapi_node_id("3c:e9:0e:10:00:01")
-
-
-def test_fastapi_node_topics_client_id_and_will() -> None:
-    """Topics under `devices/{node_id}/`, client id = node_id, will `offline` retained QoS 1."""
-    node = FastApiNode(endpoint=NOWHERE, mac=MAC)
-    assert (node.device_id, node.client_id) == (NODE_ID, NODE_ID)
-    assert node.data_topic == f"devices/{NODE_ID}/data"
-    assert node.status_topic == f"devices/{NODE_ID}/status"
-    assert node.commands_topic == f"devices/{NODE_ID}/commands"
-    assert node.will is not None
-    assert (node.will.topic, node.will.payload, node.will.qos, node.will.retain) == (
-        node.status_topic,
-        b"offline",
-        1,
-        True,
-    )
-    assert [(job.name, job.period_s) for job in node.periodic()] == [
-        ("data", 1.0),
-        ("heartbeat", 3.0),
-    ]
-
-
-def test_fastapi_timestamp_is_unknown_until_ntp_then_hh_mm_ss() -> None:
-    """`"unknown"` for the first seconds after boot, then the UTC clock time."""
-    now_ms = [1_000_000]
-    node = FastApiNode(
-        endpoint=NOWHERE,
-        mac=MAC,
-        ntp_sync_s=2.0,
-        clock_ms=lambda: now_ms[0],
-        wall_clock_s=lambda: 1_704_844_800.0 + 3 * 3600 + 4 * 60 + 5,
-    )
-    first = orjson.loads(node.next_data_payload())
-    assert (first["timestamp"], first["uptime"]) == ("unknown", 0)
-    now_ms[0] += 2_500
-    later = orjson.loads(node.next_data_payload())
-    assert (later["timestamp"], later["uptime"]) == ("03:04:05", 2)
-    assert HH_MM_SS.match(later["timestamp"])
-
-
-def test_fastapi_commands_change_the_state_the_next_data_reports() -> None:
-    """SERVO_ANGLE/LIGHT_*/FAN_* change what the next data message says; no ack is sent."""
-    node = FastApiNode(endpoint=NOWHERE, mac=MAC, seed=3)
-    command = {
-        "action": "SERVO_ANGLE",
-        "angle": 45,
-        "message_id": "9b2e6c1e-2f4e-4b8e-9c59-0a1b2c3d4e5f",
-        "cmd_timestamp": 1_704_844_800,
-    }
-    node.on_message(node.commands_topic, orjson.dumps(command))
-    node.on_message(node.commands_topic, b'{"action":"LIGHT_ON"}')
-    node.on_message(node.commands_topic, b'{"action":"FAN_ON"}')
-    node.on_message(node.commands_topic, b'{"action":"FAN_OFF"}')
-    data = orjson.loads(node.next_data_payload())
-    assert (data["servo_angle"], data["light_state"], data["fan_state"]) == (45, True, False)
-    assert node.actuators == Actuators(servo_angle=45, light_state=True, fan_state=False)
-    assert (node.commands_applied, node.commands_ignored) == (4, 0)
-    # Another topic is not a command; garbage is counted and ignored.
-    node.on_message(node.data_topic, b'{"action":"LIGHT_OFF"}')
-    node.on_message(node.commands_topic, b"not json")
-    assert node.actuators.light_state is True
-    assert node.commands_ignored == 1
-
-
-@pytest.mark.parametrize(
-    ("payload", "expected"),
-    [
-        (b'{"action":"SERVO_ANGLE","angle":90}', Actuators(servo_angle=90)),
-        (b'{"action":"SERVO_ANGLE","angle":250}', Actuators(servo_angle=180)),
-        (b'{"action":"SERVO_ANGLE","angle":-5}', Actuators(servo_angle=0)),
-        (b'{"action":"SERVO_ANGLE","angle":30.9}', Actuators(servo_angle=30)),
-        (b'{"action":"LIGHT_ON"}', Actuators(servo_angle=10, light_state=True)),
-        (b'{"action":"FAN_ON","message_id":"x"}', Actuators(servo_angle=10, fan_state=True)),
-        (b'{"action":"SERVO_ANGLE"}', None),
-        (b'{"action":"SERVO_ANGLE","angle":true}', None),
-        (b'{"action":"SERVO_ANGLE","angle":"90"}', None),
-        (b'{"action":"servo_angle","angle":90}', None),
-        (b'{"action":"REBOOT"}', None),
-        (b"[1, 2]", None),
-        (b"\xff", None),
-    ],
-)
-def test_fastapi_command_parsing(payload: bytes, expected: Actuators | None) -> None:
-    """Each action as the sketch's if/else chain treats it; anything else is ignored."""
-    assert apply_fastapi_command(Actuators(servo_angle=10), payload) == expected
 
 
 # --- iot-node (Raspberry Pi/Mosquitto stack) -----------------------------------------------------
@@ -470,8 +325,10 @@ def test_mixed_fleet_ids_and_periods() -> None:
     assert _describe(fleet) == "2 native, 2 readings, 2 fastapi, 2 iot-node, 2 sensor"
     periods = sorted({job.period_s for job in jobs})
     assert periods == [0.25, 1.0, 3.0, 10.0, 30.0]
-    # Heartbeats go out on connect, so their first scheduled run is a period later.
-    assert min(job.first_s for job in jobs if job.period_s == 3.0) >= 3.0
+    # The iot-node's status goes out on connect, so its first scheduled run is a period later;
+    # the fastapi heartbeat does not (its sketch sends a status message on connect instead).
+    assert min(job.first_s for job in jobs if job.period_s == 30.0) >= 30.0
+    assert max(job.first_s for job in jobs if job.period_s == 3.0) < 3.0
 
 
 def test_cli_sim_refuses_an_unknown_profile_listing_the_choices() -> None:

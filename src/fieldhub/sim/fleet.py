@@ -9,10 +9,11 @@ from their own network thread. That is fine up to about a hundred devices.
 Periods: `rate_hz` sets the period of the native devices and of the readings gateways (whose
 firmware period, 30 s, is rate 1/30: the existing demo and tests run them faster). The fastapi,
 iot-node and sensor kinds always run at their firmware's own periods (1 s data and 3 s
-heartbeat; 10 s telemetry and 30 s status; a 10 s reading cycle): their timing is part of the
-contract being reproduced (a heartbeat three times slower than the data), and 1-10 s is already
-demo speed. To measure fieldhub under load use `bench/` (`python -m bench.loadgen`), which
-speaks MQTT itself so the generator does not measure its own client library.
+heartbeat, both on the fastapi node's data topic; 10 s telemetry and 30 s status; a 10 s
+reading cycle): their timing is part of the contract being reproduced (a heartbeat three times
+slower than the data), and 1-10 s is already demo speed. To measure fieldhub under load use
+`bench/` (`python -m bench.loadgen`), which speaks MQTT itself so the generator does not measure
+its own client library.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from fieldhub.mqtt.endpoint import MqttEndpoint
-from fieldhub.sim.fastapi_node import FASTAPI_MAC_INDEX_BASE, FastApiNode
+from fieldhub.sim.fastapi_node import FASTAPI_BOOT_S, FASTAPI_MAC_INDEX_BASE, FastApiNode
 from fieldhub.sim.iot_node import IotNode, iot_node_topic_id
 from fieldhub.sim.link import LinkedDevice
 from fieldhub.sim.native import NativeDevice
@@ -151,13 +152,14 @@ def _build_fleet(
                 teardown=teardown,
             )
         elif kind == "fastapi":
-            # Boots with the fleet (uptime 0), so a demo shows the sketch's "unknown" time
-            # before its NTP sync.
+            # Connects as its sketch does at the end of setup(): booted FASTAPI_BOOT_S ago
+            # (WiFi and the 2 s NTP wait), so its first status message already has a date.
             device = FastApiNode(
                 endpoint=endpoint,
                 mac=mac_for_index(FASTAPI_MAC_INDEX_BASE + number),
                 seed=device_seed,
                 counter=counter,
+                uptime_offset_ms=round(FASTAPI_BOOT_S * 1000),
             )
         elif kind == "iot-node":
             device = IotNode(

@@ -3,9 +3,11 @@
 The ESP32 sketches of the stacks fieldhub replaces (FastAPI/RabbitMQ, Raspberry Pi/Mosquitto,
 Go/ClickHouse window control) all follow the Arduino pattern: one client, connected once with a
 fixed client id and maybe a last will, re-subscribing to its command topic in its reconnect
-function (the session is clean, so the broker forgets subscriptions with the connection), then
-publishing from `loop()`. `LinkedDevice` is that pattern; the kinds in `fastapi_node.py`,
-`iot_node.py` and `window_sensor.py` add their topics, payloads and command handling.
+function (a clean session's broker forgets subscriptions with the connection), then
+publishing from `loop()`. A sketch that connects with `cleanSession=false` (the FastAPI stack's)
+keeps its session, and so its queued commands, across a restart. `LinkedDevice` is that pattern;
+the kinds in `fastapi_node.py`, `iot_node.py` and `window_sensor.py` add their topics, payloads
+and command handling.
 
 Commands arrive on the publishing connection itself (`MqttPublisher`'s subscriptions): one
 connection per device is part of what we reproduce, and a second client would need a second
@@ -62,28 +64,36 @@ class LinkedDevice:
         will: Will | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
         protocol: int = ARDUINO_MQTT_PROTOCOL,
+        clean_session: bool = True,
         counter: PublishCounter | None = None,
     ) -> None:
         self.device_id = device_id
         self.client_id = client_id
         self.will = will
+        self.clean_session = clean_session
         self.counter = counter if counter is not None else PublishCounter()
-        self._link = MqttPublisher(
-            endpoint=endpoint,
-            client_id=client_id,
-            protocol=protocol,
-            will=will,
-            clean=True,
-            subscriptions=subscriptions,
-            on_message=self.on_message,
-            on_subscribed=self._subscribed,
-        )
+        self._endpoint = endpoint
+        self._protocol = protocol
+        self._subscriptions = list(subscriptions)
+        self._link = self._new_link()
         self._lock = threading.Lock()
         self._unacked = 0
         self._started = False
         # `_closed`: publish nothing more. `_stopped`: the client has been stopped.
         self._closed = False
         self._stopped = False
+
+    def _new_link(self) -> MqttPublisher:
+        return MqttPublisher(
+            endpoint=self._endpoint,
+            client_id=self.client_id,
+            protocol=self._protocol,
+            will=self.will,
+            clean=self.clean_session,
+            subscriptions=self._subscriptions,
+            on_message=self.on_message,
+            on_subscribed=self._subscribed,
+        )
 
     # --- what subclasses provide ----------------------------------------------------------------
 
@@ -200,6 +210,26 @@ class LinkedDevice:
         self.counter.track(future)
         future.add_done_callback(self._publish_done)
         return future
+
+    def drop_link(self) -> bool:
+        """A restart's first half: drop the TCP connection without DISCONNECT (the will fires)
+        and keep the device alive. False when the device was stopped meanwhile."""
+        with self._lock:
+            if self._stopped:
+                return False
+            link = self._link
+        link.stop(disconnect=False)
+        return True
+
+    def relink(self) -> bool:
+        """A restart's second half: connect again with the same client id, will and session
+        (a persistent session resumes). False when the device was stopped meanwhile."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._link = link = self._new_link()
+        link.start()
+        return True
 
     def _publish_done(self, future: Future[None]) -> None:
         with self._lock:
