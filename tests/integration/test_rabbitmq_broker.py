@@ -33,8 +33,9 @@ BURST_DEVICES = 5
 BURST_PER_DEVICE = 600
 # Messages that wait on the broker while fieldhub is stopped.
 OFFLINE_MESSAGES = 50
-# A backlog that takes fieldhub over a second to drain from RabbitMQ, so a kill -9 lands in it.
-CRASH_BACKLOG = 5_000
+# A backlog that takes fieldhub seconds to drain from RabbitMQ, so a kill -9 lands in it. 5,000
+# was drained whole between two polls once (batches of thousands commit in one step).
+CRASH_BACKLOG = 30_000
 # Loopback round trips take milliseconds; these bound how long a broken test hangs.
 DEADLINE_S = 20.0
 BURST_DEADLINE_S = 60.0
