@@ -311,20 +311,24 @@ def _json_cost(value: object) -> int:
     return 0
 
 
-def as_int(value: object) -> int:
-    """`int x = doc["k"]` under ArduinoJson: null, objects and junk are 0, floats truncate."""
+def _c_integer(value: object, bits: int) -> int:
+    """An ArduinoJson integer conversion to a `bits`-wide signed type: null, objects and junk are
+    0, out-of-range numbers are 0, floats truncate, numeric strings are read (as 32-bit)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int):
-        return value if -(2**31) <= value < 2**31 else 0
-    if isinstance(value, float):
-        return int(value) if -(2**31) <= value < 2**31 else 0
+    if isinstance(value, int | float):
+        return int(value) if -(2 ** (bits - 1)) <= value < 2 ** (bits - 1) else 0
     if isinstance(value, str):
         try:
-            return as_int(float(value.strip()))
+            return _c_integer(float(value.strip()), 32)
         except ValueError:
             return 0
     return 0
+
+
+def as_int(value: object) -> int:
+    """`int x = doc["k"]` under ArduinoJson (32-bit)."""
+    return _c_integer(value, 32)
 
 
 def as_bool(value: object) -> bool:
@@ -340,13 +344,7 @@ def as_bool(value: object) -> bool:
 
 def as_time(value: object) -> int:
     """`time_t t = doc["cmd_timestamp"]` (64-bit): like as_int, but without the 32-bit limit."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**63 else 0
-    if isinstance(value, float):
-        return int(value) if -(2.0**63) <= value < 2.0**63 else 0
-    return as_int(value)
+    return _c_integer(value, 64)
 
 
 def c_round(value: float) -> float:
