@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
+from fieldhub.net import is_loopback
 from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
 from fieldhub.store.open import sqlite_path
@@ -106,6 +107,30 @@ class Settings(BaseSettings):
     disk_budget_mb: float | None = Field(
         None, gt=0, description="Warn (log, metric) when the database reaches 90 % of this"
     )
+    # Security (docs/security.md). Off is demo mode: no credential anywhere, so it is refused on
+    # any address but loopback (the validator below).
+    auth: bool = Field(True, description="Require credentials (off: demo mode, loopback only)")
+    mqtt_host: str = Field("127.0.0.1", description="Address the embedded broker listens on")
+    mqtt_tls_port: int | None = Field(
+        None, ge=1, le=65535, description="TLS listener of the embedded broker (needs tls_*)"
+    )
+    mqtt_legacy_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Listener for fleets flashed for the earlier stacks (no credentials, "
+        "per-profile ACLs); unset: off",
+    )
+    mqtt_legacy_host: str | None = Field(None, description="Its address; default mqtt_host")
+    tls_cert: Path | None = Field(None, description="Server certificate (PEM) for HTTPS and MQTT")
+    tls_key: Path | None = Field(None, description="Its private key (PEM)")
+    tls_ca: Path | None = Field(None, description="The CA that signed it, given to devices")
+    http_origins: list[str] = Field(
+        default_factory=list, description="Origins besides the page's own that may open /live"
+    )
+    run_as: str | None = Field(
+        None, description="User to switch to when started as root (default: fieldhub, nobody)"
+    )
 
     @field_validator("mqtt_url")
     @classmethod
@@ -141,6 +166,38 @@ class Settings(BaseSettings):
             raise ValueError(
                 "give either mqtt_url (external broker) or mqtt_port (embedded), not both"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _reachable_only_with_auth(self) -> Settings:
+        if self.auth:
+            return self
+        for what, host in (
+            ("http_host", self.http_host),
+            ("mqtt_host", self.mqtt_host),
+            ("mqtt_legacy_host", self.mqtt_legacy_host),
+        ):
+            if host is not None and not is_loopback(host):
+                raise ValueError(
+                    f"without authentication (demo mode) fieldhub listens on 127.0.0.1 only, "
+                    f"not {what}={host}: run without --demo / FIELDHUB_AUTH=false, and the "
+                    "first start creates an admin and prints a setup link (docs/security.md)"
+                )
+        if self.mqtt_legacy_port is not None:
+            raise ValueError(
+                "the legacy listener (mqtt_legacy_port) applies per-profile ACLs, which exist "
+                "only with authentication on: drop --demo / FIELDHUB_AUTH=false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "give tls_cert and tls_key together (`fieldhub certs init` makes both)"
+            )
+        if self.mqtt_tls_port is not None and self.tls_cert is None:
+            raise ValueError("mqtt_tls_port needs tls_cert and tls_key (`fieldhub certs init`)")
         return self
 
     @property

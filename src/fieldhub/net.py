@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import time
 
@@ -26,6 +27,17 @@ def _family_for(host: str) -> socket.AddressFamily:
     """Return the address family a literal or resolvable `host` binds with."""
     infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     return infos[0][0]
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is a loopback address (127.0.0.0/8, ::1) or `localhost`: only this
+    machine can reach a listener there. Names other than localhost count as reachable."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
