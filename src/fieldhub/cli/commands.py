@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fieldhub.cli.api_client import fieldhub_http
+from fieldhub.cli.api_client import DEFAULT_URL, TokenOption, UrlOption, fieldhub_http
 from fieldhub.cli.common import fail
 
 
@@ -30,7 +30,8 @@ def command(
     params: Annotated[
         list[str] | None, typer.Argument(help="Parameters as key=value, e.g. position=40")
     ] = None,
-    url: Annotated[str, typer.Option(help="fieldhub's HTTP address")] = "http://127.0.0.1:8000",
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
     wait: Annotated[
         float, typer.Option(min=0, max=30, help="Seconds to wait for the device's answer")
     ] = 10.0,
@@ -56,7 +57,7 @@ def command(
         headers={"Content-Type": "application/json"},
         method="POST",
     )
-    with fieldhub_http(request, url=url, timeout=wait + 10) as response:
+    with fieldhub_http(request, url=url, token=token, timeout=wait + 10) as response:
         answer = json.loads(response.read())
     for step in answer.get("history") or []:
         typer.echo(f"{step['at']}  {step['state']:<10} {step['detail']}")

@@ -14,7 +14,7 @@ from typing import Annotated, BinaryIO
 
 import typer
 
-from fieldhub.cli.api_client import fieldhub_http
+from fieldhub.cli.api_client import DEFAULT_URL, TokenOption, UrlOption, fieldhub_http
 from fieldhub.cli.common import fail
 
 # `fieldhub export`: bytes read per call, and the longest silence from the server accepted.
@@ -67,7 +67,8 @@ class _Progress:
 
 
 def export(
-    url: Annotated[str, typer.Option(help="fieldhub's HTTP address")] = "http://127.0.0.1:8000",
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
     devices: Annotated[
         list[str] | None,
         typer.Option(help="Device ids, comma-separated or repeated (default: every device)"),
@@ -133,7 +134,7 @@ def export(
     request = urllib.request.Request(target, method="GET")
     with contextlib.ExitStack() as stack:
         response = stack.enter_context(
-            fieldhub_http(request, url=url, timeout=EXPORT_READ_TIMEOUT_S)
+            fieldhub_http(request, url=url, token=token, timeout=EXPORT_READ_TIMEOUT_S)
         )
         where = partial or output
         try:
