@@ -86,6 +86,7 @@ class Platform:
             broker=self.broker,
             mqtt_url=self.mqtt_endpoint.url,
             mqtt_connected=lambda: self.subscriber.connected,
+            mqtt_problem=lambda: self.subscriber.problem,
         )
         self.live = LiveHub(self.bus, self.registry, stats=self._stats_frame)
         self.status.live = self.live

@@ -203,6 +203,9 @@ class Health(BaseModel):
     broker_restarts: int | None
     ingest_queue_depth: int
     batches_committed: int
+    problems: list[str] = Field(
+        default_factory=list, description="Why the status is `degraded`, in words (empty when ok)"
+    )
 
 
 class CommandTransitionPublic(BaseModel):

@@ -62,6 +62,9 @@ class BrokerStatus(BaseModel):
     connected: bool = Field(description="Ingest's MQTT connection is up")
     running: bool | None = Field(description="The embedded broker process is running")
     restarts: int | None
+    problem: str | None = Field(
+        None, description="Why ingest's subscription cannot be trusted now (session takeover)"
+    )
 
 
 class SystemStatus(BaseModel):
@@ -98,6 +101,7 @@ class StatusReporter:
         broker: BrokerSupervisor | None,
         mqtt_url: str,
         mqtt_connected: Callable[[], bool],
+        mqtt_problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -106,6 +110,7 @@ class StatusReporter:
         self.broker = broker
         self.mqtt_url = mqtt_url
         self.mqtt_connected = mqtt_connected
+        self.mqtt_problem = mqtt_problem
         # Set once the live hub exists: it takes its stats frames from this reporter.
         self.live: LiveHub | None = None
         self.started = time.monotonic()
@@ -157,6 +162,7 @@ class StatusReporter:
             connected=self.mqtt_connected(),
             running=broker.is_running if broker is not None else None,
             restarts=broker.restarts if broker is not None else None,
+            problem=self.mqtt_problem(),
         )
 
     async def snapshot(self) -> SystemStatus:

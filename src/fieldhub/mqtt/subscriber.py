@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as paho
@@ -34,6 +36,18 @@ INGEST_RECEIVE_MAXIMUM = 30_000
 # The broker keeps ingest's session (subscriptions and queued messages) this long while fieldhub
 # is down. A week covers a long weekend outage; longer risks unbounded broker memory.
 SESSION_EXPIRY_S = 7 * 24 * 3600
+
+# MQTT 5 reason code a broker sends the client it disconnects because another connected with the
+# same client id: that other client now holds our session, receives our queued messages and may
+# acknowledge them, so they are never stored.
+SESSION_TAKEN_OVER = 142
+# MQTT 3.1.1 brokers just close the socket. Losing the connection this often within the window,
+# each time accepted again at once, is what two clients fighting over one client id look like
+# (each connect kicks the other); a broker restart or a network cut costs one loss, not three.
+TAKEOVER_LOSSES = 3
+TAKEOVER_WINDOW_S = 60.0
+# How long a takeover stays reported (health `degraded`) after the last sign of it.
+PROBLEM_HOLD_S = 300.0
 
 
 class MqttSubscriber:
@@ -101,6 +115,16 @@ class MqttSubscriber:
         self.session_present: bool | None = None
         self._unsubscribed = threading.Event()
         self._client.on_unsubscribe = self._handle_unsubscribe
+        self._losses: deque[float] = deque(maxlen=TAKEOVER_LOSSES)
+        self._problem: tuple[float, str] | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why this subscription cannot be trusted right now (a session takeover), or None."""
+        problem = self._problem
+        if problem is None or time.monotonic() - problem[0] > PROBLEM_HOLD_S:
+            return None
+        return problem[1]
 
     @property
     def protocol(self) -> int:
@@ -229,9 +253,30 @@ class MqttSubscriber:
             self._generation += 1
         if self.connected and not self._stopping:
             log.warning("lost connection to %s (%s); reconnecting", self.endpoint.url, reason_code)
+            self._check_takeover(reason_code)
         self.connected = False
         if self._on_connection_change:
             self._on_connection_change(False)
+
+    def _check_takeover(self, reason_code: ReasonCode) -> None:
+        now = time.monotonic()
+        self._losses.append(now)
+        if reason_code.value == SESSION_TAKEN_OVER:
+            why = "the broker says another client connected with it and took over the session"
+        elif len(self._losses) == TAKEOVER_LOSSES and now - self._losses[0] <= TAKEOVER_WINDOW_S:
+            why = (
+                f"the connection was lost {TAKEOVER_LOSSES} times in {TAKEOVER_WINDOW_S:.0f} s, "
+                "each time accepted again at once: another client is probably using it"
+            )
+        else:
+            return
+        message = (
+            f"session takeover on client id {self.client_id!r}: {why}; messages it received "
+            "were acknowledged by someone else and not stored. Find the client using this id "
+            "(broker log, connection_messages) and give fieldhub's client its own credentials"
+        )
+        self._problem = (now, message)
+        log.error("%s", message)
 
     def _received_us(self) -> int:
         """Now, strictly after the previous message's time, in this subscriber's clock slot."""

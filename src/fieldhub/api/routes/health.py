@@ -17,7 +17,8 @@ async def healthz(
     store: StoreDep, ingest: IngestDep, status: StatusDep, response: Response
 ) -> Health:
     """200 while the API and the database answer (`degraded` when the broker is unreachable:
-    the API keeps serving stored data); 503 when the database does not answer."""
+    the API keeps serving stored data, or ingest's session was taken over; `problems` says
+    why); 503 when the database does not answer."""
     try:
         await store.ping()
         store_ok = True
@@ -26,8 +27,18 @@ async def healthz(
     broker = status.broker_status()
     if not store_ok:
         response.status_code = 503
+    problems = [
+        problem
+        for problem in (
+            None if store_ok else "the database does not answer",
+            None if broker.connected else f"ingest is not connected to {broker.url}",
+            broker.problem,
+        )
+        if problem is not None
+    ]
     return Health(
-        status="ok" if store_ok and broker.connected else "degraded",
+        status="degraded" if problems else "ok",
+        problems=problems,
         store="ok" if store_ok else "error",
         mqtt_connected=broker.connected,
         mqtt_url=broker.url,
