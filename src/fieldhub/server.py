@@ -42,7 +42,10 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
     """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     platform = Platform(settings, mqtt_port=mqtt_port)
-    http_url = f"http://{settings.http_host}:{http_port}"
+    # HTTPS when a certificate is configured (`fieldhub certs init`); uvicorn then marks every
+    # request's scope "https", which is what makes session cookies Secure (request.url.scheme).
+    scheme = "https" if settings.tls_cert is not None else "http"
+    http_url = f"{scheme}://{settings.http_host}:{http_port}"
 
     def ready() -> None:
         broker = "embedded Mosquitto" if platform.broker is not None else "external"
@@ -71,6 +74,8 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
         # separately, ~9 ms CPU per viewer-second at 10k readings/s (bench/live.py), which 50
         # wall screens turn into half a core. Dashboards run on a LAN; bytes are cheap there.
         ws_per_message_deflate=False,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     await uvicorn.Server(config).serve()
 

@@ -11,7 +11,7 @@ import os
 import typer
 
 from fieldhub import __version__
-from fieldhub.cli import commands, export, migrate, run, sim
+from fieldhub.cli import certs, commands, export, migrate, run, sim
 
 app = typer.Typer(
     name="fieldhub",
@@ -38,6 +38,7 @@ for _command in (
     version,
 ):
     app.command()(_command)
+app.add_typer(certs.app)
 
 
 def main() -> None:
