@@ -59,3 +59,25 @@ class Unavailable(FieldhubError):
     """A part fieldhub depends on (the database, the broker) is not answering."""
 
     code = "unavailable"
+
+
+class Unauthenticated(FieldhubError):
+    """No credentials, or credentials that do not check (wrong password, unknown, expired or
+    revoked token, ended session): authenticate and try again."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(FieldhubError):
+    """Authenticated, but not allowed: a role below the one the request needs, or a missing
+    CSRF token. Another attempt with the same credentials gets the same answer."""
+
+    code = "forbidden"
+
+
+class Throttled(Overloaded):
+    """Too many failed logins for a username or from an address: wait `retry_after_s`.
+
+    An Overloaded, so it answers 429 with Retry-After like every other "too much at once"."""
+
+    code = "throttled"

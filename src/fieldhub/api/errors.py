@@ -37,6 +37,8 @@ class ErrorResponse(BaseModel):
 # listed base, and a kind not listed as 500 (a bug: every kind a caller can act on is here).
 DOMAIN_STATUS: dict[type[domain.FieldhubError], int] = {
     domain.Invalid: 422,
+    domain.Unauthenticated: 401,
+    domain.Forbidden: 403,
     domain.NotFound: 404,
     domain.Conflict: 409,
     domain.TooLarge: 413,
@@ -54,14 +56,29 @@ def domain_status(exc: domain.FieldhubError) -> int:
     return 500
 
 
+# RFC 9110 wants a challenge on every 401; Bearer is the scheme programs use (the dashboard's
+# cookie is not an HTTP authentication scheme, so it has no challenge of its own).
+WWW_AUTHENTICATE = 'Bearer realm="fieldhub"'
+
+
 def domain_headers(exc: domain.FieldhubError) -> dict[str, str] | None:
-    """Headers a domain error adds: `Retry-After` (whole seconds) for Overloaded."""
+    """Headers a domain error adds: `Retry-After` (whole seconds) for Overloaded (Throttled
+    included), `WWW-Authenticate` for Unauthenticated."""
     if isinstance(exc, domain.Overloaded):
         return {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, domain.Unauthenticated):
+        return {"WWW-Authenticate": WWW_AUTHENTICATE}
     return None
 
 
+# What every route behind authentication may answer (api/auth.py); in ERROR_RESPONSES too.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "No credentials, or ones that do not check"},
+    403: {"model": ErrorResponse, "description": "Below the role this needs, or no CSRF token"},
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **AUTH_RESPONSES,
     404: {"model": ErrorResponse, "description": "Not found"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
 }
