@@ -135,7 +135,9 @@ async def test_fastapi_uptime_s_becomes_uptime_ms_and_others_stay(
         "fieldhub.store.sqlite" if backend_url.startswith("sqlite") else "fieldhub.store.postgres"
     )
     full = importlib.import_module(engine).MIGRATIONS
-    monkeypatch.setattr(f"{engine}.MIGRATIONS", full[:-1])
+    # The schema as it was just before this migration (later ones come after it again).
+    at = next(i for i, (_, _, sql) in enumerate(full) if sql == fastapi_uptime_migration())
+    monkeypatch.setattr(f"{engine}.MIGRATIONS", full[:at])
     old = open_store(backend_url, stale_after_s=STALE_AFTER_S)
     await old.open()
     try:
@@ -144,10 +146,10 @@ async def test_fastapi_uptime_s_becomes_uptime_ms_and_others_stay(
         before = await _tables(old)
     finally:
         await old.close()
-    version, description, _ = full[-1]
+    version, description, _ = full[at]
     monkeypatch.setattr(
         f"{engine}.MIGRATIONS",
-        [*full[:-1], (version, description, fastapi_uptime_migration(factor))],
+        [*full[:at], (version, description, fastapi_uptime_migration(factor)), *full[at + 1 :]],
     )
 
     new = open_store(backend_url, stale_after_s=STALE_AFTER_S)
@@ -199,4 +201,4 @@ async def test_fastapi_uptime_s_becomes_uptime_ms_and_others_stay(
     ]
     assert {(TWIN, "uptime_ms"), (TWIN, "uptime_s")} <= set(after["device_metrics"])
     assert (NODE, "uptime_ms", MINUTE0 + 200 * S, 205_000.0) in latest["readings"]
-    assert SQLITE_MIGRATIONS[-1][0] == 5
+    assert [v for v, _, sql in SQLITE_MIGRATIONS if sql == fastapi_uptime_migration()] == [5]

@@ -14,9 +14,13 @@ from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.rollups import Part, Partial, combine, plan_series
 from fieldhub.store.types import (
     Aggregate,
+    ApiTokenRow,
+    AuditEntry,
+    AuditRow,
     CommandOutcome,
     CommandRow,
     DeadLetterRow,
+    DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
     PresenceEvent,
@@ -24,8 +28,10 @@ from fieldhub.store.types import (
     ReadingRow,
     Selector,
     SeriesPoint,
+    SessionRow,
     Tier,
     TimeRow,
+    UserRow,
     WriteBatch,
     WriteResult,
 )
@@ -265,6 +271,110 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def active_commands(self) -> list[CommandRow]:
         """Every command not in a final state, oldest first (loaded at start)."""
+
+    # -- security (issue 15; store/security_rows.py) -------------------------------------------
+    # Only hashes are stored. Times are epoch microseconds; what a role allows and how long a
+    # session or token lives are fieldhub.security's decisions, passed in as times.
+
+    @abc.abstractmethod
+    async def put_user(self, user: UserRow) -> None:
+        """Insert the user, or replace the stored user of that name (every column)."""
+
+    @abc.abstractmethod
+    async def get_user(self, username: str) -> UserRow | None:
+        """One user by name."""
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[UserRow]:
+        """Every user, disabled ones included, by name (bytewise)."""
+
+    @abc.abstractmethod
+    async def count_users(self) -> int:
+        """How many users exist, disabled ones included (0: first start, offer the setup)."""
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str) -> bool:
+        """Delete the user and their sessions at once; False when there was no such user.
+        Their API tokens and audit entries stay."""
+
+    @abc.abstractmethod
+    async def insert_session(self, session: SessionRow) -> None:
+        """Store a new session (StoreError if its token hash is already stored)."""
+
+    @abc.abstractmethod
+    async def get_session(self, token_hash: str) -> SessionRow | None:
+        """One session by the hash of its cookie value, expired or not (the caller checks)."""
+
+    @abc.abstractmethod
+    async def touch_session(self, token_hash: str, last_seen_us: int) -> None:
+        """Record activity on a session (never moves last_seen back); unknown: nothing."""
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> None:
+        """End one session (sign out); unknown: nothing."""
+
+    @abc.abstractmethod
+    async def delete_user_sessions(self, username: str) -> int:
+        """End every session of a user (password change, disabled); returns how many."""
+
+    @abc.abstractmethod
+    async def delete_expired_sessions(self, now_us: int, idle_before_us: int) -> int:
+        """Delete sessions whose absolute end has come (expires_us <= now_us) or last seen
+        before `idle_before_us` (now minus the idle limit); returns how many."""
+
+    @abc.abstractmethod
+    async def insert_api_token(self, token: ApiTokenRow) -> None:
+        """Store a new API token; StoreError if its token_id is taken (draw another id)."""
+
+    @abc.abstractmethod
+    async def get_api_token(self, token_id: str) -> ApiTokenRow | None:
+        """One token by its public id, revoked or expired or not (the caller checks)."""
+
+    @abc.abstractmethod
+    async def list_api_tokens(self) -> list[ApiTokenRow]:
+        """Every token, revoked and expired ones included, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, token_id: str, at_us: int) -> bool:
+        """Revoke a token; False when unknown or already revoked (its first revocation time
+        stays)."""
+
+    @abc.abstractmethod
+    async def touch_api_token(self, token_id: str, last_used_us: int) -> None:
+        """Record a use of a token (never moves last_used back); unknown: nothing."""
+
+    @abc.abstractmethod
+    async def append_audit(self, entry: AuditEntry) -> int:
+        """Append an entry to the audit log; returns its seq (ascending, never reused)."""
+
+    @abc.abstractmethod
+    async def list_audit(
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditRow]:
+        """Audit entries newest first (by seq); `before_seq` is the cursor (the previous
+        page's last seq); `actor` and `action` match exactly."""
+
+    @abc.abstractmethod
+    async def put_device_credential(self, credential: DeviceCredentialRow) -> None:
+        """Insert or replace a device's credential; it is active afterwards (revoked_us is
+        cleared whatever the row says). The device need not exist in the devices table."""
+
+    @abc.abstractmethod
+    async def get_device_credential(self, device_id: str) -> DeviceCredentialRow | None:
+        """One device's credential, revoked or not."""
+
+    @abc.abstractmethod
+    async def list_device_credentials(self) -> list[DeviceCredentialRow]:
+        """Every device credential, revoked ones included, by device id (bytewise)."""
+
+    @abc.abstractmethod
+    async def revoke_device_credential(self, device_id: str, at_us: int) -> bool:
+        """Revoke a device's credential; False when unknown or already revoked."""
 
     # -- retention (store/retention.py) --------------------------------------------------------
 

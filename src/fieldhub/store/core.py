@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store import command_rows, reads, writes
+from fieldhub.store import command_rows, reads, security_rows, writes
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Count, Query, Script
@@ -24,18 +24,24 @@ from fieldhub.store.retention import delete_sql
 from fieldhub.store.rollups import Part, Partial
 from fieldhub.store.types import (
     Aggregate,
+    ApiTokenRow,
+    AuditEntry,
+    AuditRow,
     CommandOutcome,
     CommandRow,
     DeadLetterRow,
+    DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
     PresenceEvent,
     PresenceState,
     ReadingRow,
     Selector,
+    SessionRow,
     StoreError,
     Tier,
     TimeRow,
+    UserRow,
     WriteBatch,
     WriteResult,
 )
@@ -286,6 +292,111 @@ class SqlStore(Store):
     async def active_commands(self) -> list[CommandRow]:
         """Commands not yet final, oldest first."""
         return await self._read(command_rows.active(self.dialect))
+
+    # -- security (see the interface; scripts in security_rows.py) -----------------------------
+
+    async def put_user(self, user: UserRow) -> None:
+        """Insert or replace a user."""
+        await self._write(security_rows.put_user(self.dialect, user))
+
+    async def get_user(self, username: str) -> UserRow | None:
+        """One user by name."""
+        return await self._read(security_rows.get_user(self.dialect, username))
+
+    async def list_users(self) -> list[UserRow]:
+        """Every user by name."""
+        return await self._read(security_rows.list_users(self.dialect))
+
+    async def count_users(self) -> int:
+        """How many users exist."""
+        return await self._read(security_rows.count_users())
+
+    async def delete_user(self, username: str) -> bool:
+        """Delete a user and their sessions."""
+        return await self._write(security_rows.delete_user(self.dialect, username))
+
+    async def insert_session(self, session: SessionRow) -> None:
+        """Store a new session."""
+        await self._write(security_rows.insert_session(self.dialect, session))
+
+    async def get_session(self, token_hash: str) -> SessionRow | None:
+        """One session by its token hash."""
+        return await self._read(security_rows.get_session(self.dialect, token_hash))
+
+    async def touch_session(self, token_hash: str, last_seen_us: int) -> None:
+        """Record activity on a session."""
+        await self._write(security_rows.touch_session(self.dialect, token_hash, last_seen_us))
+
+    async def delete_session(self, token_hash: str) -> None:
+        """End one session."""
+        await self._write(security_rows.delete_session(self.dialect, token_hash))
+
+    async def delete_user_sessions(self, username: str) -> int:
+        """End every session of a user."""
+        return await self._write(security_rows.delete_user_sessions(self.dialect, username))
+
+    async def delete_expired_sessions(self, now_us: int, idle_before_us: int) -> int:
+        """Delete expired and idle sessions."""
+        return await self._write(
+            security_rows.delete_expired_sessions(self.dialect, now_us, idle_before_us)
+        )
+
+    async def insert_api_token(self, token: ApiTokenRow) -> None:
+        """Store a new API token."""
+        await self._write(security_rows.insert_api_token(self.dialect, token))
+
+    async def get_api_token(self, token_id: str) -> ApiTokenRow | None:
+        """One API token by id."""
+        return await self._read(security_rows.get_api_token(self.dialect, token_id))
+
+    async def list_api_tokens(self) -> list[ApiTokenRow]:
+        """Every API token, oldest first."""
+        return await self._read(security_rows.list_api_tokens(self.dialect))
+
+    async def revoke_api_token(self, token_id: str, at_us: int) -> bool:
+        """Revoke an API token once."""
+        return await self._write(security_rows.revoke_api_token(self.dialect, token_id, at_us))
+
+    async def touch_api_token(self, token_id: str, last_used_us: int) -> None:
+        """Record a use of an API token."""
+        await self._write(security_rows.touch_api_token(self.dialect, token_id, last_used_us))
+
+    async def append_audit(self, entry: AuditEntry) -> int:
+        """Append to the audit log."""
+        return await self._write(security_rows.append_audit(self.dialect, entry))
+
+    async def list_audit(
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[AuditRow]:
+        """Audit entries newest first."""
+        return await self._read(
+            security_rows.list_audit(
+                self.dialect, limit=limit, before_seq=before_seq, actor=actor, action=action
+            )
+        )
+
+    async def put_device_credential(self, credential: DeviceCredentialRow) -> None:
+        """Insert or replace a device credential (active afterwards)."""
+        await self._write(security_rows.put_device_credential(self.dialect, credential))
+
+    async def get_device_credential(self, device_id: str) -> DeviceCredentialRow | None:
+        """One device credential."""
+        return await self._read(security_rows.get_device_credential(self.dialect, device_id))
+
+    async def list_device_credentials(self) -> list[DeviceCredentialRow]:
+        """Every device credential by device id."""
+        return await self._read(security_rows.list_device_credentials(self.dialect))
+
+    async def revoke_device_credential(self, device_id: str, at_us: int) -> bool:
+        """Revoke a device credential once."""
+        return await self._write(
+            security_rows.revoke_device_credential(self.dialect, device_id, at_us)
+        )
 
     # -- retention -----------------------------------------------------------------------------
 

@@ -111,9 +111,44 @@ TABLES: tuple[Table, ...] = (
         )
         for name in ("rollup_minute", "rollup_hour")
     ),
+    # Security (issue 15): hashes only, copied as they are, so people, tokens and devices sign
+    # in to the new database with what they already hold.
+    Table(
+        "users",
+        ("username", "role", "password_hash", "created_us", "updated_us", "disabled"),
+        "username",
+    ),
+    Table(
+        "api_tokens",
+        (
+            "token_id",
+            "name",
+            "token_hash",
+            "role",
+            "created_by",
+            "created_us",
+            "expires_us",
+            "last_used_us",
+            "revoked_us",
+        ),
+        "token_id",
+    ),
+    Table(
+        "audit_log",
+        ("seq", "at_us", "actor", "action", "target", "address", "outcome", "detail"),
+        "seq",
+        serial="seq",
+    ),
+    Table(
+        "device_credentials",
+        ("device_uid", "password_hash", "created_us", "rotated_us", "revoked_us"),
+        "device_uid",
+    ),
 )
-# Tables of either schema that are not data to copy.
-NOT_COPIED = {"schema_migrations"}
+# Tables of either schema that are not data to copy. Sessions are browser sign-ins to the
+# server being replaced: short-lived, and a move to PostgreSQL is a restart, so people sign in
+# again rather than have live cookies carried over.
+NOT_COPIED = {"schema_migrations", "sessions"}
 
 
 def check_known(engine: str, found: dict[str, set[str]]) -> None:

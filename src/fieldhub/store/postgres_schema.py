@@ -122,4 +122,59 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # The same statements as SQLite's migration 5 (written once, in sqlite_schema.py).
         fastapi_uptime_migration(),
     ),
+    (
+        5,
+        "security: users, sessions, API tokens, the audit log, device credentials",
+        # SQLite's migration 6 with PostgreSQL's types (the comments there say why).
+        """
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            updated_us BIGINT NOT NULL,
+            disabled SMALLINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            last_seen_us BIGINT NOT NULL,
+            expires_us BIGINT NOT NULL,
+            address TEXT
+        );
+        CREATE INDEX sessions_username ON sessions (username);
+        CREATE TABLE api_tokens (
+            token_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            role TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            expires_us BIGINT,
+            last_used_us BIGINT,
+            revoked_us BIGINT
+        );
+        CREATE TABLE audit_log (
+            seq BIGSERIAL PRIMARY KEY,
+            at_us BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            address TEXT,
+            outcome TEXT NOT NULL,
+            detail JSONB NOT NULL
+        );
+        CREATE INDEX audit_log_at ON audit_log (at_us);
+        CREATE INDEX audit_log_actor ON audit_log (actor, seq);
+        CREATE TABLE device_credentials (
+            device_uid TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            rotated_us BIGINT NOT NULL,
+            revoked_us BIGINT
+        );
+        """,
+    ),
 ]

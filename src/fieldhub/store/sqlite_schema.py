@@ -177,4 +177,68 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "the FastAPI stack's uptime is milliseconds: its devices' uptime_s becomes uptime_ms",
         fastapi_uptime_migration(),
     ),
+    (
+        6,
+        "security: users, sessions, API tokens, the audit log, device credentials",
+        """
+        -- No foreign keys, as elsewhere in this schema: the scripts (security_rows.py) keep
+        -- the references, and `fieldhub migrate` reloads tables without ordering constraints.
+        -- `disabled` is 0/1 in both engines (not BOOLEAN in PostgreSQL): the migration copies
+        -- SQLite's integers as they are.
+        CREATE TABLE users (
+            username TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            updated_us INTEGER NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            last_seen_us INTEGER NOT NULL,
+            expires_us INTEGER NOT NULL,
+            address TEXT
+        ) WITHOUT ROWID;
+        -- Signing a user out everywhere (a password change, a deleted user).
+        CREATE INDEX sessions_username ON sessions (username);
+        CREATE TABLE api_tokens (
+            token_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL,
+            role TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            expires_us INTEGER,
+            last_used_us INTEGER,
+            revoked_us INTEGER
+        ) WITHOUT ROWID;
+        -- Append-only. AUTOINCREMENT: a sequence number is never handed out twice, even after
+        -- the newest rows were deleted, so a seq names one entry for good.
+        CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_us INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            address TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_at ON audit_log (at_us);
+        -- One actor's entries, newest first, page by page.
+        CREATE INDEX audit_log_actor ON audit_log (actor, seq);
+        -- `device_uid`: the canonical device id as text (as in dead_letters), not a reference
+        -- to devices: a device is provisioned before it ever reports.
+        CREATE TABLE device_credentials (
+            device_uid TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            rotated_us INTEGER NOT NULL,
+            revoked_us INTEGER
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]

@@ -224,3 +224,81 @@ class Selector:
         return (self.device is None or other.device is None or self.device == other.device) and (
             self.metric is None or other.metric is None or self.metric == other.metric
         )
+
+
+# -- security (issue 15): who may sign in, what they hold, what they did ------------------
+# Roles and outcomes are plain text here: what they mean belongs to fieldhub.security, above
+# the store, and a new role must not need a migration.
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """A person who signs in to the UI or API."""
+
+    username: str  # 1..64 characters (the service checks)
+    role: str  # "viewer" | "operator" | "admin"
+    password_hash: str  # an argon2 encoded hash, never the password
+    created_us: int
+    updated_us: int
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A browser's signed-in session; the cookie value itself is never stored."""
+
+    token_hash: str  # sha256 hex of the cookie value
+    username: str
+    csrf_token: str
+    created_us: int
+    last_seen_us: int
+    expires_us: int  # the absolute end, whatever the activity
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRow:
+    """An API token (`fh_<token_id>_<secret>`); only the hash of the whole token is stored."""
+
+    token_id: str  # 12 hex characters, public (shown in lists)
+    name: str
+    token_hash: str  # sha256 hex of the whole token
+    role: str
+    created_by: str
+    created_us: int
+    expires_us: int | None
+    last_used_us: int | None = None
+    revoked_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What is appended to the audit log. `detail` is stored as JSON and must never hold a
+    secret (a password, a token, a device secret)."""
+
+    at_us: int
+    actor: str  # a username, "token:<token_id>", "device:<id>", "system", "anonymous"
+    action: str  # e.g. "login", "login_failed", "command.send", "token.create"
+    target: str | None  # e.g. "device:esp32-01/command:abc", "user:alice"
+    address: str | None  # the client's IP address
+    outcome: str  # "ok" | "denied" | "failed"
+    detail: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow(AuditEntry):
+    """An audit entry as stored, with its place in the log (ascending, never reused)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCredentialRow:
+    """The broker password of one device. `device_id` is the canonical id; the device need not
+    have reported yet (credentials are provisioned before a device first connects)."""
+
+    device_id: str
+    password_hash: str  # Mosquitto's $7$ hash of the device secret
+    created_us: int
+    rotated_us: int
+    revoked_us: int | None = None
