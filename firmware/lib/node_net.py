@@ -7,14 +7,20 @@ Quirks learned from the field (as mqtt_as collects them), each where it is handl
   connection broke: that is our delivery report to the core;
 * umqtt.robust reconnects by itself but then cannot keep a last will working
   (docs/field-notes.md, "MicroPython"),
-  so we reconnect ourselves with the will set on every CONNECT.
+  so we reconnect ourselves with the will set on every CONNECT;
+* umqtt.simple raises MQTTException (not OSError) when the broker refuses the CONNECT (wrong
+  credentials, a revoked device): caught like a network error, or one refusal would end the loop;
+* TLS (`mqtt.tls`) takes an `ssl.SSLContext` for umqtt.simple's `ssl` argument, which
+  MicroPython 1.23 introduced (1.22's took `ssl=True, ssl_params={...}`).
 """
 
 import time
 
 import network
 import ntptime
-from umqtt.simple import MQTTClient
+from fieldhub_node.config import ConfigError
+from fieldhub_node.tls import client_context
+from umqtt.simple import MQTTClient, MQTTException
 
 try:
     from typing import Any
@@ -34,6 +40,12 @@ RECONNECT_MIN_MS = 1000
 RECONNECT_MAX_MS = 60000
 # NTP again every hour: the ESP32's RTC drifts a few seconds a day.
 NTP_RESYNC_MS = 3_600_000
+# CONNACK return codes (MQTT 3.1.1, 3.2.2.3) a person can act on, in words for the console.
+CONNACK_REFUSALS = {
+    2: "client id refused",
+    4: "bad username or password",
+    5: "not authorized (unknown or revoked device credentials)",
+}
 
 
 class Clock:
@@ -93,14 +105,15 @@ class Transport:
     """umqtt.simple with the node's will, QoS 1 publishes reported back, and backoff."""
 
     def __init__(self, device_id: str, mqtt_config: dict[str, Any], will_topic: str, will: bytes) -> None:
-        self._client = MQTTClient(
-            device_id,
-            mqtt_config["host"],
-            port=mqtt_config["port"],
-            user=mqtt_config["user"],
-            password=mqtt_config["password"],
-            keepalive=mqtt_config["keepalive_s"],
-        )
+        options = {
+            "port": mqtt_config["port"],
+            "user": mqtt_config["user"],
+            "password": mqtt_config["password"],
+            "keepalive": mqtt_config["keepalive_s"],
+        }  # type: dict[str, Any]
+        if mqtt_config["tls"]:
+            options["ssl"] = tls_context(mqtt_config["ca"])
+        self._client = MQTTClient(device_id, mqtt_config["host"], **options)
         self._client.set_last_will(will_topic, will, retain=True, qos=1)
         self.connected = False
         self._retry_at_ms = 0
@@ -116,8 +129,14 @@ class Transport:
             self._client.set_callback(on_message)
             self._client.connect(clean_session=True)
             self._client.subscribe(commands_topic, qos=1)
-        except OSError as exc:
-            print("mqtt: connect failed:", exc, "- retry in", self._backoff_ms, "ms")
+        except (OSError, MQTTException) as exc:
+            # A TLS failure is an OSError with mbedTLS's code: -9984 (X509 verify failed) means
+            # the broker's certificate is not from the pinned CA or does not name mqtt.host.
+            reason = exc  # type: Any
+            if isinstance(exc, MQTTException) and exc.args and exc.args[0] in CONNACK_REFUSALS:
+                reason = "broker refused: " + CONNACK_REFUSALS[exc.args[0]]
+            print("mqtt: connect failed:", reason, "- retry in", self._backoff_ms, "ms")
+            self.lost()
             self._retry_at_ms = now_ms + self._backoff_ms
             self._backoff_ms = min(RECONNECT_MAX_MS, self._backoff_ms * 2)
             return False
@@ -160,3 +179,19 @@ class Transport:
         except OSError:
             pass
         self.connected = False
+
+
+def tls_context(ca_path: str) -> Any:
+    """The pinned-CA context for `mqtt.tls`; ConfigError (shown on the console) without the CA."""
+    try:
+        with open(ca_path, "rb") as f:
+            cadata = f.read()
+    except OSError:
+        raise ConfigError(
+            ["mqtt.tls is on but the CA file %r is not on the node: copy it with "
+             "`mpremote cp <certs dir>/ca.der :%s` (fieldhub certs init wrote it)" % (ca_path, ca_path)]
+        ) from None
+    try:
+        return client_context(cadata)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(["mqtt.ca %r: %s" % (ca_path, exc)]) from None

@@ -11,7 +11,7 @@ import socket
 import machine
 import network
 from fieldhub_node.config import ConfigError, validate
-from fieldhub_node.portal_form import FORM_HTML, apply_form, parse_form
+from fieldhub_node.portal_form import FORM_HTML, apply_form, ca_from_form, parse_form
 
 try:
     from typing import Any
@@ -65,12 +65,21 @@ def run(raw_config: dict[str, Any], mac: bytes, path: str = "config.json") -> No
         try:
             request_line, body = _read_request(conn)
             if request_line.startswith("POST /save"):
-                candidate = apply_form(raw_config, parse_form(body))
+                fields = parse_form(body)
+                candidate = apply_form(raw_config, fields)
                 try:
-                    validate(candidate)
-                except ConfigError as exc:
+                    config = validate(candidate)
+                    ca = ca_from_form(fields)
+                    if config["mqtt"]["tls"] and ca is None:
+                        raise ConfigError(["TLS needs the CA certificate: paste ca.pem"])
+                except (ConfigError, ValueError) as exc:
                     _respond(conn, "400 Bad Request", "<p>%s</p>%s" % (exc, FORM_HTML))
                     continue
+                if ca is not None:
+                    # Written before config.json: a config naming a CA file that is not there
+                    # would stop the node at its next boot.
+                    with open(config["mqtt"]["ca"], "wb") as f:
+                        f.write(ca)
                 with open(path, "w") as f:
                     json.dump(candidate, f)
                 _respond(conn, "200 OK", "<p>Saved. The node reboots and joins your network.</p>")

@@ -32,7 +32,17 @@ MAX_PIN = 39
 
 DEFAULTS: dict[str, Any] = {
     "wifi": {"ssid": "", "password": ""},
-    "mqtt": {"host": "", "port": 1883, "user": None, "password": None, "keepalive_s": 30},
+    "mqtt": {
+        "host": "",
+        "port": 1883,
+        "user": None,
+        "password": None,
+        "keepalive_s": 30,
+        # TLS with the broker's CA pinned (fieldhub_node/tls.py): `ca` names the CA certificate
+        # file on the node's flash, DER as `fieldhub certs init` writes it (ca.der).
+        "tls": False,
+        "ca": "ca.der",
+    },
     "device_id": None,
     "sensor": {"type": "dht22", "pin": 4, "sda": 21, "scl": 22, "address": 0x76},
     "microphone": None,
@@ -119,6 +129,12 @@ def validate(raw: Any) -> dict[str, Any]:
     # Below 5 s the broker drops a node during a slow sensor read; above 5 min a dead node stays
     # `online` for minutes (the will fires at 1.5x keepalive).
     _int(mqtt, "keepalive_s", "mqtt", 5, 300, problems)
+    # `is`, not `in (True, False)`: 1 == True, and a 1 in the file is a mistake worth naming.
+    if mqtt["tls"] is not True and mqtt["tls"] is not False:
+        problems.append("mqtt.tls must be true or false, got %r" % (mqtt["tls"],))
+    _text(mqtt, "ca", "mqtt", problems)
+    if isinstance(mqtt["ca"], str) and not mqtt["ca"]:
+        problems.append("mqtt.ca must name the CA certificate file (e.g. ca.der)")
     if wifi["ssid"] and not mqtt["host"]:
         problems.append("mqtt.host is required (the broker's address, e.g. 192.168.1.10)")
     device_id = top["device_id"]
