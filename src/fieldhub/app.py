@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
 from fieldhub.api.routes import (
+    audit,
+    auth,
     command_states,
     commands,
     dead_letters,
@@ -23,6 +25,8 @@ from fieldhub.api.routes import (
     ingest,
     live,
     system,
+    tokens,
+    users,
 )
 from fieldhub.platform import Platform
 from fieldhub.web import pages
@@ -57,6 +61,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     app.state.status = platform.status
     app.state.live = platform.live
     app.state.registry = platform.registry
+    app.state.auth = platform.auth
     install_error_handlers(app)
     for module in (
         health,
@@ -71,6 +76,10 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         fastapi_compat,
         export,
         fleet,
+        auth,
+        users,
+        tokens,
+        audit,
     ):
         app.include_router(module.router)
     pages.mount(app)

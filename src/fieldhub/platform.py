@@ -23,6 +23,7 @@ from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.mqtt.subscriber import MqttSubscriber
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
+from fieldhub.security.service import AuthService
 from fieldhub.status import StatusReporter
 from fieldhub.store.open import open_store
 from fieldhub.store.retention import RetentionJob
@@ -115,6 +116,11 @@ class Platform:
             if settings.disk_budget_mb
             else None,
         )
+        # Who may do what over HTTP (api/auth.py, web/); off in demo mode (settings.auth).
+        self.auth = AuthService(
+            self.store, enabled=settings.auth, allowed_origins=settings.http_origins
+        )
+        self._sessions: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._live: asyncio.Task[None] | None = None
@@ -137,6 +143,8 @@ class Platform:
         if self.follower is not None:
             await self.follower.load(clock.now_us())
         await self.ingest.load_state()
+        await self.auth.start()
+        self._sessions = asyncio.create_task(self.auth.run_housekeeping(), name="auth.sessions")
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
         self._live = asyncio.create_task(self.live.run(), name="live.hub")
         await self.commands.start()
@@ -153,7 +161,7 @@ class Platform:
         await self.ingest.drain()
         await asyncio.to_thread(self.subscriber.stop)
         await self.ingest.drain()
-        for task in (self._writer, self._live, self._retention):
+        for task in (self._writer, self._live, self._retention, self._sessions):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyCookie, HTTPBearer
@@ -184,3 +185,65 @@ AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 VIEWER = Depends(require(Role.VIEWER))
 OPERATOR = Depends(require(Role.OPERATOR))
 ADMIN = Depends(require(Role.ADMIN))
+
+
+async def audit_request(
+    request: Request,
+    principal: Principal,
+    action: str,
+    *,
+    target: str | None = None,
+    outcome: str = "ok",
+    detail: dict[str, object] | None = None,
+) -> None:
+    """Record what `principal` did through this request, from the request's address."""
+    await auth_service(request).audit(
+        principal,
+        action,
+        target=target,
+        address=client_address(request),
+        outcome=outcome,
+        detail=detail,
+    )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin_key(scheme: str, host: str, port: int | None) -> str:
+    default = _DEFAULT_PORTS.get(scheme)
+    shown = "" if port is None or port == default else f":{port}"
+    return f"{host.lower()}{shown}"
+
+
+def normalize_origin(origin: str) -> str | None:
+    """`scheme://host[:port]` lower-cased without a default port; None for what is not one
+    (`null`, a path, another scheme)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    return f"{parts.scheme}://{_origin_key(parts.scheme, parts.hostname, port)}"
+
+
+def origin_allowed(origin: str, host: str | None, allowed: tuple[str, ...] = ()) -> bool:
+    """Whether a browser page from `origin` may open the WebSocket: the page's own site (the
+    origin's host and port are the request's `Host`), or an origin listed in `allowed`
+    (settings.http_origins, already lower-cased)."""
+    normal = normalize_origin(origin)
+    if normal is None:
+        return False
+    if normal in {o for o in (normalize_origin(a) for a in allowed) if o}:
+        return True
+    if not host:
+        return False
+    scheme, _, origin_host = normal.partition("://")
+    try:
+        parts = urlsplit(f"//{host.strip()}")
+        host_key = _origin_key(scheme, parts.hostname or "", parts.port)
+    except ValueError:
+        return False
+    return bool(parts.hostname) and host_key == origin_host

@@ -9,10 +9,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.protocol.command_states import FINAL, TRANSITIONS, CommandState
 
-router = APIRouter(prefix="/api/v1/command-states", tags=["commands"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/command-states",
+    tags=["commands"],
+    responses=ERROR_RESPONSES,
+    dependencies=[VIEWER],
+)
 
 
 class CommandStatePublic(BaseModel):

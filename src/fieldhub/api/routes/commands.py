@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from fieldhub.api.auth import VIEWER, OperatorDep, audit_request
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse
@@ -14,7 +15,7 @@ from fieldhub.api.params import parse_time
 from fieldhub.api.routes.devices import device_or_404
 from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.commands.service import NewCommand
-from fieldhub.errors import NotFound
+from fieldhub.errors import FieldhubError, NotFound
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.schemas import (
     CommandPublic,
@@ -27,6 +28,8 @@ router = APIRouter(
     prefix="/api/v1/devices",
     tags=["commands"],
     route_class=AllMethodsRoute,
+    # Reading is for viewers; sending and cancelling take an OperatorDep (and are audited).
+    dependencies=[VIEWER],
     responses={
         **ERROR_RESPONSES,
         400: {"model": ErrorResponse, "description": "The body is not JSON"},
@@ -64,6 +67,8 @@ class CommandRequest(BaseModel):
     responses={200: {"model": CommandPublic, "description": "An earlier request's id and body"}},
 )
 async def send_command(
+    principal: OperatorDep,
+    http: Request,
     store: StoreDep,
     commands: CommandsDep,
     device_id: DeviceIdDep,
@@ -78,7 +83,7 @@ async def send_command(
     200 when `id` repeats an earlier identical request."""
     device = await device_or_404(store, device_id, now)
     expires = str(body.expires_at) if body.expires_at is not None else None
-    request = NewCommand(
+    new = NewCommand(
         name=body.name,
         params=body.params,
         timeout_s=body.timeout_s,
@@ -86,7 +91,26 @@ async def send_command(
         command_id=body.id,
     )
     # Refusals are domain errors (fieldhub.errors); api/errors.py gives each its status.
-    row, created = await commands.submit(device, request)
+    detail: dict[str, object] = {"name": body.name, "params": body.params}
+    try:
+        row, created = await commands.submit(device, new)
+    except FieldhubError as exc:
+        await audit_request(
+            http,
+            principal,
+            "command.send",
+            target=f"device:{device_id}",
+            outcome="failed",
+            detail={**detail, "code": exc.code},
+        )
+        raise
+    await audit_request(
+        http,
+        principal,
+        "command.send",
+        target=f"device:{device_id}/command:{row.command_id}",
+        detail={**detail, "repeat": not created},
+    )
     if not created:
         response.status_code = 200
     if wait_s <= 0:
@@ -138,6 +162,8 @@ async def get_command(
 
 @router.delete("/{device_id}/commands/{command_id}", response_model=CommandPublic)
 async def cancel_command(
+    principal: OperatorDep,
+    http: Request,
     store: StoreDep,
     commands: CommandsDep,
     device_id: DeviceIdDep,
@@ -146,7 +172,20 @@ async def cancel_command(
 ) -> CommandPublic:
     """Cancel a command not yet handed to the broker; 409 once it was."""
     await device_or_404(store, device_id, now)
-    await commands.cancel(device_id, command_id)
+    target = f"device:{device_id}/command:{command_id}"
+    try:
+        await commands.cancel(device_id, command_id)
+    except FieldhubError as exc:
+        await audit_request(
+            http,
+            principal,
+            "command.cancel",
+            target=target,
+            outcome="failed",
+            detail={"code": exc.code},
+        )
+        raise
+    await audit_request(http, principal, "command.cancel", target=target)
     row = await store.get_command(device_id, command_id)
     if row is None:  # pragma: no cover - cancelled a moment ago
         raise NotFound(f"device {device_id!r} has no command {command_id!r}")

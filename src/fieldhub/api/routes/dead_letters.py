@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES
@@ -13,7 +14,12 @@ from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.schemas import DeadLetterPublic, DeadLettersPublic
 
-router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/dead-letters",
+    tags=["dead letters"],
+    responses=ERROR_RESPONSES,
+    dependencies=[VIEWER],
+)
 
 
 @router.get("", response_model=DeadLettersPublic)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import StringConstraints
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DeviceIdDep, NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES
@@ -34,7 +35,9 @@ from fieldhub.schemas import (
 from fieldhub.store.base import Store
 from fieldhub.store.types import Aggregate, DeviceRow, PresenceState
 
-router = APIRouter(prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/devices", tags=["devices"], responses=ERROR_RESPONSES, dependencies=[VIEWER]
+)
 
 MetricName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.deps import NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.params import (
@@ -30,7 +31,7 @@ from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.timestamps import US_PER_S
 from fieldhub.store.types import Aggregate
 
-router = APIRouter(prefix="/api/v1/export", tags=["export"])
+router = APIRouter(prefix="/api/v1/export", tags=["export"], dependencies=[VIEWER])
 
 # Longest bucket an export may ask for: beyond it the bucket arithmetic leaves the stores' range.
 MAX_METRIC_CHARS = 128

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fieldhub.api.auth import VIEWER, OperatorDep, audit_request
 from fieldhub.api.deps import CommandsDep, NowDep, StoreDep
 from fieldhub.api.errors import domain_headers, domain_status
 from fieldhub.api.routes.fastapi_compat_schema import (
@@ -106,6 +107,8 @@ class NodeNotFound(StarletteHTTPException):
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "The body cannot be read (not UTF-8)",
+        401: "No credentials, or ones that do not check",
+        403: "Below the role this needs (viewer reads, operator sends actions)",
         404: "No such node",
         409: "The command's id is taken",
         413: "The encoded command is over the firmware's limit",
@@ -126,7 +129,9 @@ router = APIRouter(
     prefix="/api",
     tags=["fastapi-compat"],
     route_class=FastapiCompatRoute,
-    responses=_responses(503),
+    responses=_responses(503, 401, 403),
+    # Reading is for viewers; the one POST (actions) takes an OperatorDep and is audited.
+    dependencies=[VIEWER],
 )
 
 NodeIdParam = Annotated[
@@ -386,6 +391,8 @@ def action_params(commands: CommandService, device: DeviceRow, body: NodeAction)
     responses=_responses(400, 404, 409, 413, 422, 429),
 )
 async def send_node_action(
+    principal: OperatorDep,
+    http: Request,
     store: StoreDep,
     commands: CommandsDep,
     now: NowDep,
@@ -400,8 +407,28 @@ async def send_node_action(
     device = await node_or_none(store, node_id, now)
     if device is None:
         raise NodeNotFound()
-    request = NewCommand(name=body.action, params=action_params(commands, device, body))
-    row, _ = await commands.submit(device, request)
+    params = action_params(commands, device, body)
+    new = NewCommand(name=body.action, params=params)
+    detail: dict[str, object] = {"name": body.action, "params": params, "via": "fastapi-compat"}
+    try:
+        row, _ = await commands.submit(device, new)
+    except FieldhubError as exc:
+        await audit_request(
+            http,
+            principal,
+            "command.send",
+            target=f"device:{device.device_id}",
+            outcome="failed",
+            detail={**detail, "code": exc.code},
+        )
+        raise
+    await audit_request(
+        http,
+        principal,
+        "command.send",
+        target=f"device:{device.device_id}/command:{row.command_id}",
+        detail=detail,
+    )
     return ActionResponse(
         message=f"Command '{body.action}' queued successfully for delivery via MQTT",
         command_id=row.command_id,

@@ -23,8 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fieldhub.api.auth import OPERATOR, VIEWER
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DecoderDep, IngestDep, NowDep, StoreDep
+from fieldhub.api.errors import domain_headers, domain_status
 from fieldhub.api.routes.flask_compat_schema import (
     FlaskDevice,
     FlaskDevices,
@@ -81,10 +83,12 @@ class CompatError(Exception):
         self.message = message
 
 
-def flask_error(status: int, code: str, message: str) -> JSONResponse:
+def flask_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """`{"statusCode", "error", "code"}` with the same status on the HTTP response."""
     body = FlaskError(statusCode=status, error=message, code=code)
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
@@ -163,6 +167,9 @@ class FlaskCompatRoute(AllMethodsRoute):
                 return _validation_error(exc)
             except CompatError as exc:
                 return flask_error(exc.status, exc.code, exc.message)
+            except FieldhubError as exc:
+                # 401/403 from authentication (api/auth.py), in this API's shape too.
+                return flask_error(domain_status(exc), exc.code, exc.message, domain_headers(exc))
             except StarletteHTTPException as exc:
                 # e.g. a body that is not UTF-8: FastAPI's 400 "error parsing the body".
                 return flask_error(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
@@ -177,6 +184,8 @@ class FlaskCompatRoute(AllMethodsRoute):
 def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Missing or malformed parameter, or a body that is not a JSON object",
+        401: "No credentials, or ones that do not check",
+        403: "Below the role this needs (viewer reads, operator posts readings)",
         404: "No such device (GET) or the readings profile is not enabled (POST)",
         411: "No Content-Length",
         413: "Body too large",
@@ -184,10 +193,14 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "The JSON body breaks the schema, or fieldhub's decoder rejected it",
         503: "The database is not answering",
     }
-    return {s: {"model": FlaskError, "description": descriptions[s]} for s in statuses}
+    return {s: {"model": FlaskError, "description": descriptions[s]} for s in (*statuses, 401, 403)}
 
 
-router = APIRouter(prefix="/api", tags=["flask-compat"], route_class=FlaskCompatRoute)
+# Reading is for viewers; posting readings is writing as any device, for operators (as the
+# native HTTP ingest): each POST adds OPERATOR.
+router = APIRouter(
+    prefix="/api", tags=["flask-compat"], route_class=FlaskCompatRoute, dependencies=[VIEWER]
+)
 
 MacParam = Annotated[
     str,
@@ -464,6 +477,7 @@ async def _ingest(
 
 @router.post(
     "/gateway-readings",
+    dependencies=[OPERATOR],
     status_code=201,
     response_model=ReadingCreated,
     responses=_responses(400, 404, 411, 413, 415, 422, 503),
@@ -485,6 +499,7 @@ async def post_gateway_reading(
 
 @router.post(
     "/sensor-temperature-readings",
+    dependencies=[OPERATOR],
     status_code=201,
     response_model=ReadingCreated,
     responses=_responses(400, 404, 411, 413, 415, 422, 503),
@@ -513,6 +528,7 @@ _GONE = (
 
 @router.post(
     "/publish-gateway-test",
+    dependencies=[OPERATOR],
     status_code=410,
     response_model=FlaskError,
     responses={410: {"model": FlaskError, "description": "Not provided by fieldhub"}},
@@ -524,6 +540,7 @@ async def publish_gateway_test() -> FlaskError:
 
 @router.post(
     "/publish-temperature-test",
+    dependencies=[OPERATOR],
     status_code=410,
     response_model=FlaskError,
     responses={410: {"model": FlaskError, "description": "Not provided by fieldhub"}},

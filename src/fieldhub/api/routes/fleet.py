@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.deps import NowDep, StoreDep
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.params import (
@@ -24,7 +25,9 @@ from fieldhub.protocol.timestamps import US_PER_S, format_us
 from fieldhub.schemas import SeriesPointPublic, Time
 from fieldhub.store.types import Aggregate
 
-router = APIRouter(prefix="/api/v1/series", tags=["series"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/series", tags=["series"], responses=ERROR_RESPONSES, dependencies=[VIEWER]
+)
 
 
 class FleetSeriesPublic(BaseModel):

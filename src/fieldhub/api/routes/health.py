@@ -1,11 +1,13 @@
-"""Liveness and Prometheus metrics."""
+"""Liveness (public) and Prometheus metrics (viewer)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.deps import IngestDep, RegistryDep, StatusDep, StoreDep
+from fieldhub.api.errors import AUTH_RESPONSES
 from fieldhub.schemas import Health
 from fieldhub.store.types import StoreError
 
@@ -50,7 +52,14 @@ async def healthz(
     )
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+# Not public (api/auth.py PUBLIC_PATHS): its labels name devices; Prometheus scrapes it with a
+# viewer API token.
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, **AUTH_RESPONSES},
+    dependencies=[VIEWER],
+)
 async def metrics(registry: RegistryDep) -> Response:
     """Prometheus metrics of this process."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

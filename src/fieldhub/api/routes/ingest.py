@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from fieldhub.api.auth import OPERATOR
 from fieldhub.api.deps import DecoderDep, IngestDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse
 from fieldhub.errors import NotFound, TooLarge
@@ -16,7 +17,8 @@ from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
 from fieldhub.schemas import IngestAccepted
 
-router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+# Storing readings over HTTP is writing as any device: operator, like commanding one.
+router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], dependencies=[OPERATOR])
 
 # The built-in profiles; one that is not enabled in this process answers 404.
 ProfileName = Enum("ProfileName", {name: name for name in BUILTIN_PROFILES}, type=str)  # type: ignore[misc]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from fieldhub.api.auth import VIEWER
 from fieldhub.api.deps import StatusDep
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.status import SystemStatus
 
-router = APIRouter(prefix="/api/v1/system", tags=["system"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/system", tags=["system"], responses=ERROR_RESPONSES, dependencies=[VIEWER]
+)
 
 
 @router.get("", response_model=SystemStatus)
