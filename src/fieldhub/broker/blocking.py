@@ -12,7 +12,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fieldhub.broker.process import READY_TIMEOUT_S, STOP_TIMEOUT_S, BrokerProcess
+from fieldhub.broker.access import BrokerAccess
+from fieldhub.broker.config import LegacyListener, TlsListener
+from fieldhub.broker.process import (
+    READY_TIMEOUT_S,
+    RELOAD_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    BrokerProcess,
+)
 
 T = TypeVar("T")
 
@@ -43,8 +50,19 @@ class MosquittoProcess:
         port: int,
         host: str = "127.0.0.1",
         executable: str | None = None,
+        access: BrokerAccess | None = None,
+        tls: TlsListener | None = None,
+        legacy: LegacyListener | None = None,
     ) -> None:
-        self.process = BrokerProcess(data_dir=data_dir, port=port, host=host, executable=executable)
+        self.process = BrokerProcess(
+            data_dir=data_dir,
+            port=port,
+            host=host,
+            executable=executable,
+            access=access,
+            tls=tls,
+            legacy=legacy,
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -120,6 +138,10 @@ class MosquittoProcess:
         died by itself.
         """
         return _run(self.process.stop(timeout_s))
+
+    def reload(self, access: BrokerAccess, timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+        """Apply new access and block until the broker has (see `BrokerProcess.reload`)."""
+        _run(self.process.reload(access, timeout_s))
 
     def kill(self) -> None:
         """SIGKILL the broker and reap it: no state saved, like a crash."""

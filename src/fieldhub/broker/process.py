@@ -9,6 +9,9 @@ Process hygiene, in order of how much it matters:
   `kill -9` of fieldhub does not leave an orphan holding the port.
 * Running as root, the broker runs as an unprivileged user that owns its
   persistence directory (`privileges`).
+* With access control on, the password and ACL files (`access`) are written
+  0600 for the user the broker runs as, and `reload()` rewrites them and waits
+  until the broker has applied them.
 
 Keeping it running (restart on crash) is `fieldhub.broker.supervisor`'s job.
 """
@@ -19,14 +22,28 @@ import asyncio
 import datetime as dt
 import errno
 import logging
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import IO
 
 from fieldhub import clock
+from fieldhub.broker.access import (
+    BrokerAccess,
+    render_acl_file,
+    render_legacy_acl_file,
+    render_legacy_password_file,
+    render_password_file,
+)
 from fieldhub.broker.child_exit import wait_for_exit
-from fieldhub.broker.config import render_mosquitto_conf
+from fieldhub.broker.config import (
+    LegacyListener,
+    SecurityFiles,
+    TlsListener,
+    render_mosquitto_conf,
+)
 from fieldhub.broker.errors import BrokerError, BrokerStartError
 from fieldhub.broker.executable import find_mosquitto
 from fieldhub.broker.log import LOG_TAIL_LINES, read_log_tail, rotate_log
@@ -46,6 +63,20 @@ READY_TIMEOUT_S = 15.0
 # (measured 0.24 s per 200k queued messages); killing it earlier loses what it
 # queued since the last autosave, so be generous: a healthy broker exits in ms.
 STOP_TIMEOUT_S = 10.0
+
+# How long reload() waits for the broker to apply new access files. Mosquitto reloads on its
+# single thread between two network events; measured well under 100 ms for a few hundred
+# users (one PBKDF2 per connected client, 0.12 ms each, to re-check its password).
+RELOAD_TIMEOUT_S = 10.0
+
+# Mosquitto 2.0.11 logs this at `information` level on SIGHUP, then re-reads its files,
+# re-checks every connected client and re-applies the ACLs in the same step of its single-
+# threaded loop (src/loop.c): a CONNACK read after the line was written proves it finished.
+RELOAD_LOG_LINE = b"Reloading config."
+
+# The MQTT 3.1.1 CONNECT reload() sends to see its CONNACK: empty client id, clean session,
+# no credentials (refused with CONNACK 5 on a secured listener, which is answer enough).
+_PROBE_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
 
 
 class BrokerProcess:
@@ -71,10 +102,20 @@ class BrokerProcess:
         port: int,
         host: str = "127.0.0.1",
         executable: str | None = None,
+        access: BrokerAccess | None = None,
+        tls: TlsListener | None = None,
+        legacy: LegacyListener | None = None,
     ) -> None:
+        if access is None and (tls is not None or legacy is not None):
+            raise ValueError("TLS and legacy listeners need access control (access=...)")
         self.data_dir = data_dir
         self.port = port
         self.host = host
+        self.tls = tls
+        self.legacy = legacy
+        self._access = access
+        self._run_as: RunAs | None = None
+        self._reload_lock = asyncio.Lock()
         self._executable = executable
         self._popen: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
@@ -101,6 +142,27 @@ class BrokerProcess:
     def persistence_dir(self) -> Path:
         """Where Mosquitto keeps mosquitto.db."""
         return self.broker_dir / "persistence"
+
+    @property
+    def access_dir(self) -> Path:
+        """The password and ACL files (and TLS copies): 0700, the broker's user only."""
+        return self.broker_dir / "access"
+
+    @property
+    def security_files(self) -> SecurityFiles:
+        """Where the rendered access files are written."""
+        access_dir = self.access_dir.absolute()
+        return SecurityFiles(
+            password_file=access_dir / "passwd",
+            acl_file=access_dir / "acl",
+            legacy_password_file=access_dir / "legacy-passwd",
+            legacy_acl_file=access_dir / "legacy-acl",
+        )
+
+    @property
+    def access(self) -> BrokerAccess | None:
+        """The access the broker applies (None: demo mode, anonymous)."""
+        return self._access
 
     @property
     def url(self) -> str:
@@ -178,6 +240,89 @@ class BrokerProcess:
                 await wait_for_exit(popen)
         return popen.returncode
 
+    async def reload(self, access: BrokerAccess, timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+        """Apply `access`: rewrite the files atomically, SIGHUP, return once it is in force.
+
+        Clients whose password no longer checks (a revoked device) are disconnected by the
+        broker during the reload, and new connections see the new files. Not running: the
+        files are written at the next start. Reloads are serialised: Mosquitto clears its
+        reload flag after reloading, so a SIGHUP during a reload could be lost. Raises
+        ValueError for unsafe input (nothing written), BrokerError if the broker exits or does
+        not confirm within `timeout_s`.
+        """
+        if self._access is None:
+            raise BrokerError("this broker runs without access control; it has nothing to reload")
+        texts = _render_access(access)
+        async with self._reload_lock:
+            self._access = access
+            popen = self._popen
+            if popen is None or popen.poll() is not None or self._run_as is None:
+                return
+            self._write_access_files(texts, self._run_as)
+            offset = self.log_path.stat().st_size
+            popen.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + timeout_s
+            while not self._logged_since(offset, RELOAD_LOG_LINE):
+                if popen.poll() is not None:
+                    raise BrokerError(
+                        f"mosquitto exited with code {popen.returncode} while reloading; "
+                        f"its log ends with:\n{self.log_tail(lines=5)}"
+                    )
+                if time.monotonic() >= deadline:
+                    raise BrokerError(f"mosquitto did not reload within {timeout_s:g} s")
+                await asyncio.sleep(PORT_POLL_INTERVAL_S)
+            await self._round_trip(max(deadline - time.monotonic(), PORT_POLL_INTERVAL_S))
+
+    def _logged_since(self, offset: int, needle: bytes) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return needle in log.read()
+
+    async def _round_trip(self, timeout_s: float) -> None:
+        """One CONNECT/CONNACK: the broker's loop has passed the step that logged the reload."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(_PROBE_CONNECT)
+                    await writer.drain()
+                    answer = await reader.readexactly(4)
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise BrokerError(f"mosquitto did not answer after reloading: {exc!r}") from exc
+        if answer[0] != 0x20:
+            raise BrokerError(f"mosquitto answered {answer!r} instead of a CONNACK")
+
+    def _write_access_files(self, texts: dict[str, str], run_as: RunAs) -> None:
+        """Write the files Mosquitto reads: 0600, owned by its user, each replaced atomically."""
+        access_dir = self.access_dir
+        access_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        access_dir.chmod(0o700)
+        if run_as.user is not None:
+            os.chown(access_dir, run_as.user, run_as.group if run_as.group is not None else -1)
+        files = self.security_files
+        contents: dict[Path, bytes] = {
+            files.password_file: texts["password_file"].encode(),
+            files.acl_file: texts["acl_file"].encode(),
+            files.legacy_password_file: texts["legacy_password_file"].encode(),
+            files.legacy_acl_file: texts["legacy_acl_file"].encode(),
+        }
+        if self.tls is not None:
+            # Copies the broker's user can read: the operator's key may be readable by root
+            # or fieldhub only, and the broker reads it after dropping privileges.
+            tls_copy = self._tls_copy(self.tls)
+            contents[tls_copy.certfile] = self.tls.certfile.read_bytes()
+            contents[tls_copy.keyfile] = self.tls.keyfile.read_bytes()
+        for path, data in contents.items():
+            _write_private(path, data, run_as)
+
+    def _tls_copy(self, tls: TlsListener) -> TlsListener:
+        access_dir = self.access_dir.absolute()
+        return TlsListener(
+            port=tls.port, certfile=access_dir / "tls-cert.pem", keyfile=access_dir / "tls-key.pem"
+        )
+
     def kill(self) -> None:
         """SIGKILL the broker and reap it: no state saved, like a crash (for tests)."""
         popen = self._popen
@@ -218,17 +363,29 @@ class BrokerProcess:
             # Once per cause, not at every supervised restart.
             logger.warning("running mosquitto as root: %s", run_as.why_root)
         self._why_root = run_as.why_root
+        self._run_as = run_as
+        security = None
+        if self._access is not None:
+            self._write_access_files(_render_access(self._access), run_as)
+            security = self.security_files
         self.config_path.write_text(
             render_mosquitto_conf(
                 host=self.host,
                 port=self.port,
                 persistence_dir=persistence_dir,
                 user=run_as.conf_user,
+                security=security,
+                tls=None if self.tls is None else self._tls_copy(self.tls),
+                legacy=self.legacy,
             ),
             encoding="utf-8",
         )
-        # The broker may run unprivileged; the config is not secret.
-        self.config_path.chmod(0o644)
+        # Private like every file in the data dir (it names the password and ACL files), and
+        # the broker's own when it runs as another user than fieldhub (fieldhub kept root): it
+        # reads the file after that switch.
+        if run_as.user is not None:
+            os.chown(self.config_path, run_as.user, -1 if run_as.group is None else run_as.group)
+        self.config_path.chmod(0o600)
 
         rotate_log(self.log_path)
         with self.log_path.open("ab") as log:
@@ -286,3 +443,29 @@ class BrokerProcess:
             log_path=self.log_path,
             log_tail=self.log_tail(),
         )
+
+
+def _render_access(access: BrokerAccess) -> dict[str, str]:
+    """Every access file's text; raises ValueError before anything is written."""
+    return {
+        "password_file": render_password_file(access),
+        "acl_file": render_acl_file(access),
+        "legacy_password_file": render_legacy_password_file(access),
+        "legacy_acl_file": render_legacy_acl_file(access),
+    }
+
+
+def _write_private(path: Path, data: bytes, run_as: RunAs) -> None:
+    """Replace `path` with `data` atomically: 0600, owned by the broker's user, synced."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        # An older tmp file left by a crash keeps its mode and owner: set both again.
+        os.fchmod(fd, 0o600)
+        if run_as.user is not None:
+            os.fchown(fd, run_as.user, run_as.group if run_as.group is not None else -1)
+        file.write(data)
+        file.flush()
+        os.fsync(fd)
+    # Mosquitto opens the file by name at each reload: it sees the old or the new one, whole.
+    os.replace(tmp, path)

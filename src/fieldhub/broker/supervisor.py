@@ -13,8 +13,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from fieldhub.broker.access import BrokerAccess
+from fieldhub.broker.config import LegacyListener, TlsListener
 from fieldhub.broker.errors import BrokerError
-from fieldhub.broker.process import READY_TIMEOUT_S, STOP_TIMEOUT_S, BrokerProcess
+from fieldhub.broker.process import (
+    READY_TIMEOUT_S,
+    RELOAD_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    BrokerProcess,
+)
 
 logger = logging.getLogger("fieldhub.broker")
 
@@ -38,7 +45,8 @@ class BrokerSupervisor:
     `start()` returns once the broker listens. A background task named
     `broker.supervise` then waits for the process to exit; an exit we did not
     ask for is logged with its exit code and followed by a restart after a
-    full-jitter exponential backoff (`restarts` counts them). `stop()` ends
+    full-jitter exponential backoff (`restarts` counts them); the restarted
+    broker gets the access last given to the constructor or `reload()`. `stop()` ends
     supervision and stops the broker cleanly. Also an async context manager.
     """
 
@@ -49,13 +57,24 @@ class BrokerSupervisor:
         port: int,
         host: str = "127.0.0.1",
         executable: str | None = None,
+        access: BrokerAccess | None = None,
+        tls: TlsListener | None = None,
+        legacy: LegacyListener | None = None,
         ready_timeout_s: float = READY_TIMEOUT_S,
         stop_timeout_s: float = STOP_TIMEOUT_S,
         restart_backoff_initial_s: float = RESTART_BACKOFF_INITIAL_S,
         restart_backoff_max_s: float = RESTART_BACKOFF_MAX_S,
         restart_backoff_reset_after_s: float = RESTART_BACKOFF_RESET_AFTER_S,
     ) -> None:
-        self.process = BrokerProcess(data_dir=data_dir, port=port, host=host, executable=executable)
+        self.process = BrokerProcess(
+            data_dir=data_dir,
+            port=port,
+            host=host,
+            executable=executable,
+            access=access,
+            tls=tls,
+            legacy=legacy,
+        )
         self.restarts = 0
         self._ready_timeout_s = ready_timeout_s
         self._stop_timeout_s = stop_timeout_s
@@ -81,6 +100,10 @@ class BrokerSupervisor:
         await self.process.start(self._ready_timeout_s)
         self._task = asyncio.create_task(self._supervise(), name="broker.supervise")
         self._task.add_done_callback(_log_unexpected_end)
+
+    async def reload(self, access: BrokerAccess, timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+        """Apply new access (see BrokerProcess.reload); a restart after a crash also uses it."""
+        await self.process.reload(access, timeout_s)
 
     async def stop(self) -> None:
         """Stop supervising, then stop the broker (SIGTERM, SIGKILL on timeout)."""
