@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -38,8 +39,18 @@ DEMO_RATE_HZ = 0.5
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
-async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, demo: bool) -> None:
-    """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown)."""
+async def serve(
+    settings: Settings,
+    *,
+    http_port: int,
+    mqtt_port: int | None,
+    demo: bool,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown).
+
+    `sockets`: listeners bound before root was dropped (`fieldhub.security.run_as`); None:
+    uvicorn binds `settings.http_host`:`http_port` itself."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     platform = Platform(settings, mqtt_port=mqtt_port)
     # HTTPS when a certificate is configured (`fieldhub certs init`); uvicorn then marks every
@@ -77,7 +88,7 @@ async def serve(settings: Settings, *, http_port: int, mqtt_port: int | None, de
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=sockets)
 
 
 def _quiet_websocket_chatter(record: logging.LogRecord) -> bool:

@@ -12,6 +12,7 @@ import typer
 from fieldhub.cli.common import configure_logging, fail, settings_from
 from fieldhub.config import PREFERRED_HTTP_PORT, PREFERRED_MQTT_PORT
 from fieldhub.net import free_port, port_is_free
+from fieldhub.security.files import restrict_new_files
 
 
 def _choose_port(explicit: int | None, preferred: int, what: str, flag: str) -> int:
@@ -57,8 +58,17 @@ def up(
             "store what the broker delivers (needs --mqtt-url and --db)",
         ),
     ] = None,
+    run_as: Annotated[
+        str | None,
+        typer.Option(
+            help="Started as root: the user to run as after binding (default: fieldhub, else "
+            "the data dir's owner; root keeps root) [FIELDHUB_RUN_AS]"
+        ),
+    ] = None,
 ) -> None:
     """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API."""
+    # Before anything is created: the database, broker files and secrets are for us alone.
+    restrict_new_files()
     settings = settings_from(
         data_dir=data_dir,
         db=db,
@@ -68,6 +78,7 @@ def up(
         http_port=http_port,
         log_level=log_level,
         ingest=ingest,
+        run_as=run_as,
     )
     configure_logging(settings.log_level)
     if not settings.ingest and (settings.mqtt_url is None or settings.db is None):
@@ -80,11 +91,19 @@ def up(
         embedded_port = _choose_port(settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port")
     port = _choose_port(settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port")
     from fieldhub.broker.errors import BrokerError
+    from fieldhub.security.run_as import RunAsError, start_unprivileged
     from fieldhub.server import serve
     from fieldhub.store.types import StoreError
 
     try:
-        asyncio.run(serve(settings, http_port=port, mqtt_port=embedded_port, demo=demo))
+        # Started as root: binds the HTTP port, then runs as an unprivileged user from here on.
+        sockets = start_unprivileged(settings, http_port=port)
+    except (RunAsError, OSError) as exc:
+        raise fail(str(exc), 1) from None
+    try:
+        asyncio.run(
+            serve(settings, http_port=port, mqtt_port=embedded_port, demo=demo, sockets=sockets)
+        )
     except BrokerError as exc:
         raise fail(str(exc), 1) from None
     except StoreError as exc:
@@ -114,6 +133,7 @@ def ingest(
     Workers that die are started again; their persistent sessions keep what they had not
     stored. Scale-out shape and its limits: docs/scale-out.md.
     """
+    restrict_new_files()  # the workers inherit it
     settings = settings_from(db=db, mqtt_url=mqtt_url, log_level=log_level)
     configure_logging(settings.log_level)
     if settings.mqtt_url is None:
