@@ -9,6 +9,7 @@ import pytest
 from broker.probes import mqtt_client, stop_client, wait_until
 from fieldhub.broker import MosquittoProcess, render_mosquitto_conf
 from fieldhub.broker import config as broker_config
+from fieldhub.broker.config import LegacyListener, SecurityFiles
 
 # Mosquitto's default max_inflight_messages: the number the raised limit must beat.
 MOSQUITTO_DEFAULT_INFLIGHT = 20
@@ -67,3 +68,32 @@ def test_broker_sends_more_than_20_unacked_qos1_messages(
     finally:
         stop_client(publisher)
         stop_client(subscriber)
+
+
+def test_demo_mode_is_one_anonymous_listener(tmp_path: Path) -> None:
+    """Without security files: no per-listener settings, no password, no extra listener."""
+    text = render_mosquitto_conf(host="127.0.0.1", port=1884, persistence_dir=tmp_path)
+    assert "per_listener_settings" not in text
+    assert "password_file" not in text
+    assert [line for line in text.splitlines() if line.startswith("listener")] == [
+        "listener 1884 127.0.0.1"
+    ]
+    with pytest.raises(ValueError, match="need security files"):
+        render_mosquitto_conf(
+            host="127.0.0.1",
+            port=1884,
+            persistence_dir=tmp_path,
+            legacy=LegacyListener("127.0.0.1", 1885),
+        )
+
+
+def test_secured_listeners_need_distinct_ports(tmp_path: Path) -> None:
+    files = SecurityFiles(tmp_path / "p", tmp_path / "a", tmp_path / "lp", tmp_path / "la")
+    with pytest.raises(ValueError, match="distinct ports"):
+        render_mosquitto_conf(
+            host="127.0.0.1",
+            port=1884,
+            persistence_dir=tmp_path,
+            security=files,
+            legacy=LegacyListener("127.0.0.1", 1884),
+        )

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from broker.clients import connect
 from broker.probes import CONNACK_ACCEPTED, async_wait_until, is_gone, mqtt_handshake
-from fieldhub.broker import BrokerSupervisor
+from fieldhub.broker import BrokerAccess, BrokerSupervisor, DeviceCredential, hash_password
 from fieldhub.net import free_port
 
 
@@ -64,3 +65,30 @@ async def test_supervisor_stop_is_not_a_crash(
     assert supervisor.restarts == 0
     assert not any("unexpectedly" in r.getMessage() for r in caplog.records)
     assert "broker.supervise" not in {task.get_name() for task in asyncio.all_tasks()}
+
+
+async def test_restart_after_a_crash_applies_the_last_reloaded_access(
+    reachable_dir: Path,
+) -> None:
+    """A device added by reload() can still log in after the broker crashed and came back."""
+    first = DeviceCredential("dev-a", hash_password("secret a"))
+    added = DeviceCredential("dev-b", hash_password("secret b"))
+    supervisor = BrokerSupervisor(
+        data_dir=reachable_dir,
+        port=free_port(),
+        access=BrokerAccess(devices=(first,)),
+        restart_backoff_initial_s=0.05,
+        restart_backoff_max_s=0.1,
+    )
+    async with supervisor:
+        await supervisor.reload(BrokerAccess(devices=(first, added)))
+        supervisor.process.kill()
+        await async_wait_until(lambda: supervisor.restarts == 1, "the restart")
+        client = await asyncio.to_thread(
+            connect,
+            supervisor.process.host,
+            supervisor.process.port,
+            username="dev-b",
+            password="secret b",
+        )
+        await asyncio.to_thread(client.stop)
