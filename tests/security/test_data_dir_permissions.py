@@ -65,7 +65,8 @@ def test_generated_files_hold_no_plaintext_client_password(tmp_path: Path) -> No
     (0600 in a 0700 directory), never in mosquitto.conf, the broker's access files, the
     database, or a log."""
     data_dir = tmp_path / "data"
-    fh = FieldhubProcess(data_dir=data_dir).start(wait_connected=False)
+    fh = FieldhubProcess(data_dir=data_dir, env={"FIELDHUB_AUTH": "true"})
+    fh.start(wait_connected=False)
     try:
         assert fh.health() is not None
     finally:
