@@ -62,6 +62,7 @@ from bench.common import (
     Sampler,
     descendants,
     dig,
+    fieldhub_env,
     free_port,
     is_mosquitto,
     machine_info,
@@ -707,7 +708,7 @@ def _start_fieldhub(
         str(http_port),
         *extra,
     ]
-    env = {**os.environ, **LIMIT_ENV}
+    env = fieldhub_env(LIMIT_ENV)
     say(f"starting: {' '.join(f'{k}={v}' for k, v in LIMIT_ENV.items())} {' '.join(cmd)}")
     with open(log, "wb") as f:
         return subprocess.Popen(

@@ -503,6 +503,16 @@ class BenchError(Exception):
     """A run could not be measured (fieldhub did not start, schema mismatch, ...)."""
 
 
+def fieldhub_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``fieldhub up`` runs with: ours plus `extra`. Run as root (this machine's
+    benches are), fieldhub would drop to an unprivileged user that cannot enter the runs' 0700
+    temp dirs: it keeps root, as every earlier recorded run did, unless FIELDHUB_RUN_AS says."""
+    env = {**os.environ, **(extra or {})}
+    if os.geteuid() == 0:
+        env.setdefault("FIELDHUB_RUN_AS", "root")
+    return env
+
+
 def start_fieldhub(
     fieldhub: str, data_dir: Path, mqtt_port: int, http_port: int, log: Path, extra: list[str]
 ) -> subprocess.Popen[bytes]:
@@ -521,7 +531,12 @@ def start_fieldhub(
     say(f"starting: {' '.join(cmd)}")
     with open(log, "wb") as f:
         return subprocess.Popen(
-            cmd, cwd=data_dir.parent, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=data_dir.parent,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=fieldhub_env(),
+            start_new_session=True,
         )
 
 
