@@ -16,6 +16,7 @@ from fieldhub.api.routes import (
     command_states,
     commands,
     dead_letters,
+    device_credentials,
     devices,
     export,
     fastapi_compat,
@@ -62,10 +63,12 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     app.state.live = platform.live
     app.state.registry = platform.registry
     app.state.auth = platform.auth
+    app.state.device_access = platform.device_access
     install_error_handlers(app)
     for module in (
         health,
         devices,
+        device_credentials,
         commands,
         command_states,
         dead_letters,

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fieldhub.broker.legacy import LEGACY_POLICIES, select_legacy_policies
 from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.net import is_loopback
 from fieldhub.protocol.ids import canonical_device_id
@@ -20,6 +21,7 @@ from fieldhub.store.types import TIERS, Selector, StoreError, Tier
 # and printed rather than failing, because `fieldhub up` must just work on a busy machine.
 PREFERRED_MQTT_PORT = 1883
 PREFERRED_HTTP_PORT = 8000
+PREFERRED_MQTT_TLS_PORT = 8883
 
 
 Days = Annotated[float, Field(gt=0, le=100 * 365)]
@@ -122,6 +124,10 @@ class Settings(BaseSettings):
         "per-profile ACLs); unset: off",
     )
     mqtt_legacy_host: str | None = Field(None, description="Its address; default mqtt_host")
+    mqtt_legacy_policies: list[str] = Field(
+        default_factory=lambda: list(LEGACY_POLICIES),
+        description="Which earlier stacks the legacy listener serves (docs/security.md)",
+    )
     tls_cert: Path | None = Field(None, description="Server certificate (PEM) for HTTPS and MQTT")
     tls_key: Path | None = Field(None, description="Its private key (PEM)")
     tls_ca: Path | None = Field(None, description="The CA that signed it, given to devices")
@@ -148,6 +154,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("enable at least one profile")
         select_profiles(value)
+        return value
+
+    @field_validator("mqtt_legacy_policies")
+    @classmethod
+    def _check_legacy_policies(cls, value: list[str]) -> list[str]:
+        select_legacy_policies(value)
         return value
 
     @field_validator("db")
@@ -198,6 +210,16 @@ class Settings(BaseSettings):
             )
         if self.mqtt_tls_port is not None and self.tls_cert is None:
             raise ValueError("mqtt_tls_port needs tls_cert and tls_key (`fieldhub certs init`)")
+        for what, path in (
+            ("tls_cert", self.tls_cert),
+            ("tls_key", self.tls_key),
+            ("tls_ca", self.tls_ca),
+        ):
+            if path is not None and not path.is_file():
+                raise ValueError(
+                    f"{what} {path} is not a readable file (`fieldhub certs init` makes "
+                    "ca.pem, server.pem and server.key in <data_dir>/certs)"
+                )
         return self
 
     @property

@@ -7,10 +7,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 
 from fieldhub import clock
+from fieldhub.broker.access import BrokerAccess, InternalClient, fastapi_firmware_login
+from fieldhub.broker.access import Role as BrokerRole
+from fieldhub.broker.config import LegacyListener, TlsListener
+from fieldhub.broker.legacy import select_legacy_policies
+from fieldhub.broker.passwd import hash_password
 from fieldhub.broker.supervisor import BrokerSupervisor
 from fieldhub.commands.service import CommandLimits, CommandService
 from fieldhub.config import Settings
@@ -23,6 +29,9 @@ from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.mqtt.subscriber import MqttSubscriber
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
+from fieldhub.security import mqtt_clients
+from fieldhub.security.device_access import DeviceAccess, NodeEndpoint
+from fieldhub.security.mqtt_clients import ClientLogin, ClientRole
 from fieldhub.security.service import AuthService
 from fieldhub.status import StatusReporter
 from fieldhub.store.open import open_store
@@ -30,11 +39,18 @@ from fieldhub.store.retention import RetentionJob
 
 log = logging.getLogger("fieldhub")
 
+# Listening on these means every interface; fieldhub's own clients then use loopback.
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+# The CA's file name on a node's flash (firmware/README.md, `fieldhub certs init`).
+CA_FILE_ON_NODE = "ca.der"
+
 
 class Platform:
     """Every long-lived part of one fieldhub process, started and stopped in order."""
 
-    def __init__(self, settings: Settings, *, mqtt_port: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, mqtt_port: int | None = None, mqtt_tls_port: int | None = None
+    ) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         profiles = select_profiles(settings.profiles)
@@ -57,19 +73,55 @@ class Platform:
                 "without ingest (--no-ingest) fieldhub serves what ingest workers store: give it "
                 "their broker with --mqtt-url and their database with --db"
             )
+        # fieldhub's own logins on its embedded broker when credentials are required; with an
+        # external broker they come from its URL (docs/security.md).
+        self.mqtt_logins: dict[ClientRole, ClientLogin] = {}
+        tls_port = mqtt_tls_port or settings.mqtt_tls_port
         if external is None:
             port = mqtt_port or settings.mqtt_port
             if port is None:
                 raise ValueError("the embedded broker needs a port (the CLI picks one)")
+            if settings.auth:
+                self.mqtt_logins = mqtt_clients.load_or_create(settings.data_dir)
             self.broker = BrokerSupervisor(
-                data_dir=settings.data_dir, port=port, executable=settings.mosquitto
+                data_dir=settings.data_dir,
+                port=port,
+                host=settings.mqtt_host,
+                executable=settings.mosquitto,
+                # Placeholder until start(): the device credentials are in the store.
+                access=BrokerAccess() if settings.auth else None,
+                tls=TlsListener(tls_port, settings.tls_cert, settings.tls_key)
+                if tls_port is not None and settings.tls_cert and settings.tls_key
+                else None,
+                legacy=LegacyListener(
+                    settings.mqtt_legacy_host or settings.mqtt_host, settings.mqtt_legacy_port
+                )
+                if settings.mqtt_legacy_port is not None
+                else None,
             )
-            self.mqtt_endpoint: MqttEndpoint = parse_mqtt_url(self.broker.url)
+            # fieldhub's own clients reach a broker listening on every interface over loopback.
+            local = replace(
+                parse_mqtt_url(self.broker.url),
+                host="127.0.0.1" if settings.mqtt_host in WILDCARD_HOSTS else settings.mqtt_host,
+            )
+            self.mqtt_endpoint: MqttEndpoint = local
         else:
             self.mqtt_endpoint = external
+        self.device_access = DeviceAccess(
+            self.store,
+            node_endpoint=NodeEndpoint(
+                host=settings.mqtt_host if external is None else self.mqtt_endpoint.host,
+                port=self.mqtt_endpoint.port,
+                tls_port=tls_port if external is None else None,
+                ca_file=CA_FILE_ON_NODE if settings.tls_ca or settings.tls_cert else None,
+            ),
+            on_change=self._apply_broker_access if self.mqtt_logins else None,
+        )
         self.subscriber = MqttSubscriber(
-            endpoint=self.mqtt_endpoint,
-            client_id=settings.mqtt_client_id
+            endpoint=self._as("ingest"),
+            client_id=self.mqtt_logins["ingest"].username
+            if self.mqtt_logins
+            else settings.mqtt_client_id
             if settings.ingest
             else f"{settings.mqtt_client_id}-api",
             filters=self.decoder.subscriptions,
@@ -94,8 +146,10 @@ class Platform:
         self.commands = CommandService(
             store=self.store,
             bus=self.bus,
-            endpoint=self.mqtt_endpoint,
-            client_id=f"{settings.mqtt_client_id}-commands",
+            endpoint=self._as("commands"),
+            client_id=self.mqtt_logins["commands"].username
+            if self.mqtt_logins
+            else f"{settings.mqtt_client_id}-commands",
             protocol=settings.protocol_version,
             registry=self.registry,
             limits=CommandLimits(
@@ -126,6 +180,38 @@ class Platform:
         self._live: asyncio.Task[None] | None = None
         self.on_stop: list[Callable[[], None]] = []
 
+    def _as(self, role: ClientRole) -> MqttEndpoint:
+        """The broker endpoint with the login of one of fieldhub's own clients, if it has one."""
+        login = self.mqtt_logins.get(role)
+        if login is None:
+            return self.mqtt_endpoint
+        return replace(self.mqtt_endpoint, username=login.username, password=login.password)
+
+    async def broker_access(self) -> BrokerAccess:
+        """Who the embedded broker lets in now: fieldhub's clients, every device credential in
+        force, and the legacy stacks' policies when the legacy listener is on."""
+        settings = self.settings
+        legacy = (
+            select_legacy_policies(settings.mqtt_legacy_policies)
+            if settings.mqtt_legacy_port is not None
+            else ()
+        )
+        return BrokerAccess(
+            internal=tuple(
+                InternalClient(login.username, hash_password(login.password), BrokerRole(role))
+                for role, login in self.mqtt_logins.items()
+            ),
+            devices=await self.device_access.active(),
+            legacy=legacy,
+            legacy_logins=(fastapi_firmware_login(),)
+            if any(policy.login is not None for policy in legacy)
+            else (),
+        )
+
+    async def _apply_broker_access(self) -> None:
+        if self.broker is not None:
+            await self.broker.reload(await self.broker_access())
+
     async def _stats_frame(self) -> dict[str, object]:
         return (await self.status.snapshot()).model_dump()
 
@@ -135,11 +221,14 @@ class Platform:
             self.metrics.mqtt_connects.inc()
 
     async def start(self) -> None:
-        """Broker (if embedded), store, ingest writer, then the MQTT subscription."""
+        """Store, broker (if embedded), ingest writer, then the MQTT subscription."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.broker is not None:
-            await self.broker.start()
         await self.store.open()
+        if self.broker is not None:
+            # The broker's password and ACL files come from the store: open it first.
+            if self.mqtt_logins:
+                await self.broker.reload(await self.broker_access())  # not running: kept for start
+            await self.broker.start()
         if self.follower is not None:
             await self.follower.load(clock.now_us())
         await self.ingest.load_state()

@@ -45,6 +45,7 @@ async def serve(
     http_port: int,
     mqtt_port: int | None,
     demo: bool,
+    mqtt_tls_port: int | None = None,
     sockets: list[socket.socket] | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM (uvicorn handles both and runs the lifespan shutdown).
@@ -52,7 +53,7 @@ async def serve(
     `sockets`: listeners bound before root was dropped (`fieldhub.security.run_as`); None:
     uvicorn binds `settings.http_host`:`http_port` itself."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    platform = Platform(settings, mqtt_port=mqtt_port)
+    platform = Platform(settings, mqtt_port=mqtt_port, mqtt_tls_port=mqtt_tls_port)
     # HTTPS when a certificate is configured (`fieldhub certs init`); uvicorn then marks every
     # request's scope "https", which is what makes session cookies Secure (request.url.scheme).
     scheme = "https" if settings.tls_cert is not None else "http"
@@ -63,8 +64,23 @@ async def serve(
         print("fieldhub is running", flush=True)
         print(f"  Dashboard: {http_url}/", flush=True)
         print(f"  HTTP API: {http_url}  (OpenAPI docs at {http_url}/docs)", flush=True)
-        print(f"  MQTT broker: {platform.mqtt_endpoint.url}  ({broker})", flush=True)
+        print(f"  MQTT broker: {_listeners(platform, settings)}  ({broker})", flush=True)
         print(f"  Database: {settings.db_url}", flush=True)
+        if not settings.auth:
+            print(
+                "  Authentication: OFF (demo mode): anyone on this machine may read, command "
+                "and publish as any device; it listens on 127.0.0.1 only",
+                flush=True,
+            )
+        else:
+            print("  Authentication: on (docs/security.md)", flush=True)
+        token = platform.auth.setup_url_token
+        if token is not None:
+            print(
+                f"  No user yet: create the first admin at {http_url}/setup?token={token}\n"
+                "  (this link works once, until fieldhub stops)",
+                flush=True,
+            )
         if demo:
             _start_demo(platform)
         print("Press Ctrl-C to stop.", flush=True)
@@ -89,6 +105,23 @@ async def serve(
         ssl_keyfile=settings.tls_key,
     )
     await uvicorn.Server(config).serve(sockets=sockets)
+
+
+def _listeners(platform: Platform, settings: Settings) -> str:
+    """The embedded broker's listeners as devices see them, or the external broker's URL."""
+    broker = platform.broker
+    if broker is None:
+        return platform.mqtt_endpoint.url
+    process = broker.process
+    parts = [process.url]
+    if process.tls is not None:
+        host = f"[{process.host}]" if ":" in process.host else process.host
+        parts.append(f"mqtts://{host}:{process.tls.port}")
+    if process.legacy is not None:
+        host = process.legacy.host
+        host = f"[{host}]" if ":" in host else host
+        parts.append(f"mqtt://{host}:{process.legacy.port} (legacy stacks, no credentials)")
+    return ", ".join(parts)
 
 
 def _quiet_websocket_chatter(record: logging.LogRecord) -> bool:

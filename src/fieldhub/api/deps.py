@@ -29,6 +29,7 @@ from fieldhub.protocol.ids import (
     InvalidDeviceId,
     canonical_device_id,
 )
+from fieldhub.security.device_access import DeviceAccess
 from fieldhub.status import StatusReporter
 from fieldhub.store.base import Store
 
@@ -73,5 +74,6 @@ DecoderDep = Annotated[MessageDecoder, Depends(_part("decoder"))]
 StatusDep = Annotated[StatusReporter, Depends(_part("status"))]
 LiveDep = Annotated[LiveHub, Depends(_part("live"))]
 RegistryDep = Annotated[CollectorRegistry, Depends(_part("registry"))]
+DeviceAccessDep = Annotated[DeviceAccess, Depends(_part("device_access"))]
 DeviceIdDep = Annotated[str, Depends(device_id_param)]
 NowDep = Annotated[int, Depends(now_us)]

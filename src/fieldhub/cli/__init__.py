@@ -11,7 +11,7 @@ import os
 import typer
 
 from fieldhub import __version__
-from fieldhub.cli import certs, commands, export, migrate, run, sim
+from fieldhub.cli import certs, commands, devices, export, migrate, run, sim
 
 app = typer.Typer(
     name="fieldhub",
@@ -39,6 +39,7 @@ for _command in (
 ):
     app.command()(_command)
 app.add_typer(certs.app)
+app.add_typer(devices.app)
 
 
 def main() -> None:

@@ -10,21 +10,23 @@ from typing import Annotated
 import typer
 
 from fieldhub.cli.common import configure_logging, fail, settings_from
-from fieldhub.config import PREFERRED_HTTP_PORT, PREFERRED_MQTT_PORT
+from fieldhub.config import PREFERRED_HTTP_PORT, PREFERRED_MQTT_PORT, PREFERRED_MQTT_TLS_PORT
 from fieldhub.net import free_port, port_is_free
 from fieldhub.security.files import restrict_new_files
 
 
-def _choose_port(explicit: int | None, preferred: int, what: str, flag: str) -> int:
+def _choose_port(
+    explicit: int | None, preferred: int, what: str, flag: str, host: str = "127.0.0.1"
+) -> int:
     if explicit is not None:
-        if not port_is_free("127.0.0.1", explicit):
+        if not port_is_free(host, explicit):
             raise fail(
                 f"{what} port {explicit} is already in use; pick another with {flag} or omit it"
             )
         return explicit
-    if port_is_free("127.0.0.1", preferred):
+    if port_is_free(host, preferred):
         return preferred
-    chosen = free_port()
+    chosen = free_port(host)
     typer.echo(f"{what} port {preferred} is in use; using {chosen} instead ({flag} to choose)")
     return chosen
 
@@ -45,9 +47,37 @@ def up(
     mqtt_port: Annotated[
         int | None, typer.Option(help="Port of the embedded broker (default 1883 or free)")
     ] = None,
+    mqtt_host: Annotated[
+        str | None,
+        typer.Option(help="Address the embedded broker listens on (0.0.0.0: every interface)"),
+    ] = None,
+    mqtt_tls_port: Annotated[
+        int | None, typer.Option(help="TLS listener of the embedded broker, e.g. 8883")
+    ] = None,
+    mqtt_legacy_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Listener for fleets flashed for the earlier stacks: no credentials, "
+            "per-profile ACLs (docs/security.md); off unless given"
+        ),
+    ] = None,
     http_host: Annotated[str | None, typer.Option(help="Address the HTTP API listens on")] = None,
     http_port: Annotated[
         int | None, typer.Option(help="HTTP port (default 8000 or a free one)")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="Server certificate (PEM): HTTPS and MQTT over TLS")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Its private key (PEM)")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="The CA that signed it (`fieldhub certs init`)")
+    ] = None,
+    auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--auth/--no-auth",
+            help="Require credentials (default; --demo turns it off: 127.0.0.1 only)",
+        ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
     ingest: Annotated[
@@ -66,14 +96,29 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API."""
+    """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API.
+
+    Credentials are required unless --demo: the first start prints a one-time link that creates
+    the first admin (docs/security.md).
+    """
     # Before anything is created: the database, broker files and secrets are for us alone.
     restrict_new_files()
+    if demo and auth is None:
+        # The demo's simulated devices connect without credentials: demo mode is open, and the
+        # settings refuse it on any address but loopback.
+        auth = False
     settings = settings_from(
         data_dir=data_dir,
         db=db,
         mqtt_url=mqtt_url,
         mqtt_port=mqtt_port,
+        mqtt_host=mqtt_host,
+        mqtt_tls_port=mqtt_tls_port,
+        mqtt_legacy_port=mqtt_legacy_port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        auth=auth,
         http_host=http_host,
         http_port=http_port,
         log_level=log_level,
@@ -86,10 +131,22 @@ def up(
             "--no-ingest serves what `fieldhub ingest` workers store: give it their broker "
             "(--mqtt-url mqtt://host:port) and their database (--db postgresql://...)"
         )
-    embedded_port = None
+    embedded_port = tls_port = None
     if settings.mqtt_url is None:
-        embedded_port = _choose_port(settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port")
-    port = _choose_port(settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port")
+        embedded_port = _choose_port(
+            settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port", settings.mqtt_host
+        )
+        if settings.tls_cert is not None:
+            tls_port = _choose_port(
+                settings.mqtt_tls_port,
+                PREFERRED_MQTT_TLS_PORT,
+                "MQTT over TLS",
+                "--mqtt-tls-port",
+                settings.mqtt_host,
+            )
+    port = _choose_port(
+        settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port", settings.http_host
+    )
     from fieldhub.broker.errors import BrokerError
     from fieldhub.security.run_as import RunAsError, start_unprivileged
     from fieldhub.server import serve
@@ -102,7 +159,14 @@ def up(
         raise fail(str(exc), 1) from None
     try:
         asyncio.run(
-            serve(settings, http_port=port, mqtt_port=embedded_port, demo=demo, sockets=sockets)
+            serve(
+                settings,
+                http_port=port,
+                mqtt_port=embedded_port,
+                mqtt_tls_port=tls_port,
+                demo=demo,
+                sockets=sockets,
+            )
         )
     except BrokerError as exc:
         raise fail(str(exc), 1) from None
