@@ -155,3 +155,29 @@ def test_refuses_to_stay_root_without_a_user_to_become(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "useradd --system" in result.stderr
     assert "--run-as" in result.stderr
+
+
+def test_refuses_a_tls_key_the_user_could_not_read(reachable_dir: Path, tmp_path: Path) -> None:
+    """uvicorn and the broker read the key after the switch: refused at start, not failing then."""
+    key = tmp_path / "server.key"  # root's, in pytest's 0700 temp dir
+    cert = tmp_path / "server.crt"
+    key.write_text("not read before the check\n")
+    cert.write_text("not read before the check\n")
+    key.chmod(0o600)
+    env = {
+        **os.environ,
+        "FIELDHUB_TLS_CERT": str(cert),
+        "FIELDHUB_TLS_KEY": str(key),
+        "FIELDHUB_AUTH": "true",
+    }
+    args = ["--data-dir", str(reachable_dir), "--run-as", TARGET, "--http-port", str(free_port())]
+    result = subprocess.run(
+        [str(FIELDHUB), "up", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"{TARGET} cannot read tls_cert {cert}" in result.stderr

@@ -95,6 +95,10 @@ def start_unprivileged(settings: Settings, *, http_port: int) -> list[socket.soc
     for path in database[:1]:
         if not path.is_relative_to(data_dir):
             _check_reachable(account, path.parent, "the database's directory")
+    # uvicorn and the broker read these after the switch (at startup and at every broker start).
+    for what, given in (("tls_cert", settings.tls_cert), ("tls_key", settings.tls_key)):
+        if given is not None and not given.resolve().is_relative_to(data_dir):
+            _check_readable(account, given.resolve(), what)
     sock = bind_listener(settings.http_host, http_port)
     try:
         changes = secure_tree(data_dir, owner=(account.uid, account.gid), extra_files=database)
@@ -249,6 +253,23 @@ def _check_reachable(account: Account, path: Path, what: str, *, handed_over: bo
             f"SQLite writes its -wal and -shm there; make it writable for {account.name} or "
             "choose another --run-as"
         )
+
+
+def _check_readable(account: Account, path: Path, what: str) -> None:
+    """Refuse to start when `account` could not read `path` (a TLS file outside the data dir,
+    which is not handed over: it may be shared with other services)."""
+    groups = set(account.groups)
+    for directory in reversed(path.parents):
+        if not _allows(directory.stat(), account.uid, groups, stat.S_IXUSR):
+            break
+    else:
+        if _allows(path.stat(), account.uid, groups, stat.S_IRUSR):
+            return
+    raise RunAsError(
+        f"{account.name} cannot read {what} {path}, and fieldhub reads it after dropping root: "
+        f"let {account.name} read it (e.g. through its group) or keep the certificate in the "
+        "data dir (`fieldhub certs init` does)"
+    )
 
 
 def _allows(st: os.stat_result, uid: int, gids: set[int], user_bits: int) -> bool:
