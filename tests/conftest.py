@@ -20,6 +20,7 @@ from fieldhub.events.bus import EventBus
 from fieldhub.net import free_port
 from support.postgres import PostgresServer, PostgresUnavailable
 from support.rabbitmq import in_ci
+from support.secrets import scan_logs
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -63,6 +64,16 @@ def start_mosquitto(data_dir: Path, *, port: int | None = None) -> MosquittoProc
             continue
         return broker
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole run: no log any test produced (fieldhub's, Mosquitto's, the workers')
+    holds a password, token or device secret the suite made (issue 15)."""
+    yield
+    leaks = scan_logs(tmp_path_factory.getbasetemp())
+    if leaks:
+        pytest.fail("secrets found in logs:\n" + "\n".join(leaks), pytrace=False)
 
 
 class MosquittoFactory(Protocol):

@@ -22,6 +22,7 @@ import pytest
 from broker.clients import Client, connect, settle, wait_received
 from fieldhub.security import mqtt_clients
 from support.fieldhub_process import FieldhubProcess, wait_until
+from support.secrets import remember
 
 REVOKE_DISCONNECT_S = 2.0
 
@@ -58,6 +59,7 @@ def provision(hub: FieldhubProcess, device_id: str) -> dict[str, Any]:
     response = api(hub, "POST", f"/api/v1/devices/{device_id}/credentials")
     assert response.status_code == 201, response.text
     answer: dict[str, Any] = response.json()
+    remember(answer["password"])
     return answer
 
 
