@@ -6,61 +6,59 @@ subscribes to `/api/v1/live` and patches the page in place. No build step, no No
 
 from __future__ import annotations
 
-import math
-import time
-from pathlib import Path
+import json
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
-from fieldhub import __version__, clock
+from fieldhub import clock
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DecoderDep, StatusDep, StoreDep
 from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.payload import payload_preview
-from fieldhub.protocol.timestamps import format_us
+from fieldhub.security.roles import Role
 from fieldhub.store.types import PresenceState
+from fieldhub.web import login
+from fieldhub.web.access import (
+    AdminPage,
+    LoginRequired,
+    PageForbidden,
+    ViewerPage,
+    login_url,
+)
+from fieldhub.web.templating import HERE, templates
 
-HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
 
 FLEET_PAGE_ROWS = 50
 DEAD_LETTER_PAGE_ROWS = 50
+AUDIT_PAGE_ROWS = 50
 DAY_US = 86_400 * 1_000_000
 
-
-def format_value(value: float) -> str:
-    """A reading as the dashboard shows it: at most two decimals, no trailing zeros.
-
-    static/format.js formats live values the same way (`formatValue`); keep them in step.
-    """
-    if not math.isfinite(value):
-        return str(value)
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-def _ago(ts_us: int | None) -> str:
-    if ts_us is None:
-        return ""
-    seconds = max(0, int(time.time() - ts_us / 1e6))
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
-templates.env.filters["value"] = format_value
-templates.env.filters["iso"] = lambda us: format_us(us) if us is not None else ""
-templates.env.filters["ago"] = _ago
-templates.env.globals["version"] = __version__
+# Offered in the audit page's action filter (any action can still be typed): what
+# fieldhub.security records today. Kept here, not imported, so the page does not break when an
+# action is added; the filter matches the stored name exactly.
+AUDIT_ACTIONS = (
+    "login",
+    "login_failed",
+    "logout",
+    "setup",
+    "command.send",
+    "command.cancel",
+    "user.create",
+    "user.update",
+    "user.delete",
+    "token.create",
+    "token.revoke",
+    "device.provision",
+    "device.rotate",
+    "device.revoke",
+)
 
 
 def _device_param(raw: str | None, field: str) -> str | None:
@@ -75,6 +73,7 @@ def _device_param(raw: str | None, field: str) -> str | None:
 @router.get("/", response_class=HTMLResponse)
 async def fleet(
     request: Request,
+    _viewer: ViewerPage,
     store: StoreDep,
     decoder: DecoderDep,
     status: StatusDep,
@@ -121,7 +120,9 @@ async def fleet(
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
-async def device(request: Request, store: StoreDep, device_id: str) -> Response:
+async def device(
+    request: Request, _viewer: ViewerPage, store: StoreDep, device_id: str
+) -> Response:
     """Charts per metric (history, then live), attributes, presence timeline."""
     now = clock.now_us()
     canonical = _device_param(device_id, "device")
@@ -144,6 +145,7 @@ async def device(request: Request, store: StoreDep, device_id: str) -> Response:
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letters(
     request: Request,
+    _viewer: ViewerPage,
     store: StoreDep,
     reason: Annotated[str | None, Query(max_length=64)] = None,
     device: Annotated[str | None, Query(max_length=200)] = None,
@@ -171,13 +173,77 @@ async def dead_letters(
 
 
 @router.get("/system", response_class=HTMLResponse)
-async def system(request: Request, status: StatusDep) -> Response:
+async def system(request: Request, _viewer: ViewerPage, status: StatusDep) -> Response:
     """Ingest rate, batch latency, queues, drops, broker state; updated every second."""
     context = {"page": "system", "status": await status.snapshot()}
     return templates.TemplateResponse(request, "system.html", context)
 
 
+@router.get("/audit", response_class=HTMLResponse)
+async def audit(
+    request: Request,
+    _admin: AdminPage,
+    store: StoreDep,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The audit log, newest first, filtered by actor and action; admins only."""
+    before = decode_cursor(cursor, int)[0] if cursor else None
+    actor = (actor or "").strip() or None
+    action = (action or "").strip() or None
+    rows = await store.list_audit(
+        limit=AUDIT_PAGE_ROWS + 1, before_seq=before, actor=actor, action=action
+    )
+    page = rows[:AUDIT_PAGE_ROWS]
+    filters = {k: v for k, v in (("actor", actor), ("action", action)) if v}
+    next_cursor = encode_cursor(page[-1].seq) if len(rows) > AUDIT_PAGE_ROWS else None
+    context = {
+        "page": "audit",
+        "entries": [(row, _detail_text(row.detail)) for row in page],
+        "filters": {"actor": actor or "", "action": action or ""},
+        "filtered": bool(filters),
+        "query": urlencode(filters),
+        "next_query": urlencode({**filters, "cursor": next_cursor}) if next_cursor else None,
+        "first_page": cursor is None,
+        "actions": AUDIT_ACTIONS,
+    }
+    return templates.TemplateResponse(request, "audit.html", context)
+
+
+def _detail_text(detail: dict[str, object]) -> str:
+    return json.dumps(detail, sort_keys=True, default=str) if detail else ""
+
+
+@router.get("/admin", response_class=HTMLResponse)
+async def admin(request: Request, _admin: AdminPage, store: StoreDep) -> Response:
+    """Users and API tokens (admin.js creates and revokes through /api/v1); admins only."""
+    context = {
+        "page": "admin",
+        "users": await store.list_users(),
+        "tokens": await store.list_api_tokens(),
+        "roles": [role.value for role in Role],
+        "now_us": clock.now_us(),
+    }
+    return templates.TemplateResponse(request, "admin.html", context)
+
+
+async def _to_login(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LoginRequired)
+    # 303: the browser follows with a GET whatever the method was.
+    return RedirectResponse(login_url(exc.next_path), status_code=303)
+
+
+async def _forbidden(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PageForbidden)
+    context = {"page": "none", "needed": exc.needed.value}
+    return templates.TemplateResponse(request, "forbidden.html", context, status_code=403)
+
+
 def mount(app: FastAPI) -> None:
-    """Add the pages and their static files to `app`."""
+    """Add the pages, the login and setup pages and their static files to `app`."""
+    app.add_exception_handler(LoginRequired, _to_login)
+    app.add_exception_handler(PageForbidden, _forbidden)
+    app.include_router(login.router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

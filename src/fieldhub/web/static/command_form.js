@@ -2,6 +2,8 @@
 // schema (GET /api/v1/devices/{id}/command-types). A form POSTs the command and hands the API's
 // answer to `onAccepted`; a refusal shows the API's own message under the form.
 
+import { send } from "./http.js";
+
 // One input per property of the command's params schema. Bounds go on the inputs as hints,
 // but the form does not validate: the API checks the params and its message says what is wrong.
 function inputFor(schema, type, required) {
@@ -93,17 +95,13 @@ export function errorMessage(r, body) {
   return body?.error?.message || `HTTP ${r.status} ${r.statusText}`.trim();
 }
 
-async function send(enc, form, name, onAccepted) {
+async function submit(enc, form, name, onAccepted) {
   const button = form.querySelector("button[type=submit]");
   showError(form, "");
   button.disabled = true;
   form.setAttribute("aria-busy", "true");
   try {
-    const r = await fetch(`/api/v1/devices/${enc}/commands`, {
-      method: "POST",
-      headers: { "content-type": "application/json", accept: "application/json" },
-      body: JSON.stringify({ name, params: readParams(form) }),
-    });
+    const r = await send(`/api/v1/devices/${enc}/commands`, "POST", { name, params: readParams(form) });
     let body = null;
     try { body = await r.json(); } catch { /* not JSON: reported by status below */ }
     if (r.ok && body?.id) {
@@ -153,7 +151,7 @@ function formFor(enc, command, onAccepted) {
   form.append(out);
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    if (!button.disabled) send(enc, form, command.name, onAccepted);
+    if (!button.disabled) submit(enc, form, command.name, onAccepted);
   });
   return form;
 }

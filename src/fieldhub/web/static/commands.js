@@ -3,7 +3,8 @@
 
 import { errorMessage, note, renderCommandForms } from "./command_form.js";
 import { nowUs, refreshTimes, usOf } from "./format.js";
-import { getJSON } from "./http.js";
+import { getJSON, send } from "./http.js";
+import { allows } from "./session.js";
 
 const COMMAND_ROWS = 20;
 
@@ -61,6 +62,15 @@ export class CommandPanel {
   }
 
   async loadTypes() {
+    // A viewer may read the log but not send: no forms at all rather than buttons that answer
+    // 403 (the API refuses them regardless).
+    if (!allows("operator")) {
+      this.typesEl.replaceChildren(note(
+        "Sending and cancelling commands needs the operator role; you are signed in as a viewer.",
+        "commands-not-allowed",
+      ));
+      return;
+    }
     try {
       const body = await getJSON(`/api/v1/devices/${this.enc}/command-types`);
       renderCommandForms(this.typesEl, this.enc, body, (cmd) => this.upsert(cmd));
@@ -138,7 +148,7 @@ export class CommandPanel {
     button.disabled = true;
     row.setAttribute("aria-busy", "true");
     try {
-      const r = await fetch(url, { method: "DELETE", headers: { accept: "application/json" } });
+      const r = await send(url, "DELETE");
       let body = null;
       try { body = await r.json(); } catch { /* not JSON: reported by status below */ }
       if (r.ok && body?.id) {
@@ -173,12 +183,12 @@ function fillRow(row, cmd, transition) {
   syncCancel(row, cmd);
 }
 
-// A pending command can still be cancelled: its row offers a button until it leaves pending,
-// whichever says so first (the DELETE's answer, a live frame, a resync).
+// A pending command can still be cancelled (by an operator or admin): its row offers a button
+// until it leaves pending, whichever says so first (the DELETE's answer, a live frame, a resync).
 function syncCancel(row, cmd) {
   const cell = row.querySelector("td.actions");
   const button = cell.querySelector("button.cancel");
-  if (cmd.state !== "pending") {
+  if (cmd.state !== "pending" || !allows("operator")) {
     button?.remove();
     return;
   }

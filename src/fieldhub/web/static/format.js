@@ -3,7 +3,7 @@
 
 export const US = 1e6;
 
-// Same rule as web/pages.py format_value: at most two decimals, no trailing zeros.
+// Same rule as web/templating.py format_value: at most two decimals, no trailing zeros.
 export function formatValue(v) {
   if (!Number.isFinite(v)) return String(v);
   const text = String(Number(v.toFixed(2)));

@@ -5,8 +5,14 @@
 // page to re-read its state over HTTP (onResync) so nothing shown is stale after a hiccup.
 // body[data-live] says "connecting", "connected" (subscription confirmed) or "disconnected".
 
+import { getJSON } from "./http.js";
+
 const FIRST_DELAY_MS = 500;
 const MAX_DELAY_MS = 10000;
+// The server closes the socket with this code when its credentials stop checking (the session
+// ended or the user was disabled), and refuses a handshake without them (which the browser
+// reports as 1006, like any other failed connection).
+const POLICY_VIOLATION = 1008;
 
 export class Live {
   constructor(handlers, onResync) {
@@ -30,9 +36,13 @@ export class Live {
     const ws = new WebSocket(`${proto}//${location.host}/api/v1/live`);
     this.ws = ws;
     document.body.dataset.live = "connecting";
-    ws.onopen = () => this.opened(ws);
+    let wasOpen = false;
+    ws.onopen = () => {
+      wasOpen = true;
+      this.opened(ws);
+    };
     ws.onmessage = (e) => this.receive(JSON.parse(e.data));
-    ws.onclose = () => this.closed();
+    ws.onclose = (e) => this.closed(e, wasOpen);
   }
 
   opened(ws) {
@@ -59,8 +69,12 @@ export class Live {
     this.handlers[frame.type]?.(frame);
   }
 
-  closed() {
+  closed(e, wasOpen) {
     document.body.dataset.live = "disconnected";
+    // The socket uses the page's session cookie (same origin). When the server shut it for its
+    // credentials, or would not open it, ask the API who we are: a 401 means the session has
+    // ended, and getJSON takes the page to the login page; anything else, reconnect as usual.
+    if (e.code === POLICY_VIOLATION || !wasOpen) getJSON("/api/v1/auth/me").catch(() => {});
     setTimeout(() => this.connect(), this.delay);
     this.delay = Math.min(this.delay * 2, MAX_DELAY_MS);
   }
