@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from fieldhub.net import free_port
+from support import auth as auth_support
 from support.waiting import wait_until
 
 __all__ = ["FieldhubProcess", "wait_until"]
@@ -33,6 +34,7 @@ class FieldhubProcess:
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         command_prefix: list[str] | None = None,
+        auth: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.mqtt_url = mqtt_url
@@ -44,6 +46,12 @@ class FieldhubProcess:
         self.command_prefix = command_prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "fieldhub.log"
+        # Authentication is off (FIELDHUB_AUTH=false, demo mode) unless asked for: the suite's
+        # tests are about other things. With auth=True an admin is put in the database before
+        # the first start (tests/support/auth.py); `admin_token` logs in as it and makes a token.
+        self.auth = auth
+        self.admin_password = auth_support.new_password() if auth else None
+        self._admin_token: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -52,6 +60,28 @@ class FieldhubProcess:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "fieldhub.db"
+
+    @property
+    def db_url(self) -> str:
+        """The database fieldhub uses: --db / FIELDHUB_DB when given, else the data dir's."""
+        if "--db" in self.extra_args:
+            return self.extra_args[self.extra_args.index("--db") + 1]
+        return self.env.get("FIELDHUB_DB") or f"sqlite:///{self.db_path.absolute()}"
+
+    @property
+    def admin_token(self) -> str:
+        """An admin API token (auth=True only), made once by logging in as the admin."""
+        assert self.admin_password is not None, "start with auth=True"
+        if self._admin_token is None:
+            self._admin_token = auth_support.admin_token_by_login(
+                self.base_url, auth_support.ADMIN_USERNAME, self.admin_password
+            )
+        return self._admin_token
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request needs to be let in: the admin token with auth on, nothing without."""
+        return {"Authorization": f"Bearer {self.admin_token}"} if self.auth else {}
 
     def start(self, *, wait_connected: bool = True) -> FieldhubProcess:
         # free_port() only finds a port free now; another process may take it before fieldhub
@@ -80,6 +110,11 @@ class FieldhubProcess:
             ["--mqtt-url", self.mqtt_url] if self.mqtt_url else ["--mqtt-port", str(self.mqtt_port)]
         )
         env = {**os.environ, **self.env}
+        env.setdefault("FIELDHUB_AUTH", "true" if self.auth else "false")
+        if self.auth and self.admin_password is not None and not self.db_path.exists():
+            auth_support.add_user(
+                self.db_url, auth_support.ADMIN_USERNAME, self.admin_password, "admin"
+            )
         if os.geteuid() == 0:
             # Started as root, fieldhub drops to an unprivileged user, which cannot enter pytest's
             # 0700 temp root: keep root unless the test chose (tests/security tests the drop).
@@ -113,13 +148,15 @@ class FieldhubProcess:
         return response.json() if response.status_code in (200, 503) else None
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(f"{self.base_url}{path}", params=params, timeout=10.0)
+        return httpx.get(
+            f"{self.base_url}{path}", params=params, headers=self.headers, timeout=10.0
+        )
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample's value from /metrics (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(f"{self.base_url}/metrics", timeout=5.0).text
+        text = httpx.get(f"{self.base_url}/metrics", headers=self.headers, timeout=5.0).text
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

@@ -77,6 +77,11 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "Below the role this needs, or no CSRF token"},
 }
 
+# For routes that take a JSON body: what a body that is not JSON answers.
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON"},
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     **AUTH_RESPONSES,
     404: {"model": ErrorResponse, "description": "Not found"},

@@ -5,8 +5,9 @@ After `max_failures` failures of one key within `window_s` of each other, the ke
 `base_lock_s`; each further failure after a lock ends locks it again for twice as long, up to
 `max_lock_s`. Attempts during a lock are refused without checking the password (so a locked
 account cannot be guessed at) and do not extend it. A key forgets everything `window_s` after
-its last failure. State is an LRU of at most `max_keys` keys, so a flood of addresses or made-up
-usernames costs bounded memory (the oldest keys are forgotten first).
+its last failure or the end of its last lock, whichever is later. State is an LRU of at most
+`max_keys` keys, so a flood of addresses or made-up usernames costs bounded memory (the oldest
+keys are forgotten first).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class LoginThrottle:
         state = self._keys.get(key)
         if state is None:
             return None
-        if now_s - state.last_failure_s >= self.window_s and now_s >= state.locked_until_s:
+        # Forgotten a window after the last failure or the end of the last lock, whichever is
+        # later: a lock of the full window must not end with a clean slate.
+        if now_s - max(state.last_failure_s, state.locked_until_s) >= self.window_s:
             del self._keys[key]
             return None
         return state

@@ -10,12 +10,17 @@ from pydantic import BaseModel
 from fieldhub.api.auth import ADMIN, AuthDep
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.errors import ERROR_RESPONSES
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.schemas import Time
 from fieldhub.store.types import AuditRow
 
 router = APIRouter(
-    prefix="/api/v1/audit", tags=["audit"], dependencies=[ADMIN], responses=ERROR_RESPONSES
+    prefix="/api/v1/audit",
+    tags=["audit"],
+    dependencies=[ADMIN],
+    route_class=AllMethodsRoute,
+    responses=ERROR_RESPONSES,
 )
 
 

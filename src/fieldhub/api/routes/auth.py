@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from fieldhub.api.auth import AuthDep, PrincipalDep, client_address
-from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse
+from fieldhub.api.errors import BODY_RESPONSES, ERROR_RESPONSES, ErrorResponse
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.schemas import Time
 from fieldhub.security.passwords import MAX_PASSWORD_CHARS
@@ -18,7 +19,12 @@ from fieldhub.security.roles import Role
 from fieldhub.security.sessions import SESSION_COOKIE
 from fieldhub.store.types import SessionRow
 
-router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/api/v1/auth",
+    tags=["auth"],
+    route_class=AllMethodsRoute,
+    responses={**ERROR_RESPONSES, **BODY_RESPONSES},
+)
 
 Username = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PASSWORD_CHARS)]

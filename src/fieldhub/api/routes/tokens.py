@@ -11,8 +11,9 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from fieldhub.api.auth import ADMIN, AdminDep, AuthDep, client_address
-from fieldhub.api.errors import ERROR_RESPONSES
+from fieldhub.api.errors import BODY_RESPONSES, ERROR_RESPONSES
 from fieldhub.api.params import parse_time
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.clock import US_PER_S
 from fieldhub.errors import Invalid
 from fieldhub.protocol.timestamps import format_us
@@ -22,7 +23,11 @@ from fieldhub.security.service import TOKEN_NAME_MAX_CHARS
 from fieldhub.store.types import ApiTokenRow
 
 router = APIRouter(
-    prefix="/api/v1/tokens", tags=["tokens"], dependencies=[ADMIN], responses=ERROR_RESPONSES
+    prefix="/api/v1/tokens",
+    tags=["tokens"],
+    dependencies=[ADMIN],
+    route_class=AllMethodsRoute,
+    responses={**ERROR_RESPONSES, **BODY_RESPONSES},
 )
 
 TokenIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from fieldhub.api.auth import ADMIN, AdminDep, AuthDep, client_address
-from fieldhub.api.errors import ERROR_RESPONSES, ErrorResponse
+from fieldhub.api.errors import BODY_RESPONSES, ERROR_RESPONSES, ErrorResponse
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.schemas import Time
 from fieldhub.security.passwords import MAX_PASSWORD_CHARS
@@ -23,8 +24,10 @@ router = APIRouter(
     prefix="/api/v1/users",
     tags=["users"],
     dependencies=[ADMIN],
+    route_class=AllMethodsRoute,
     responses={
         **ERROR_RESPONSES,
+        **BODY_RESPONSES,
         409: {"model": ErrorResponse, "description": "Name taken, or the last enabled admin"},
     },
 )
