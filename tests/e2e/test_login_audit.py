@@ -6,7 +6,10 @@ message that does not say whether the user exists), log in (back to the device p
 command to a simulated device that logs in to the broker with its own credentials, and find the
 login and the command on the audit page. A viewer sees the device page without command controls
 and is refused the audit page. Forms posted without their CSRF token are refused (403), a login
-never redirects off-site, and a throttled login says when to retry.
+never redirects off-site, and a throttled login says when to retry. Also: the setup link makes
+the first admin once; the admin page shows a new API token once and revokes it; a page whose
+session ended elsewhere goes to the login page and back; demo mode leaves every page open and
+says so in the header.
 
 The pages are read through their DOM contract: `#login-error`, `#signed-in-user`,
 `#signed-in-role`, `#logout`, `#commands-not-allowed`, audit rows `tr[data-seq]` with
@@ -389,3 +392,40 @@ def test_admin_page_shows_a_new_token_once_and_revokes_it(
         timeout=10.0,
     )
     assert refused.status_code == 401
+
+
+def test_an_ended_session_sends_the_page_to_login(
+    page: Page, live_fieldhub: FieldhubProcess, device: SimDevice
+) -> None:
+    """Signed out elsewhere (another tab, an admin disabling the user), the open page goes to
+    the login page the next time it talks to the API, and comes back after it."""
+    device_path = f"/devices/{device.id}"
+    page.goto(device_path)
+    log_in(page, ADMIN, admin_password(live_fieldhub))
+    expect(page).to_have_url(re.compile(re.escape(device_path) + "$"), timeout=PAGE_MS)
+    ping = page.locator('form.command[data-command="ping"] button[type=submit]')
+    expect(ping).to_have_count(1, timeout=PAGE_MS)
+
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    ended = page.request.post("/api/v1/auth/logout", headers={"X-CSRF-Token": csrf or ""})
+    assert ended.status == 204, ended.text()
+
+    ping.click()
+    expect(page).to_have_url(
+        re.compile(r"/login\?next=" + re.escape(quote(device_path, safe=""))), timeout=PAGE_MS
+    )
+    log_in(page, ADMIN, admin_password(live_fieldhub))
+    expect(page).to_have_url(re.compile(re.escape(device_path) + "$"), timeout=PAGE_MS)
+
+
+def test_demo_mode_pages_are_open_and_say_so(tmp_path: Path) -> None:
+    fh = FieldhubProcess(data_dir=tmp_path / "demo").start()  # auth off: demo mode
+    try:
+        for path in ("/", "/system", "/dead-letters", "/audit"):
+            page = fh.get(path)
+            assert page.status_code == 200, (path, page.text[:300])
+            assert "demo mode: no authentication, 127.0.0.1 only" in page.text, path
+            assert 'id="logout"' not in page.text, path
+        assert httpx.get(f"{fh.base_url}/login", timeout=10.0).headers["location"] == "/"
+    finally:
+        fh.stop()

@@ -5,6 +5,7 @@ import { formatValue, nowUs, refreshTimes } from "./format.js";
 import { getJSON } from "./http.js";
 import { Live } from "./live.js";
 import { refreshStale, setBadge } from "./presence.js";
+import { toLogin } from "./session.js";
 
 const table = document.getElementById("fleet");
 const limit = Number(table.dataset.limit);
@@ -95,6 +96,11 @@ async function resync() {
   const url = new URL(location.href);
   url.searchParams.set("fragment", "rows");
   const r = await fetch(url);
+  // A page without a session redirects to the login page: the session has ended.
+  if (r.redirected) {
+    toLogin();
+    return;
+  }
   if (!r.ok) return;
   const holder = document.createElement("table");
   holder.innerHTML = await r.text();
