@@ -94,10 +94,15 @@ function addTokenRow(t) {
   revoke.className = "revoke";
   revoke.textContent = "Revoke";
   actions.append(revoke);
+  const roleCell = cell("Role", undefined, "role");
+  const tag = document.createElement("span");
+  tag.className = "tag";
+  tag.textContent = t.role;
+  roleCell.append(tag);
   row.append(
     idCell,
     cell("Name", t.name, "name"),
-    cell("Role", t.role, "role"),
+    roleCell,
     cell("Created by", t.created_by ?? ""),
     cell("Expires", t.expires_at ?? "never"),
     cell("Last used", "never"),
