@@ -135,7 +135,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins besides the page's own that may open /live"
     )
     run_as: str | None = Field(
-        None, description="User to switch to when started as root (default: fieldhub, nobody)"
+        None,
+        description="User to switch to when started as root (default: fieldhub, else the data "
+        "dir's owner; root keeps root)",
     )
 
     @field_validator("mqtt_url")
