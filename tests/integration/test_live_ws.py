@@ -379,6 +379,7 @@ def test_get_system_returns_the_documented_fields(
         "connected": True,
         "running": None,
         "restarts": None,
+        "problem": None,
     }
     SystemStatus.model_validate(body)
     assert abs(body["time_us"] - time.time_ns() // 1_000) < 60_000_000
