@@ -3,6 +3,7 @@ parts of fieldhub.security and api/auth.py."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from fieldhub.api.auth import normalize_origin, origin_allowed
@@ -138,6 +139,13 @@ def test_throttle_state_is_bounded() -> None:
     for i in range(1000):
         throttle.failed(throttle.keys_for(f"user{i}", f"10.0.{i // 256}.{i % 256}"), 0.0)
     assert len(throttle) == 100
+
+
+def test_audit_detail_is_always_encodable() -> None:
+    """What a client may put in a command's params: huge integers, lone surrogates."""
+    detail = scrub({"n": -(2**70), "ok": 2**62, "\udb94k": "a\ud800b", "f": 1.5})
+    assert detail == {"n": str(-(2**70)), "ok": 2**62, "?k": "a?b", "f": 1.5}
+    orjson.dumps(detail)
 
 
 def test_audit_detail_never_keeps_a_secret() -> None:

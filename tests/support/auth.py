@@ -12,8 +12,9 @@ import httpx
 
 from fieldhub import clock
 from fieldhub.security.passwords import hash_password
+from fieldhub.security.tokens import hash_secret, new_api_token
 from fieldhub.store.open import open_store
-from fieldhub.store.types import UserRow
+from fieldhub.store.types import ApiTokenRow, UserRow
 
 ADMIN_USERNAME = "admin"
 
@@ -44,6 +45,33 @@ def add_user(db_url: str, username: str, password: str, role: str) -> None:
             await store.close()
 
     asyncio.run(put())
+
+
+def add_token(db_url: str, role: str, *, created_by: str = "test-harness") -> str:
+    """Put an API token in the database before fieldhub starts; the token. Made by no user,
+    so no change to users (a fuzzer deleting one) revokes it."""
+    token_id, token = new_api_token()
+
+    async def put() -> None:
+        store = open_store(db_url)
+        await store.open()
+        try:
+            await store.insert_api_token(
+                ApiTokenRow(
+                    token_id=token_id,
+                    name=f"{created_by}-{role}",
+                    token_hash=hash_secret(token),
+                    role=role,
+                    created_by=created_by,
+                    created_us=clock.now_us(),
+                    expires_us=None,
+                )
+            )
+        finally:
+            await store.close()
+
+    asyncio.run(put())
+    return token
 
 
 @dataclass

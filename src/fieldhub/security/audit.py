@@ -29,6 +29,8 @@ _SECRET_KEY = re.compile(
 )
 REDACTED = "[redacted]"
 MAX_STRING_CHARS = 200
+# JSON integers beyond 64 bits are refused by orjson and by PostgreSQL's jsonb: kept as text.
+_INT64 = range(-(2**63), 2**63)
 MAX_ITEMS = 50
 MAX_DEPTH = 4
 
@@ -44,16 +46,19 @@ def _scrub_mapping(value: Mapping[str, object], depth: int) -> dict[str, object]
         if i >= MAX_ITEMS:
             out["..."] = f"{len(value) - MAX_ITEMS} more"
             break
-        name = str(key)[:MAX_STRING_CHARS]
+        name = _text(str(key)[:MAX_STRING_CHARS])
         out[name] = REDACTED if _SECRET_KEY.search(name) else _scrub_value(item, depth + 1)
     return out
 
 
 def _scrub_value(value: object, depth: int) -> object:
-    if value is None or isinstance(value, bool | int | float):
+    if value is None or isinstance(value, bool | float):
         return value
+    if isinstance(value, int):
+        return value if value in _INT64 else str(value)
     if isinstance(value, str):
-        return value if len(value) <= MAX_STRING_CHARS else value[:MAX_STRING_CHARS] + "..."
+        text = _text(value)
+        return text if len(text) <= MAX_STRING_CHARS else text[:MAX_STRING_CHARS] + "..."
     if depth >= MAX_DEPTH:
         return "..."
     if isinstance(value, Mapping):
@@ -61,6 +66,12 @@ def _scrub_value(value: object, depth: int) -> object:
     if isinstance(value, list | tuple):
         return [_scrub_value(v, depth + 1) for v in value[:MAX_ITEMS]]
     return _scrub_value(str(value), depth)
+
+
+def _text(value: str) -> str:
+    """`value` as valid UTF-8: a lone surrogate (JSON lets a client send one) becomes '?', so
+    the entry can be encoded for the log and the store."""
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 class Auditor:

@@ -496,7 +496,7 @@ class AuthService:
             "user.update",
             target=user_target(username),
             address=address,
-            detail={"password": "reset", "sessions_ended": ended},
+            detail={"changed": "password reset", "sessions_ended": ended},
         )
 
     async def change_own_password(
@@ -514,7 +514,7 @@ class AuthService:
                 target=user_target(user.username),
                 address=address,
                 outcome="failed",
-                detail={"password": "change", "reason": "wrong current password"},
+                detail={"changed": "password", "reason": "wrong current password"},
             )
             raise Forbidden("the current password is wrong", code="wrong_password")
         if new == current:
@@ -527,7 +527,7 @@ class AuthService:
             "user.update",
             target=user_target(user.username),
             address=address,
-            detail={"password": "changed"},
+            detail={"changed": "password"},
         )
         return cookie, row
 
