@@ -124,10 +124,9 @@ def on_a_new_session(fh: FieldhubProcess, retained_copies: int) -> FieldhubProce
 # --- Flask/SQLite gateway stack (`readings` profile) ------------------------------------------
 
 
-def test_flask_gateway_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
-    """Retained QoS 1 on a fresh connection per publish, client id = the MAC, no DISCONNECT."""
-    mac = random_mac()
-    dashed = mac.lower().replace(":", "-")
+def flask_gateway_frames(mac: str, *, temperature_id: str) -> list[Frame]:
+    """Two gateway readings (rssi 65 then 63) and a temperature (21.4) of the gateway `mac`,
+    retained; the temperature topic names it `temperature_id`."""
     frames = [
         Frame(
             f"/readings/gateway/{mac}",
@@ -136,14 +135,22 @@ def test_flask_gateway_stack_replay(mosquitto: MosquittoProcess, fieldhub: Field
         )
         for uptime, rssi in ((93_387, 65), (123_391, 63))
     ]
-    # The temperature topic of the same gateway, with the MAC spelled another way.
     frames.append(
         Frame(
-            f"/readings/temperature/{dashed}",
+            f"/readings/temperature/{temperature_id}",
             f'{{"macAddress":"{mac}", "timestamp":123400, "temperature":21.4}}'.encode(),
             retain=True,
         )
     )
+    return frames
+
+
+def test_flask_gateway_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
+    """Retained QoS 1 on a fresh connection per publish, client id = the MAC, no DISCONNECT."""
+    mac = random_mac()
+    dashed = mac.lower().replace(":", "-")
+    # The temperature topic of the same gateway, with the MAC spelled another way.
+    frames = flask_gateway_frames(mac, temperature_id=dashed)
     for frame in frames:
         client = device_client(mosquitto.url, mac, protocol=5)
         replay(client, [frame])
@@ -206,22 +213,14 @@ def fastapi_heartbeat(node_id: str, uptime: int) -> bytes:
     )
 
 
-def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
-    """The firmware's connect sequence (status `online`, data, test ping), heartbeats, a servo
-    command's status message, all on the data topic; the retained `offline` will on a lost link."""
-    mac = random_mac()
-    bare = mac.replace(":", "")  # the firmware's node_id
+def fastapi_frames(bare: str, now_s: float) -> list[Frame]:
+    """The node `bare`'s connect sequence (status `online`, data, test ping), heartbeats and a
+    servo command's status message, all on its data topic, its clock at `now_s` (+1 to +6 s)."""
     data_topic = f"devices/{bare}/data"
-    now_s = time.time()
     date = fastapi_clock("%Y-%m-%d %H:%M:%S", now_s)
     later_date = fastapi_clock("%Y-%m-%d %H:%M:%S", now_s + 6)
     clocks = [fastapi_clock("%H:%M:%S", now_s + step) for step in (1, 4)]
-    client = device_client(
-        mosquitto.url,
-        f"ESP32-{bare}",
-        will=Will(topic=f"devices/{bare}/status", payload=b"offline", qos=1, retain=True),
-    )
-    frames = [
+    return [
         Frame(data_topic, fastapi_status(bare, "online", date, 6_004, 201_344, -61, 90, 45, 55)),
         Frame(data_topic, fastapi_sensor_data(bare, clocks[0], "20.1", 45, "false")),
         Frame(data_topic, f'{{"test":"ping","node_id":"{bare}"}}'.encode()),
@@ -235,7 +234,22 @@ def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPro
             ),
         ),
     ]
-    replay(client, frames)
+
+
+def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
+    """The firmware's connect sequence (status `online`, data, test ping), heartbeats, a servo
+    command's status message, all on the data topic; the retained `offline` will on a lost link."""
+    mac = random_mac()
+    bare = mac.replace(":", "")  # the firmware's node_id
+    now_s = time.time()
+    later_date = fastapi_clock("%Y-%m-%d %H:%M:%S", now_s + 6)
+    clocks = [fastapi_clock("%H:%M:%S", now_s + step) for step in (1, 4)]
+    client = device_client(
+        mosquitto.url,
+        f"ESP32-{bare}",
+        will=Will(topic=f"devices/{bare}/status", payload=b"offline", qos=1, retain=True),
+    )
+    replay(client, fastapi_frames(bare, now_s))
 
     wait_until(lambda: len(readings(fieldhub, mac, "uptime_ms")) == 4, what="four uptimes")
     wait_until(lambda: len(readings(fieldhub, mac, "temperature")) == 2, what="both data")
@@ -301,10 +315,10 @@ def test_fastapi_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPro
 # --- Raspberry Pi/Mosquitto/Telegraf stack (`iot-node` profile) --------------------------------
 
 
-def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
-    """Telemetry at the node's clock, retained health on status, duplicates stored once."""
-    node = f"node_{uuid.uuid4().hex[:6]}"
-    node_s = int(time.time()) - 20
+def iot_node_frames(node: str, node_s: int) -> list[Frame]:
+    """Two telemetry messages of `node` (temperature 22.5 and 23.5, its clock from `node_s`), the
+    second again (a redelivery), retained health on status, then the management utility's
+    command on the down-link topic."""
     telemetry = [
         {
             "node_id": node,
@@ -324,6 +338,14 @@ def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPr
     # The management utility's command on the down-link topic: not data, not a dead letter.
     command = {"command": "set_led", "params": {"state": "on", "brightness": 128}}
     frames.append(Frame(f"iot/node/{node}/command", json.dumps(command).encode()))
+    return frames
+
+
+def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubProcess) -> None:
+    """Telemetry at the node's clock, retained health on status, duplicates stored once."""
+    node = f"node_{uuid.uuid4().hex[:6]}"
+    node_s = int(time.time()) - 20
+    frames = iot_node_frames(node, node_s)
     client = device_client(mosquitto.url, node)
     try:
         replay(client, frames)
@@ -352,12 +374,9 @@ def test_iot_node_stack_replay(mosquitto: MosquittoProcess, fieldhub: FieldhubPr
 # --- Go/ClickHouse window-control stack (`sensor` profile) -------------------------------------
 
 
-def test_window_control_stack_replay(
-    mosquitto: MosquittoProcess, fieldhub: FieldhubProcess
-) -> None:
-    """Numbers as text, a 2 s WAV clip as its level, the ML service's window order as state."""
-    sensor = f"esp32_{uuid.uuid4().hex[:6]}"
-    amplitude = 6_000
+def window_control_frames(sensor: str, amplitude: int) -> list[Frame]:
+    """`sensor`'s temperature (25.5) and humidity (61) as text, a 2 s WAV clip of a sine of
+    `amplitude`, the backbone's inference request and the ML service's window order (40)."""
     clip = wav_bytes(sine(amplitude))
     audio = {"data": base64.b64encode(clip).decode(), "sample_rate": 16_000, "duration": 2.0}
     control = {
@@ -374,13 +393,22 @@ def test_window_control_stack_replay(
         "humidity": 61.0,
         "sound_volume": -17.7,
     }
-    frames = [
+    return [
         Frame(f"sensor/{sensor}/temperature", b"25.5"),
         Frame(f"sensor/{sensor}/humidity", b"61"),
         Frame(f"sensor/{sensor}/audio", json.dumps(audio).encode()),
         Frame(f"ml/inference/request/{sensor}", json.dumps(request).encode()),
         Frame(f"window/{sensor}/control", json.dumps(control).encode()),
     ]
+
+
+def test_window_control_stack_replay(
+    mosquitto: MosquittoProcess, fieldhub: FieldhubProcess
+) -> None:
+    """Numbers as text, a 2 s WAV clip as its level, the ML service's window order as state."""
+    sensor = f"esp32_{uuid.uuid4().hex[:6]}"
+    amplitude = 6_000
+    frames = window_control_frames(sensor, amplitude)
     client = device_client(mosquitto.url, sensor)
     try:
         replay(client, frames)
@@ -406,7 +434,7 @@ def test_window_control_stack_replay(
     response = httpx.post(
         f"{fieldhub.base_url}/api/v1/ingest/sensor",
         params={"topic": f"sensor/{sensor}/audio"},
-        content=json.dumps(audio).encode(),
+        content=next(f.payload for f in frames if f.topic.endswith("/audio")),
         headers={"content-type": "application/json"},
         timeout=10,
     )
