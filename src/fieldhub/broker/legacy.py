@@ -64,9 +64,12 @@ class LegacyPolicy:
 
 
 _NEVER = (
-    "It can never publish a command ack, a command or any topic of another stack, never read "
-    "`#` or another stack's topics, and never publish or read a topic of a device that has "
-    "fieldhub credentials (in any of its id's upper- or lower-case spellings)."
+    "It can never publish a command ack or a command, never publish or read a topic of a "
+    "device that has fieldhub credentials (in any of its id's upper- or lower-case spellings), "
+    "and never receive anything its grants do not name, whatever it subscribes to (`#` "
+    "included). The broker cannot tell the stacks without credentials (readings, iot-node, "
+    "sensor) apart: an anonymous client holds the grants of every such stack enabled on the "
+    "listener, so enable only the stacks still in the field (`FIELDHUB_MQTT_LEGACY_POLICIES`)."
 )
 
 READINGS = LegacyPolicy(
@@ -83,8 +86,8 @@ READINGS = LegacyPolicy(
         "30 s cycle takes the id back."
     ),
     cannot_spoof=(
-        "On one connection it can publish only for the id it connected with, only its two "
-        "readings topics, and it reads nothing. " + _NEVER
+        "On one connection it can publish gateway readings only for the id it connected with, "
+        "and this stack reads nothing. " + _NEVER
     ),
 )
 
@@ -139,9 +142,9 @@ SENSOR = LegacyPolicy(
         "credentials); its connection also disconnects that device."
     ),
     cannot_spoof=(
-        "On one connection it can publish and read only for the id it connected with. It can "
-        "never publish a window order (`window/+/control`, fieldhub's command) nor an ML "
-        "request (`ml/inference/request/+`). " + _NEVER
+        "On one connection it can publish sensor readings and read window orders only for the "
+        "id it connected with. It can never publish a window order (`window/+/control`, "
+        "fieldhub's command) nor an ML request (`ml/inference/request/+`). " + _NEVER
     ),
 )
 
