@@ -8,15 +8,22 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
-from fieldhub.api.auth import AdminDep, AuthDep, client_address
+from fieldhub.api.auth import ADMIN, AdminDep, AuthDep, client_address
 from fieldhub.api.deps import DeviceAccessDep, DeviceIdDep
+from fieldhub.api.errors import ERROR_RESPONSES
+from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.net import is_loopback
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.schemas import Time
 from fieldhub.security.device_access import device_username
 from fieldhub.store.types import DeviceCredentialRow
 
-router = APIRouter(tags=["device credentials"])
+router = APIRouter(
+    tags=["device credentials"],
+    dependencies=[ADMIN],
+    route_class=AllMethodsRoute,
+    responses=ERROR_RESPONSES,
+)
 
 # Addresses a device can never be told to connect to: the embedded broker may listen on every
 # interface, and then the address the admin used to reach fieldhub is the best guess.
