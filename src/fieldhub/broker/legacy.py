@@ -63,6 +63,13 @@ class LegacyPolicy:
                 raise ValueError(f"legacy policy {self.name}: {topic!r} is a command ack")
 
 
+# The FastAPI stack's firmware logs in with these (mqtt_user, mqtt_password in
+# IoT_Platform_Node.ino; fieldhub/sim/fastapi_node.py). They are public, so they prove only
+# that a client is that firmware or read its source; an operator who compiled other ones in
+# gives those instead.
+FASTAPI_FIRMWARE_USERNAME = "rnr_iot_user"
+FASTAPI_FIRMWARE_PASSWORD = "rnr_iot_2025!"
+
 _NEVER = (
     "It can never publish a command ack or a command, never publish or read a topic of a "
     "device that has fieldhub credentials (in any of its id's upper- or lower-case spellings), "
@@ -98,7 +105,7 @@ FASTAPI = LegacyPolicy(
     publish=("devices/+/data", "devices/+/status"),
     read=("devices/+/commands", "devices/+/commands/last"),
     id_topics=("devices/{id}/#",),
-    login="rnr_iot_user",
+    login=FASTAPI_FIRMWARE_USERNAME,
     can_spoof=(
         "A client that logs in with the stack's compiled-in username and password (public in "
         "its firmware) can publish data and status (`online`/`offline`) for any device id "
@@ -151,12 +158,6 @@ SENSOR = LegacyPolicy(
 LEGACY_POLICIES: Mapping[str, LegacyPolicy] = MappingProxyType(
     {policy.name: policy for policy in (READINGS, FASTAPI, IOT_NODE, SENSOR)}
 )
-
-# The FastAPI stack's firmware logs in with these (mqtt_user, mqtt_password in
-# IoT_Platform_Node.ino; fieldhub/sim/fastapi_node.py). They are public, so they prove only
-# that a client is that firmware or read its source; an operator who compiled other ones in
-# gives those instead.
-FASTAPI_FIRMWARE_PASSWORD = "rnr_iot_2025!"
 
 
 def select_legacy_policies(names: Iterable[str]) -> tuple[LegacyPolicy, ...]:

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.parse
+import urllib.request
 from typing import Annotated
 
 import typer
 
+from fieldhub.cli.api_client import TokenOption, fieldhub_http
 from fieldhub.cli.common import configure_logging, fail
+
+PROVISION_TIMEOUT_S = 15.0
+
+
+def _provision(url: str, token: str | None, device_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Broker credentials for each simulated native device, issued by fieldhub's API (each call
+    replaces the device's previous secret): simulated devices log in as real ones do."""
+    logins: dict[str, tuple[str, str]] = {}
+    for device_id in device_ids:
+        path = f"/api/v1/devices/{urllib.parse.quote(device_id, safe='')}/credentials"
+        request = urllib.request.Request(f"{url.rstrip('/')}{path}", method="POST")
+        with fieldhub_http(request, url=url, token=token, timeout=PROVISION_TIMEOUT_S) as answer:
+            issued = json.loads(answer.read())
+        logins[device_id] = (issued["username"], issued["password"])
+    return logins
 
 
 def sim(
@@ -34,11 +53,26 @@ def sim(
         float | None, typer.Option(min=0.1, help="Stop after this many seconds")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the sensor models")] = 0,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="fieldhub's HTTP address: give native devices broker credentials through its "
+            "API first (authentication on; needs an admin --token)"
+        ),
+    ] = None,
+    token: TokenOption = None,
+    legacy_mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            help="fieldhub's legacy listener, for the earlier stacks' kinds (the fastapi kind "
+            "logs in with its firmware's compiled-in login there); default --mqtt-url"
+        ),
+    ] = None,
 ) -> None:
     """Simulated devices publishing like real firmware (demos and functional tests; load
     testing lives in bench/)."""
     from fieldhub.mqtt.endpoint import MqttUrlError, parse_mqtt_url
-    from fieldhub.sim.fleet import SIM_PROFILES, run_sim
+    from fieldhub.sim.fleet import NATIVE_ID_FORMAT, SIM_PROFILES, native_count, run_sim
 
     # The typed profile itself (not the str), so mypy knows it is one of SIM_PROFILES.
     kind = next((known for known in SIM_PROFILES if known == profile), None)
@@ -46,9 +80,15 @@ def sim(
         raise fail(f"--profile {profile!r}: choose one of {', '.join(SIM_PROFILES)}")
     try:
         endpoint = parse_mqtt_url(mqtt_url)
+        legacy = parse_mqtt_url(legacy_mqtt_url) if legacy_mqtt_url else None
     except MqttUrlError as exc:
         raise fail(str(exc)) from None
     configure_logging("info")
+    logins: dict[str, tuple[str, str]] = {}
+    if url is not None:
+        ids = [NATIVE_ID_FORMAT.format(n + 1) for n in range(native_count(kind, devices))]
+        logins = _provision(url, token, ids)
+        typer.echo(f"sim: issued broker credentials to {len(logins)} native devices")
     stop = threading.Event()
     try:
         stats = run_sim(
@@ -60,6 +100,8 @@ def sim(
             stop=stop,
             seed=seed,
             log=typer.echo,
+            logins=logins,
+            legacy_endpoint=legacy,
         )
     except KeyboardInterrupt:
         stop.set()

@@ -89,6 +89,7 @@ from typing import Literal, TypeAlias
 
 import orjson
 
+from fieldhub.broker.legacy import FASTAPI_FIRMWARE_PASSWORD, FASTAPI_FIRMWARE_USERNAME
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.mqtt.publisher import Will
 from fieldhub.sim.link import LinkedDevice, Periodic
@@ -105,9 +106,10 @@ FASTAPI_COMMAND_QOS = 1
 FASTAPI_WILL_QOS = 1
 FASTAPI_OFFLINE_PAYLOAD = b"offline"
 FASTAPI_CLIENT_ID_PREFIX = "ESP32-"
-# Compiled into the sketch (mqtt_user, mqtt_password); see the module docstring.
-FASTAPI_MQTT_USERNAME = "rnr_iot_user"
-FASTAPI_MQTT_PASSWORD = "rnr_iot_2025!"
+# Compiled into the sketch (mqtt_user, mqtt_password); see the module docstring. The broker's
+# legacy policy admits the stack by the same login (broker/legacy.py).
+FASTAPI_MQTT_USERNAME = FASTAPI_FIRMWARE_USERNAME
+FASTAPI_MQTT_PASSWORD = FASTAPI_FIRMWARE_PASSWORD
 # configTime(gmtOffset_sec = 5.5 * 3600, daylightOffset_sec = 0): India.
 FASTAPI_UTC_OFFSET_S = 19_800
 # setup() waits 2 s after configTime() before it connects: the first status message has a date.

@@ -23,11 +23,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
+from fieldhub.broker.legacy import FASTAPI_FIRMWARE_PASSWORD, FASTAPI_FIRMWARE_USERNAME
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.sim.fastapi_node import FASTAPI_BOOT_S, FASTAPI_MAC_INDEX_BASE, FastApiNode
 from fieldhub.sim.iot_node import IotNode, iot_node_topic_id
@@ -98,6 +99,11 @@ def _kinds(profile: SimProfile, devices: int) -> list[DeviceKind]:
     return [profile] * devices
 
 
+def native_count(profile: SimProfile, devices: int) -> int:
+    """How many of the fleet's devices are native (numbered from 1, `NATIVE_ID_FORMAT`)."""
+    return sum(1 for kind in _kinds(profile, devices) if kind == "native")
+
+
 def _check_args(profile: str, devices: int, rate_hz: float, duration_s: float | None) -> None:
     if profile not in SIM_PROFILES:
         raise ValueError(f"profile {profile!r} is not one of {', '.join(SIM_PROFILES)}")
@@ -115,6 +121,8 @@ def _check_args(profile: str, devices: int, rate_hz: float, duration_s: float | 
 def _build_fleet(
     *,
     endpoint: MqttEndpoint,
+    legacy_endpoint: MqttEndpoint,
+    logins: Mapping[str, tuple[str, str]],
     profile: SimProfile,
     devices: int,
     period_s: float,
@@ -125,6 +133,15 @@ def _build_fleet(
 ) -> list[Device]:
     boot_rng = random.Random(seed)
     fleet: list[Device] = []
+    # On fieldhub's legacy listener the FastAPI firmware logs in with its compiled-in login,
+    # which the listener's policy admits it by; elsewhere it uses what the endpoint carries.
+    fastapi_endpoint = legacy_endpoint
+    if legacy_endpoint is not endpoint and legacy_endpoint.username is None:
+        fastapi_endpoint = replace(
+            legacy_endpoint,
+            username=FASTAPI_FIRMWARE_USERNAME,
+            password=FASTAPI_FIRMWARE_PASSWORD,
+        )
     # Each kind numbers its own devices from 1; the id schemes differ per kind, so ids never
     # collide across kinds (fastapi MACs start at FASTAPI_MAC_INDEX_BASE, gateways' at 1).
     numbers = dict.fromkeys(DEVICE_KINDS, 0)
@@ -134,15 +151,19 @@ def _build_fleet(
         number = numbers[kind]
         device: Device
         if kind == "native":
+            device_id = NATIVE_ID_FORMAT.format(number)
+            login = logins.get(device_id)
             device = NativeDevice(
-                endpoint=endpoint,
-                device_id=NATIVE_ID_FORMAT.format(number),
+                endpoint=endpoint
+                if login is None
+                else replace(endpoint, username=login[0], password=login[1]),
+                device_id=device_id,
                 seed=device_seed,
                 counter=counter,
             )
         elif kind == "readings":
             device = ReadingsGateway(
-                endpoint=endpoint,
+                endpoint=legacy_endpoint,
                 mac=mac_for_index(number),
                 period_s=period_s,
                 publish_temperature=readings_temperature,
@@ -155,7 +176,7 @@ def _build_fleet(
             # Connects as its sketch does at the end of setup(): booted FASTAPI_BOOT_S ago
             # (WiFi and the 2 s NTP wait), so its first status message already has a date.
             device = FastApiNode(
-                endpoint=endpoint,
+                endpoint=fastapi_endpoint,
                 mac=mac_for_index(FASTAPI_MAC_INDEX_BASE + number),
                 seed=device_seed,
                 counter=counter,
@@ -163,7 +184,7 @@ def _build_fleet(
             )
         elif kind == "iot-node":
             device = IotNode(
-                endpoint=endpoint,
+                endpoint=legacy_endpoint,
                 topic_id=iot_node_topic_id(number),
                 seed=device_seed,
                 counter=counter,
@@ -171,7 +192,7 @@ def _build_fleet(
             )
         else:
             device = WindowSensor(
-                endpoint=endpoint,
+                endpoint=legacy_endpoint,
                 device_id=window_sensor_id(number),
                 seed=device_seed,
                 counter=counter,
@@ -311,6 +332,8 @@ def run_sim(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     readings_temperature: bool = False,
+    logins: Mapping[str, tuple[str, str]] | None = None,
+    legacy_endpoint: MqttEndpoint | None = None,
 ) -> SimStats:
     """Run a simulated fleet until `stop` is set or `duration_s` passes; return what it did.
 
@@ -323,6 +346,9 @@ def run_sim(
     (`3CE90E100001`, ...), iot-nodes (`01`, ...) and window sensors (`window-01`, ...).
     `readings_temperature` makes gateways also publish `/readings/temperature/{MAC}`. A progress
     line goes to `log` (default: the `fieldhub.sim` logger at INFO) every `STATS_LOG_INTERVAL_S`.
+    `logins` maps native device ids to the (username, password) fieldhub issued them (a broker
+    with authentication); the legacy kinds connect to `legacy_endpoint` (default `endpoint`), as
+    fleets of the earlier stacks connect to fieldhub's legacy listener.
     """
     _check_args(profile, devices, rate_hz, duration_s)
     emit = log if log is not None else logger.info
@@ -340,6 +366,8 @@ def run_sim(
     ) as teardown:
         fleet = _build_fleet(
             endpoint=endpoint,
+            legacy_endpoint=legacy_endpoint or endpoint,
+            logins=logins or {},
             profile=profile,
             devices=devices,
             period_s=period_s,

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, Field
 
-from fieldhub.api.auth import ADMIN, AdminDep, AuthDep, client_address
+from fieldhub.api.auth import ADMIN, AdminDep, audit_request
 from fieldhub.api.deps import DeviceAccessDep, DeviceIdDep
 from fieldhub.api.errors import ERROR_RESPONSES
 from fieldhub.api.routing import AllMethodsRoute
@@ -69,7 +69,6 @@ async def issue_credential(
     device_id: DeviceIdDep,
     access: DeviceAccessDep,
     admin: AdminDep,
-    auth: AuthDep,
     request: Request,
     host: Annotated[
         str | None, Query(max_length=253, description="Broker address the node should use")
@@ -78,11 +77,11 @@ async def issue_credential(
     """A new secret for the device: its first, or one replacing the old (which stops working
     and is disconnected at once). The answer holds the secret; nothing else ever will."""
     issued = await access.issue(device_id)
-    await auth.audit(
+    await audit_request(
+        request,
         admin,
         "device.credential.rotate" if issued.rotated else "device.credential.issue",
         target=f"device:{issued.device_id}",
-        address=client_address(request),
     )
     node = access.node_endpoint
     broker_host = host or node.host
@@ -115,17 +114,11 @@ async def revoke_credential(
     device_id: DeviceIdDep,
     access: DeviceAccessDep,
     admin: AdminDep,
-    auth: AuthDep,
     request: Request,
 ) -> None:
     """Revoke the device's credential: the broker disconnects it and refuses it from now on."""
     await access.revoke(device_id)
-    await auth.audit(
-        admin,
-        "device.credential.revoke",
-        target=f"device:{device_id}",
-        address=client_address(request),
-    )
+    await audit_request(request, admin, "device.credential.revoke", target=f"device:{device_id}")
 
 
 @router.get("/api/v1/device-credentials", response_model=list[DeviceCredentialPublic])
