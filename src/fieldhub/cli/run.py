@@ -10,9 +10,41 @@ from typing import Annotated
 import typer
 
 from fieldhub.cli.common import configure_logging, fail, settings_from
-from fieldhub.config import PREFERRED_HTTP_PORT, PREFERRED_MQTT_PORT, PREFERRED_MQTT_TLS_PORT
+from fieldhub.config import (
+    PREFERRED_HTTP_PORT,
+    PREFERRED_MQTT_PORT,
+    PREFERRED_MQTT_TLS_PORT,
+    Settings,
+)
 from fieldhub.net import free_port, port_is_free
 from fieldhub.security.files import restrict_new_files
+
+# Default logins of the brokers fieldhub runs against, as placeholders are: refused with auth on.
+DEFAULT_LOGINS = frozenset({"guest"})
+
+
+def _refuse_placeholder_secrets(settings: Settings) -> None:
+    """Outside demo mode, the broker and database URLs may not carry an empty, placeholder or
+    default password: a fieldhub that requires credentials of everyone must not itself log in
+    with `guest`/`changeme` (docs/security.md)."""
+    from urllib.parse import unquote, urlsplit
+
+    from fieldhub.security.passwords import PLACEHOLDERS
+
+    if not settings.auth:
+        return
+    for flag, url in (("--mqtt-url", settings.mqtt_url), ("--db", settings.db)):
+        if url is None:
+            continue
+        parts = urlsplit(url)
+        if parts.username is None:
+            continue
+        password = unquote(parts.password or "")
+        if not password or password.lower() in PLACEHOLDERS | DEFAULT_LOGINS:
+            raise fail(
+                f"{flag} logs in as {parts.username!r} with an empty, placeholder or default "
+                "password; give that account a real password (or run with --demo on 127.0.0.1)"
+            )
 
 
 def _choose_port(
@@ -126,6 +158,7 @@ def up(
         run_as=run_as,
     )
     configure_logging(settings.log_level)
+    _refuse_placeholder_secrets(settings)
     if not settings.ingest and (settings.mqtt_url is None or settings.db is None):
         raise fail(
             "--no-ingest serves what `fieldhub ingest` workers store: give it their broker "
@@ -200,6 +233,7 @@ def ingest(
     restrict_new_files()  # the workers inherit it
     settings = settings_from(db=db, mqtt_url=mqtt_url, log_level=log_level)
     configure_logging(settings.log_level)
+    _refuse_placeholder_secrets(settings)
     if settings.mqtt_url is None:
         raise fail("fieldhub ingest needs the broker to share: --mqtt-url mqtt://host:port")
     if workers > 1 and not settings.db_url.startswith(("postgresql:", "postgres:")):
