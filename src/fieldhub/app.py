@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
@@ -34,6 +35,9 @@ from fieldhub.web import pages
 
 log = logging.getLogger("fieldhub")
 
+# The Host names a demo (no authentication, loopback only) answers to.
+DEMO_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
 
 def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app; its lifespan starts and stops the platform."""
@@ -54,6 +58,11 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         description="Telemetry, devices and dead letters of an ESP32 fleet.",
         lifespan=lifespan,
     )
+    if not platform.settings.auth:
+        # Demo mode is open, and only loopback can reach it; but a web page the user visits can
+        # point a name it controls at 127.0.0.1 (DNS rebinding) and then read the open API as
+        # a same-origin page. Answering only requests addressed to a loopback name stops that.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(DEMO_HOSTS))
     # One attribute per part: routes depend on the part they use (api/deps.py), not on Platform.
     app.state.store = platform.store
     app.state.commands = platform.commands
