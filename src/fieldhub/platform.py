@@ -91,7 +91,7 @@ class Platform:
                 # Placeholder until start(): the device credentials are in the store.
                 access=BrokerAccess() if settings.auth else None,
                 tls=TlsListener(tls_port, settings.tls_cert, settings.tls_key)
-                if tls_port is not None and settings.tls_cert and settings.tls_key
+                if settings.auth and tls_port is not None and settings.tls_cert and settings.tls_key
                 else None,
                 legacy=LegacyListener(
                     settings.mqtt_legacy_host or settings.mqtt_host, settings.mqtt_legacy_port

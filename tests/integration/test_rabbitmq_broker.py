@@ -192,6 +192,7 @@ def test_startup_reports_rabbitmq_as_the_external_broker(
         "connected": True,
         "running": None,
         "restarts": None,
+        "problem": None,
     }
     # The ingest session is a durable queue on the node: proof the subscription is RabbitMQ's
     # own (and that rabbitmqctl reaches the private node with its cookie).

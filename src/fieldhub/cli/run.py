@@ -37,9 +37,11 @@ def _refuse_placeholder_secrets(settings: Settings) -> None:
         if url is None:
             continue
         parts = urlsplit(url)
-        if parts.username is None:
+        if parts.username is None or parts.password is None:
+            # No password in the URL: the server trusts the peer, or it comes from PGPASSWORD or
+            # ~/.pgpass (docs/migrate.md), which is the recommended way.
             continue
-        password = unquote(parts.password or "")
+        password = unquote(parts.password)
         if not password or password.lower() in PLACEHOLDERS | DEFAULT_LOGINS:
             raise fail(
                 f"{flag} logs in as {parts.username!r} with an empty, placeholder or default "
@@ -169,7 +171,8 @@ def up(
         embedded_port = _choose_port(
             settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port", settings.mqtt_host
         )
-        if settings.tls_cert is not None:
+        if settings.tls_cert is not None and settings.auth:
+            # Demo mode's broker is anonymous on loopback: no TLS listener to protect there.
             tls_port = _choose_port(
                 settings.mqtt_tls_port,
                 PREFERRED_MQTT_TLS_PORT,
