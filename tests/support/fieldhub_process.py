@@ -35,8 +35,12 @@ class FieldhubProcess:
         extra_args: list[str] | None = None,
         command_prefix: list[str] | None = None,
         auth: bool = False,
+        scheme: str = "http",
     ) -> None:
         self.data_dir = data_dir
+        # "https" when started with --tls-cert/--tls-key (the caller makes clients trust the CA,
+        # e.g. SSL_CERT_FILE, which httpx honours).
+        self.scheme = scheme
         self.mqtt_url = mqtt_url
         self.http_port = free_port()
         self.mqtt_port = None if mqtt_url else free_port()
@@ -55,7 +59,7 @@ class FieldhubProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def db_path(self) -> Path:
