@@ -375,18 +375,25 @@ def is_mosquitto(proc: psutil.Process) -> bool:
 # --- HTTP and Prometheus ------------------------------------------------------------------------
 
 
-def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """GET without dependencies: (status, body); connection errors raise ``OSError``."""
+def http_get(
+    url: str, timeout_s: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """GET without dependencies: (status, body); connection errors raise ``OSError``.
+
+    ``headers``: e.g. ``{"Authorization": "Bearer fh_..."}`` for a fieldhub with authentication
+    on (its /metrics and API need a token; /healthz does not).
+    """
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-def scrape(url: str) -> str:
+def scrape(url: str, headers: dict[str, str] | None = None) -> str:
     """One Prometheus text exposition, or raise naming the URL."""
-    status, body = http_get(url, timeout_s=10.0)
+    status, body = http_get(url, timeout_s=10.0, headers=headers)
     if status != 200:
         raise RuntimeError(f"GET {url} returned {status}: {body[:200]!r}")
     return body.decode()
@@ -506,17 +513,31 @@ class BenchError(Exception):
 def fieldhub_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment ``fieldhub up`` runs with: ours plus `extra`. Run as root (this machine's
     benches are), fieldhub would drop to an unprivileged user that cannot enter the runs' 0700
-    temp dirs: it keeps root, as every earlier recorded run did, unless FIELDHUB_RUN_AS says."""
+    temp dirs: it keeps root, as every earlier recorded run did, unless FIELDHUB_RUN_AS says.
+
+    Authentication is off (FIELDHUB_AUTH=false, demo mode: the simulated devices connect with
+    no credentials, as in every run recorded before authentication existed) unless `extra` or
+    our environment sets FIELDHUB_AUTH; `bench.ingest --auth on` sets it and provisions the
+    devices' credentials first."""
     env = {**os.environ, **(extra or {})}
+    env.setdefault("FIELDHUB_AUTH", "false")
     if os.geteuid() == 0:
         env.setdefault("FIELDHUB_RUN_AS", "root")
     return env
 
 
 def start_fieldhub(
-    fieldhub: str, data_dir: Path, mqtt_port: int, http_port: int, log: Path, extra: list[str]
+    fieldhub: str,
+    data_dir: Path,
+    mqtt_port: int,
+    http_port: int,
+    log: Path,
+    extra: list[str],
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``fieldhub up`` in its own session so a Ctrl-C here reaches it only via our SIGINT."""
+    """Start ``fieldhub up`` in its own session so a Ctrl-C here reaches it only via our SIGINT.
+
+    ``env``: variables on top of ``fieldhub_env()``'s (e.g. ``FIELDHUB_AUTH=true``)."""
     cmd = [
         fieldhub,
         "up",
@@ -535,7 +556,7 @@ def start_fieldhub(
             cwd=data_dir.parent,
             stdout=f,
             stderr=subprocess.STDOUT,
-            env=fieldhub_env(),
+            env=fieldhub_env(env),
             start_new_session=True,
         )
 

@@ -15,14 +15,24 @@ Phases:
    growing, stop fieldhub with SIGINT, and count what was stored in its SQLite file.
 3. Medians across runs, the pass checks, and the JSON.
 
+Authentication (``--auth``, default ``both``): ``off`` runs fieldhub in demo mode
+(FIELDHUB_AUTH=false, devices connect with no credentials); ``on`` runs it as in production
+(FIELDHUB_AUTH=true): before it starts, the bench creates its database, puts one device credential
+per simulated device and a viewer API token in it, and every device logs in with its id and
+secret while /metrics is scraped with the token. ``both`` interleaves the two (off, on, off, on,
+...) so the machine's drift hits both alike, and reports each mode's medians and the ratio on/off.
+
 See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
+import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -40,6 +50,7 @@ from bench.common import (
     bare_mosquitto,
     bucket_delta,
     descendants,
+    dig,
     free_port,
     histogram_buckets,
     histogram_quantile,
@@ -60,6 +71,13 @@ from bench.common import (
     write_result,
 )
 from bench.loadgen import DEFAULT_WINDOW, device_uid, id_width
+from fieldhub import clock
+from fieldhub.broker.passwd import hash_password
+from fieldhub.security.device_access import SECRET_BYTES, device_username
+from fieldhub.security.roles import Role
+from fieldhub.security.tokens import hash_secret, new_api_token
+from fieldhub.store.open import open_store
+from fieldhub.store.types import ApiTokenRow, DeviceCredentialRow
 
 # --- the bar -----------------------------------------------------------------------------------
 
@@ -106,6 +124,29 @@ SEQ_METRIC = "seq"
 # The loadgen payload carries four numbers (seq, temperature, humidity, rssi) besides ts.
 EXPECTED_ROWS_PER_MESSAGE = 4
 
+AUTH_MODES = ("off", "on")
+# The issue's bar for authentication: ingest with it on within 5 % of it off.
+AUTH_TOLERANCE = 0.05
+# Figures compared on/off (ratios of the modes' medians). Higher is better for the rates, lower
+# for the rest.
+AUTH_COMPARED = (
+    "stored_rate",
+    "received_rate",
+    "offered_rate",
+    "drain_s",
+    "latency.p50_s",
+    "latency.p99_s",
+    "cpu.fieldhub.cpu_mean_percent",
+    "cpu.mosquitto.cpu_mean_percent",
+    "cpu.loadgen.cpu_mean_percent",
+    "cpu.machine_busy_mean_percent",
+    "cpu.others_cpu_mean_percent",
+    "cpu_per_message_us.fieldhub",
+    "cpu_per_message_us.mosquitto",
+    "cpu_per_message_us.total",
+    "startup_s",
+)
+
 QUICK = {"rate": 2000.0, "duration": 10.0, "devices": 100, "repeats": 1, "capacity_duration": 5.0}
 
 # The per-run figures we take medians of (dotted paths into a run's dict).
@@ -130,6 +171,9 @@ MEDIAN_KEYS = (
     "cpu.loadgen.cpu_mean_percent",
     "cpu.machine_busy_mean_percent",
     "cpu.others_cpu_mean_percent",
+    "cpu_per_message_us.fieldhub",
+    "cpu_per_message_us.mosquitto",
+    "cpu_per_message_us.total",
     "startup_s",
 )
 
@@ -162,6 +206,11 @@ METHODS = {
     "except Mosquitto; mosquitto = its Mosquitto child; loadgen = the generator process; "
     "machine_busy: 100 = all cores busy, whoever used them; others_cpu = machine busy minus "
     "those three, in % of one core (neighbours, the kernel's own threads, this orchestrator)",
+    "cpu_per_message_us": "CPU microseconds per stored message, from the first publish to the "
+    "last commit: (cpu mean over the load x its length + cpu mean after it x the drain) / "
+    "stored. It says what a message costs when the rate is capped by the pacing; it is not "
+    "constant: a fieldhub that falls behind (neighbours taking the cores) writes bigger "
+    "batches and spends less per message, so compare runs with similar others_cpu",
     "medians": "each figure is the median across repeats (runs that failed to produce it are "
     "skipped)",
     "generator_capacity": "bench.loadgen --max against a bare Mosquitto (no subscriber) on this "
@@ -296,6 +345,66 @@ def count_stored(
     }
 
 
+# --- authentication on: what a production fieldhub needs before it starts --------------------
+
+
+def provision_auth(
+    db_url: str, devices: int, device_prefix: str, password_file: Path
+) -> dict[str, Any]:
+    """Create fieldhub's database at ``db_url`` and put in it what auth-on runs need.
+
+    One device credential per simulated device (a random secret, stored as its Mosquitto hash,
+    as ``DeviceAccess.issue`` does) and a viewer API token for /metrics (stored as its sha256,
+    as ``AuthService.create_token`` does), both through the store fieldhub itself opens, with
+    fieldhub's own functions: nothing is hashed here. The secrets go to ``password_file``
+    (JSON {device id: secret}, 0600) for ``bench.loadgen --password-file``. Returns the token.
+    """
+    width = id_width(devices)
+    passwords: dict[str, str] = {}
+    for i in range(devices):
+        uid = device_uid(device_prefix, i, width)
+        if device_username(uid) != uid:
+            raise BenchError(f"device id {uid!r} is not its own broker username")
+        passwords[uid] = secrets.token_urlsafe(SECRET_BYTES)
+
+    async def put() -> str:
+        store = open_store(db_url)
+        await store.open()  # creates the database and runs the migrations, as fieldhub does
+        try:
+            now = clock.now_us()
+            for uid, password in passwords.items():
+                await store.put_device_credential(
+                    DeviceCredentialRow(
+                        device_id=uid,
+                        password_hash=hash_password(password),
+                        created_us=now,
+                        rotated_us=now,
+                    )
+                )
+            token_id, token = new_api_token()
+            await store.insert_api_token(
+                ApiTokenRow(
+                    token_id=token_id,
+                    name="bench-ingest",
+                    token_hash=hash_secret(token),
+                    role=Role.VIEWER.value,
+                    created_by="bench",
+                    created_us=now,
+                    expires_us=None,
+                )
+            )
+            return token
+        finally:
+            await store.close()
+
+    t0 = time.monotonic()
+    token = asyncio.run(put())
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(passwords, f)
+    return {"token": token, "setup_s": round(time.monotonic() - t0, 2)}
+
+
 # --- phases -------------------------------------------------------------------------------------
 
 
@@ -361,10 +470,15 @@ def measure_capacity(devices: int, duration_s: float, workdir: Path) -> dict[str
     }
 
 
-def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """One fresh `fieldhub up`, one paced load, one accounting. Errors go into the dict."""
-    tag = f"run {k}/{n}"
-    rundir = workdir / f"run-{k}"
+def measured_run(
+    k: int, n: int, args: argparse.Namespace, workdir: Path, auth: str = "off"
+) -> dict[str, Any]:
+    """One fresh `fieldhub up`, one paced load, one accounting. Errors go into the dict.
+
+    ``auth`` "on": fieldhub with FIELDHUB_AUTH=true, its database prepared by
+    ``provision_auth``, devices logging in and /metrics scraped with the token."""
+    tag = f"run {k}/{n} (auth {auth})"
+    rundir = workdir / f"run-{k}-auth-{auth}"
     data_dir = rundir / "data"
     data_dir.mkdir(parents=True)
     # fieldhub's Mosquitto may drop to user `mosquitto` (when we are root): let it read the dir.
@@ -374,9 +488,41 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
     while http_port == mqtt_port:
         http_port = free_port()
     fh_log, lg_log, lg_out = rundir / "fieldhub.log", rundir / "load.log", rundir / "load.json"
-    run: dict[str, Any] = {"run": k, "errors": [], "notes": []}
+    run: dict[str, Any] = {
+        "run": k,
+        "auth": auth,
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "errors": [],
+        "notes": [],
+    }
+    headers: dict[str, str] = {}
+    loadgen_extra = ["--window", str(args.window)]
+    if auth == "on":
+        password_file = rundir / "device-passwords.json"
+        # The database fieldhub would use for this data dir (Settings.db_url's default).
+        db_url = f"sqlite:///{(data_dir / 'fieldhub.db').absolute()}"
+        try:
+            prepared = provision_auth(db_url, args.devices, args.device_prefix, password_file)
+        except Exception as exc:  # the store's errors, a bad id: the run cannot be measured
+            run["errors"].append(f"preparing authentication: {type(exc).__name__}: {exc}")
+            return run
+        run["auth_setup_s"] = prepared["setup_s"]
+        say(
+            f"  {tag}: {args.devices} device credentials and a viewer token in the database "
+            f"({prepared['setup_s']}s)"
+        )
+        headers = {"Authorization": f"Bearer {prepared['token']}"}
+        loadgen_extra += ["--password-file", str(password_file)]
     say(f"phase 2: {tag}: fieldhub up (mqtt {mqtt_port}, http {http_port})")
-    proc = start_fieldhub(args.fieldhub, data_dir, mqtt_port, http_port, fh_log, args.fieldhub_arg)
+    proc = start_fieldhub(
+        args.fieldhub,
+        data_dir,
+        mqtt_port,
+        http_port,
+        fh_log,
+        args.fieldhub_arg,
+        env={"FIELDHUB_AUTH": "true" if auth == "on" else "false"},
+    )
     loadgen: subprocess.Popen[bytes] | None = None
     mosq_pids: list[int] = []
     try:
@@ -390,7 +536,7 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
             run["notes"].append("no mosquitto child process found: mosquitto cpu not sampled")
         time.sleep(WARMUP_S)
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
-        before = _scrape_or_note(metrics_url, run)
+        before = _scrape_or_note(metrics_url, run, headers)
 
         db = data_dir / "fieldhub.db"
         counter = RowCounter(db)
@@ -433,7 +579,7 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
             out=lg_out,
             log=lg_log,
             rate=args.rate,
-            extra=["--window", str(args.window)],
+            extra=loadgen_extra,
         )
         lg = psutil.Process(loadgen.pid)
         sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
@@ -489,7 +635,7 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
         final_rows = last_rows
         t_last_commit = next((t for t, r in polls if r == final_rows), time.time())
         say(f"  {tag}: settled at rows={final_rows}")
-        after = _scrape_or_note(metrics_url, run)
+        after = _scrape_or_note(metrics_url, run, headers)
     except (BenchError, RuntimeError) as exc:
         run["errors"].append(str(exc))
         return _finish_failed(run, proc, loadgen, mosq_pids, rundir)
@@ -501,6 +647,7 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
 
     run["shutdown"] = stop_fieldhub(proc, mosq_pids)
     run["errors"] += run["shutdown"].pop("errors")
+    run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     say(
         f"  {tag}: fieldhub stopped (exit {run['shutdown']['exit_code']} "
         f"in {run['shutdown']['exit_s']}s)"
@@ -548,6 +695,7 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
         load={k: v for k, v in load.items() if not k.startswith("per_device")},
         timeline=timeline,
     )
+    run["cpu_per_message_us"] = cpu_per_message(run)
     if counts and counts["rows_per_message"] not in (None, EXPECTED_ROWS_PER_MESSAGE):
         run["notes"].append(
             f"{counts['rows_per_message']} rows per message, expected "
@@ -573,6 +721,26 @@ def measured_run(k: int, n: int, args: argparse.Namespace, workdir: Path) -> dic
     return run
 
 
+def cpu_per_message(run: dict[str, Any]) -> dict[str, float | None]:
+    """CPU us per stored message of fieldhub and of its Mosquitto over first publish -> last
+    commit, from the sampled means over the load and over the drain after it."""
+    load, stored = run.get("load") or {}, run.get("stored")
+    first, last = load.get("first_publish_epoch"), load.get("last_publish_epoch")
+    end = run.get("last_commit_epoch")
+    out: dict[str, float | None] = {}
+    for group in ("fieldhub", "mosquitto"):
+        during = dig(run, f"cpu.{group}.cpu_mean_percent")
+        after = dig(run, f"cpu_after_load.{group}.cpu_mean_percent")
+        if not stored or first is None or last is None or end is None or during is None:
+            out[group] = None
+            continue
+        cpu_s = during / 100.0 * (last - first) + (after or 0.0) / 100.0 * max(0.0, end - last)
+        out[group] = round(cpu_s / stored * 1e6, 1)
+    fh, mq = out["fieldhub"], out["mosquitto"]
+    out["total"] = round(fh + mq, 1) if fh is not None and mq is not None else None
+    return out
+
+
 def _finish_failed(
     run: dict[str, Any],
     proc: subprocess.Popen[bytes],
@@ -585,14 +753,15 @@ def _finish_failed(
     shutdown = stop_fieldhub(proc, mosq_pids)
     run["errors"] += [e for e in shutdown.pop("errors") if "already exited" not in e]
     run["shutdown"] = shutdown
+    run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     run["logs"] = str(rundir)
     say(f"  run {run['run']} failed: {run['errors'][0].splitlines()[0]} (logs in {rundir})")
     return run
 
 
-def _scrape_or_note(url: str, run: dict[str, Any]) -> str | None:
+def _scrape_or_note(url: str, run: dict[str, Any], headers: dict[str, str]) -> str | None:
     try:
-        return scrape(url)
+        return scrape(url, headers)
     except (OSError, RuntimeError, ValueError) as exc:
         run["notes"].append(f"cannot scrape {url}: {exc}")
         return None
@@ -679,6 +848,56 @@ def checks_for(
     }
 
 
+def _ratio(on: Any, off: Any) -> float | None:
+    if not isinstance(on, int | float) or not isinstance(off, int | float) or not off:
+        return None
+    return round(on / off, 3)
+
+
+def compare_auth(by_auth: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Authentication on against off: ratios on/off of the modes' medians, and of each
+    interleaved pair (run k off, run k on) for the stored rate and the latency percentiles."""
+    on, off = by_auth["on"]["median"], by_auth["off"]["median"]
+    ratios = {key: _ratio(on.get(key), off.get(key)) for key in AUTH_COMPARED}
+    pairs: list[dict[str, Any]] = []
+    for r_off in (r for r in runs if r["auth"] == "off"):
+        r_on = next((r for r in runs if r["auth"] == "on" and r["run"] == r_off["run"]), None)
+        if r_on is None:
+            continue
+        pairs.append(
+            {
+                "run": r_off["run"],
+                **{
+                    key: _ratio(dig(r_on, key), dig(r_off, key))
+                    for key in (
+                        "stored_rate",
+                        "latency.p50_s",
+                        "latency.p99_s",
+                        "cpu_per_message_us.total",
+                    )
+                },
+            }
+        )
+    stored = ratios["stored_rate"]
+    p50, p99 = ratios["latency.p50_s"], ratios["latency.p99_s"]
+    return {
+        "ratio_on_off": ratios,
+        "pairs": pairs,
+        "stored_rate_within_5_percent": stored is not None and stored >= 1 - AUTH_TOLERANCE,
+        "cpu_per_message_within_5_percent": (cpu := ratios["cpu_per_message_us.total"]) is not None
+        and cpu <= 1 + AUTH_TOLERANCE,
+        "latency_p50_within_5_percent": p50 is not None and p50 <= 1 + AUTH_TOLERANCE,
+        "latency_p99_within_5_percent": p99 is not None and p99 <= 1 + AUTH_TOLERANCE,
+        "how": "ratio of the auth-on median to the auth-off median of each figure (> 1: "
+        "bigger with authentication). Rates: higher is better; latency, drain and CPU: lower "
+        "is better. A paced load caps the stored rate at about rate x duration / (duration + "
+        "drain): when both modes keep up, the cost of authentication shows in CPU and latency "
+        "rather than in the stored rate. Neighbours move every figure: a starved fieldhub falls "
+        "behind (rates down, latency up) and writes bigger batches (CPU per message down), so "
+        "read the pairs with their runs' others_cpu_mean_percent",
+    }
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -690,11 +909,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=BAR_RATE, help="msg/s offered (default 10000)")
     p.add_argument("--duration", type=float, default=BAR_DURATION_S, help="seconds of load")
     p.add_argument("--devices", type=int, default=BAR_DEVICES, help="simulated devices")
-    p.add_argument("--repeats", type=int, default=3, help="measured runs (medians are reported)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="measured runs per auth mode (medians are reported)"
+    )
+    p.add_argument(
+        "--auth",
+        choices=("off", "on", "both"),
+        default="both",
+        help="fieldhub without authentication (demo mode), with it (device credentials, API "
+        "token), or both interleaved off, on, off, on, ... with the ratio on/off (default)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-test the bench: rate 2000, 10 s, 100 devices, 1 run",
+        help="smoke-test the bench: rate 2000, 10 s, 100 devices, 1 run per auth mode",
     )
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="unacked QoS 1 per device")
     p.add_argument(
@@ -733,9 +961,12 @@ def main(argv: list[str] | None = None) -> int:
     bench = start_bench("ingest", "fieldhub and the generator")
     started, workdir, notes = bench.started, bench.workdir, bench.notes
     background = bench.background_percent
+    modes = list(AUTH_MODES) if args.auth == "both" else [args.auth]
+    loadavg_start = [round(x, 2) for x in os.getloadavg()]
     say(
         f"ingest bench: rate {args.rate:,.0f} msg/s, {args.duration:g}s, {args.devices} devices, "
-        f"{args.repeats} repeat(s){' (quick)' if args.quick else ''}; work dir {workdir}"
+        f"{args.repeats} repeat(s) x auth {'/'.join(modes)}"
+        f"{' (quick)' if args.quick else ''}; load average {loadavg_start}; work dir {workdir}"
     )
     errors: list[str] = []
     capacity: dict[str, Any] | None = None
@@ -751,15 +982,35 @@ def main(argv: list[str] | None = None) -> int:
             if not Path(args.fieldhub).exists() and shutil.which(args.fieldhub) is None:
                 errors.append(f"{args.fieldhub} not found: pip install -e . in the venv first")
             else:
+                # Interleaved (off, on, off, on, ...): a drift of the machine hits both modes.
                 for k in range(1, args.repeats + 1):
-                    runs.append(measured_run(k, args.repeats, args, workdir))
+                    for mode in modes:
+                        runs.append(measured_run(k, args.repeats, args, workdir, mode))
     except KeyboardInterrupt:
         errors.append("interrupted")
         say("interrupted: writing what we have")
 
-    median = median_of(runs, MEDIAN_KEYS)
-    checks = checks_for(BAR_RATE, args, runs, median, capacity)
-    goal_checks = checks_for(GOAL_RATE, args, runs, median, capacity)
+    by_auth: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        mode_runs = [r for r in runs if r["auth"] == mode]
+        mode_median = median_of(mode_runs, MEDIAN_KEYS)
+        mode_checks = checks_for(BAR_RATE, args, mode_runs, mode_median, capacity)
+        by_auth[mode] = {
+            "runs": [r["run"] for r in mode_runs],
+            "median": mode_median,
+            "checks": mode_checks,
+            "passed_10k": all(c["ok"] for c in mode_checks.values()),
+            "passed_20k": all(
+                c["ok"]
+                for c in checks_for(GOAL_RATE, args, mode_runs, mode_median, capacity).values()
+            ),
+        }
+    # The headline figures are fieldhub's default configuration (authentication on) when it
+    # was measured; by_auth has both.
+    headline = "on" if "on" in by_auth else "off"
+    median = by_auth[headline]["median"]
+    checks = by_auth[headline]["checks"]
+    comparison = compare_auth(by_auth, runs) if len(by_auth) == 2 else None
     if capacity is not None:
         cap = capacity["msg_per_s"]
         stored = median.get("stored_rate")
@@ -775,6 +1026,9 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "devices": args.devices,
             "repeats": args.repeats,
+            "auth": args.auth,
+            "auth_order": "interleaved: off, on, off, on, ..." if len(modes) == 2 else modes[0],
+            "headline_auth": headline,
             "quick": args.quick,
             "qos": 1,
             "window": args.window,
@@ -787,12 +1041,23 @@ def main(argv: list[str] | None = None) -> int:
         "generator_capacity": capacity,
         "median": median,
         "checks": checks,
-        "passed_10k": all(c["ok"] for c in checks.values()),
-        "passed_20k": all(c["ok"] for c in goal_checks.values()),
+        "passed_10k": by_auth[headline]["passed_10k"],
+        "passed_20k": by_auth[headline]["passed_20k"],
+        "by_auth": by_auth,
+        "auth_comparison": comparison,
+        "load_average": {
+            "start": loadavg_start,
+            "end": [round(x, 2) for x in os.getloadavg()],
+            "note": "os.getloadavg() (1, 5, 15 min) at the bench's start and end; each run "
+            "has loadavg_before (before its fieldhub started) and loadavg_after (after it "
+            "stopped). The bench's own processes count in it: one run keeps ~1.5-2 busy",
+        },
         "runs": runs,
         "methods": METHODS,
-        "notes": notes + [f"run {r['run']}: {n}" for r in runs for n in r["notes"]],
-        "errors": errors + [f"run {r['run']}: {e}" for r in runs for e in r["errors"]],
+        "notes": notes
+        + [f"run {r['run']} auth {r['auth']}: {n}" for r in runs for n in r["notes"]],
+        "errors": errors
+        + [f"run {r['run']} auth {r['auth']}: {e}" for r in runs for e in r["errors"]],
     }
     path = write_result("ingest", result) if args.output is None else _write_to(args.output, result)
     say(f"wrote {path}")
@@ -813,24 +1078,46 @@ def _write_to(path: Path, data: dict[str, Any]) -> Path:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    m, cap = result["median"], result["generator_capacity"]
+    cap = result["generator_capacity"]
     if cap:
         say(
             f"generator capacity {cap['msg_per_s']:,.0f} msg/s "
             f"(x{cap.get('ratio_to_median_stored_rate')} the median stored rate)"
         )
-    if result["runs"]:
+    for mode, figures in result["by_auth"].items():
+        m = figures["median"]
+        if not figures["runs"]:
+            continue
         say(
-            f"median: offered {m['offered_rate']} msg/s, stored {m['stored_rate']} msg/s, "
-            f"lost {m['lost']}, dup {m['duplicates']}, drain {m['drain_s']} s, "
+            f"auth {mode} median: offered {m['offered_rate']} msg/s, stored {m['stored_rate']} "
+            f"msg/s, lost {m['lost']}, dup {m['duplicates']}, drain {m['drain_s']} s, "
             f"p50 {m['latency.p50_s']} s, p99 {m['latency.p99_s']} s, "
             f"fieldhub {m['cpu.fieldhub.cpu_mean_percent']}% cpu "
             f"{m['cpu.fieldhub.rss_max_mb']} MiB, "
             f"mosquitto {m['cpu.mosquitto.cpu_mean_percent']}% cpu"
         )
-    for name, c in result["checks"].items():
-        say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
-    say(f"passed_10k: {result['passed_10k']}  passed_20k: {result['passed_20k']}")
+        for name, c in figures["checks"].items():
+            say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
+        say(
+            f"  auth {mode}: passed_10k {figures['passed_10k']}  passed_20k {figures['passed_20k']}"
+        )
+    comparison = result["auth_comparison"]
+    if comparison:
+        ratios = comparison["ratio_on_off"]
+        say(
+            f"auth on/off: stored rate x{ratios['stored_rate']}, p50 x{ratios['latency.p50_s']}, "
+            f"p99 x{ratios['latency.p99_s']}, fieldhub cpu "
+            f"x{ratios['cpu.fieldhub.cpu_mean_percent']}, mosquitto cpu "
+            f"x{ratios['cpu.mosquitto.cpu_mean_percent']}, cpu per message "
+            f"x{ratios['cpu_per_message_us.total']}; stored rate within "
+            f"{AUTH_TOLERANCE:.0%}: {comparison['stored_rate_within_5_percent']}"
+        )
+    lavg = result["load_average"]
+    say(f"load average: start {lavg['start']}, end {lavg['end']}")
+    say(
+        f"passed_10k (auth {result['config']['headline_auth']}): {result['passed_10k']}  "
+        f"passed_20k: {result['passed_20k']}"
+    )
     for e in result["errors"]:
         say(f"error: {e.splitlines()[0]}")
 

@@ -43,6 +43,13 @@ Payloads (``--payload``):
 
       {"ts":1763900000123456,"temperature":21.53,"humidity":45.1,"pressure":1013.2,"battery":3.71,"rssi":-61}
 
+Credentials (``--password-file FILE``, a JSON object ``{"bench-0042": "secret", ...}``): each
+device then logs in with username = its device id (``bench-0042``) and its password from the
+file, as a device provisioned by fieldhub does (``fieldhub devices provision``). A broker with
+``use_username_as_clientid`` (fieldhub's, with authentication on) then uses the username as the
+client id. Without the option the CONNECT carries no credentials, byte for byte as before; the
+publish path is the same either way (credentials are only in CONNECT).
+
 ``--timeline`` adds ``per_second_sent`` to the result: publishes written in each second since the
 first one, so a caller can tell the rate it offered in any window of the run. SIGUSR1 ends the
 schedule early (the drain, the disconnects and the result follow as at the end of ``--duration``;
@@ -64,7 +71,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -116,6 +123,8 @@ PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 _PROTOCOL_LEVEL_311 = 4
 _CONNECT_FLAG_CLEAN_SESSION = 0x02
+_CONNECT_FLAG_PASSWORD = 0x40
+_CONNECT_FLAG_USERNAME = 0x80
 _CONNACK_RETURN_CODES = {
     1: "unacceptable protocol version",
     2: "identifier rejected",
@@ -145,14 +154,35 @@ def encode_utf8(s: str) -> bytes:
     return len(raw).to_bytes(2, "big") + raw
 
 
-def encode_connect(client_id: str, *, keepalive_s: int = KEEPALIVE_S) -> bytes:
-    """CONNECT, protocol level 4 (3.1.1), clean session, no will, no credentials."""
+def encode_connect(
+    client_id: str,
+    *,
+    keepalive_s: int = KEEPALIVE_S,
+    username: str | None = None,
+    password: str | None = None,
+) -> bytes:
+    """CONNECT, protocol level 4 (3.1.1), clean session, no will; credentials if given.
+
+    MQTT 3.1.1 (3.1.2.3, 3.1.3): the username flag (0x80) and password flag (0x40) are set in
+    the connect flags, and the payload is client id, then user name, then password, each a
+    length-prefixed string. A password without a username is a protocol violation (3.1.2-22).
+    Without credentials the packet is exactly what it always was.
+    """
+    if password is not None and username is None:
+        raise ValueError("MQTT 3.1.1 allows a password only with a username")
+    flags = _CONNECT_FLAG_CLEAN_SESSION
+    if username is not None:
+        flags |= _CONNECT_FLAG_USERNAME
+    if password is not None:
+        flags |= _CONNECT_FLAG_PASSWORD
     variable = (
-        encode_utf8("MQTT")
-        + bytes((_PROTOCOL_LEVEL_311, _CONNECT_FLAG_CLEAN_SESSION))
-        + keepalive_s.to_bytes(2, "big")
+        encode_utf8("MQTT") + bytes((_PROTOCOL_LEVEL_311, flags)) + keepalive_s.to_bytes(2, "big")
     )
     body = variable + encode_utf8(client_id)
+    if username is not None:
+        body += encode_utf8(username)
+    if password is not None:
+        body += encode_utf8(password)
     return bytes((_CONNECT,)) + encode_remaining_length(len(body)) + body
 
 
@@ -387,6 +417,8 @@ class LoadResult:
     stopped_early_after_s: float | None = None
     # Publishes written in each second since the first publish (``--timeline`` only).
     per_second_sent: list[int] | None = None
+    # Whether every device logged in with username = its id and a password (--password-file).
+    credentials: bool = False
 
     def summary(self) -> dict[str, Any]:
         """Everything except the per-device and per-second lists (for printing)."""
@@ -577,7 +609,13 @@ class _DeviceProtocol(asyncio.Protocol):
 
 
 async def _connect(
-    load: _Load, dev: _Device, host: str, port: int, cid: str, sem: asyncio.Semaphore
+    load: _Load,
+    dev: _Device,
+    host: str,
+    port: int,
+    cid: str,
+    sem: asyncio.Semaphore,
+    connect_packet: bytes,
 ) -> _DeviceProtocol:
     """TCP + CONNECT/CONNACK with retries; TCP_NODELAY so PUBACKs are not held by Nagle."""
     loop = asyncio.get_running_loop()
@@ -593,7 +631,7 @@ async def _connect(
                     sock = transport.get_extra_info("socket")
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    transport.write(encode_connect(cid))
+                    transport.write(connect_packet)
                     await proto.connack
                 dev.transport = transport
                 return proto
@@ -670,6 +708,7 @@ async def run_load(
     payload: str = "seq",
     timeline: bool = False,
     stop: asyncio.Event | None = None,
+    passwords: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """Connect ``devices`` clients, publish for ``duration_s``, drain, disconnect, report.
 
@@ -677,6 +716,8 @@ async def run_load(
     ``progress`` receives a human-readable line every few seconds (None: silent). ``payload``
     is one of ``PAYLOADS`` (module docstring); ``timeline`` records ``per_second_sent``; setting
     ``stop`` ends the schedule before ``duration_s`` (the drain and the report follow).
+    ``passwords`` maps device id -> password: every device then logs in with username = its id
+    (None: no credentials in CONNECT); a device missing from it is an error before connecting.
     """
     if devices < 1 or duration_s <= 0 or window < 1 or tick_ms <= 0:
         raise LoadgenError("devices, duration, window and tick must be positive")
@@ -692,6 +733,16 @@ async def run_load(
             )
     raise_nofile_limit(devices + NOFILE_HEADROOM)
     width = id_width(devices)
+    if passwords is not None:
+        missing = [
+            uid
+            for i in range(devices)
+            if (uid := device_uid(device_prefix, i, width)) not in passwords
+        ]
+        if missing:
+            raise LoadgenError(
+                f"no password for {len(missing)} of {devices} devices (first: {missing[0]})"
+            )
     devs = [
         _Device(i, uid, f"{topic_prefix}/{uid}/telemetry")
         for i in range(devices)
@@ -707,9 +758,14 @@ async def run_load(
         async with asyncio.TaskGroup() as tg:
             for dev in devs:
                 cid = client_id(device_prefix, dev.index, width)
+                packet = (
+                    encode_connect(cid)
+                    if passwords is None
+                    else encode_connect(cid, username=dev.uid, password=passwords[dev.uid])
+                )
                 protos.append(
                     tg.create_task(
-                        _connect(load, dev, host, port, cid, sem),
+                        _connect(load, dev, host, port, cid, sem, packet),
                         name=f"loadgen.connect[{dev.uid}]",
                     )
                 )
@@ -852,6 +908,7 @@ async def run_load(
             round(stopped_early_after_s, 3) if stopped_early_after_s is not None else None
         ),
         per_second_sent=load.per_second_sent,
+        credentials=passwords is not None,
     )
 
 
@@ -882,7 +939,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--timeline", action="store_true", help="record publishes per second (per_second_sent)"
     )
+    p.add_argument(
+        "--password-file",
+        help='JSON {"<device id>": "<password>", ...}: each device logs in with username = its '
+        "id and its password (default: no credentials)",
+    )
     return p.parse_args(argv)
+
+
+def read_password_file(path: str) -> dict[str, str]:
+    """``{device id: password}`` from a ``--password-file``; LoadgenError if it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise LoadgenError(f"cannot read the password file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()
+    ):
+        raise LoadgenError(f"{path}: expected a JSON object of device id -> non-empty password")
+    return data
 
 
 async def _run_cli(args: argparse.Namespace, emit: Callable[[str], None] | None) -> LoadResult:
@@ -906,6 +982,7 @@ async def _run_cli(args: argparse.Namespace, emit: Callable[[str], None] | None)
         payload=args.payload,
         timeline=args.timeline,
         stop=stop,
+        passwords=read_password_file(args.password_file) if args.password_file else None,
     )
 
 
