@@ -65,15 +65,11 @@ def provision(
     _issue(device, url, token, host)
 
 
-@app.command()
-def rotate(
-    device: Annotated[str, typer.Argument(help="Device id (any MAC spelling)")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    host: BrokerHost = None,
-) -> None:
-    """Replace the device's secret (the old one is refused at once); print the new entries."""
-    _issue(device, url, token, host)
+# Rotating is issuing again: the new secret replaces the old one, which is refused at once.
+app.command(
+    "rotate",
+    help="Replace the device's secret (the old one is refused at once); print the new entries.",
+)(provision)
 
 
 @app.command()

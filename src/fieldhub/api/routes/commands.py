@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
+from fieldhub.api.audited import submit_audited
 from fieldhub.api.auth import VIEWER, OperatorDep, audit_request
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import CommandsDep, DeviceIdDep, NowDep, StoreDep
@@ -92,25 +93,7 @@ async def send_command(
     )
     # Refusals are domain errors (fieldhub.errors); api/errors.py gives each its status.
     detail: dict[str, object] = {"name": body.name, "params": body.params}
-    try:
-        row, created = await commands.submit(device, new)
-    except FieldhubError as exc:
-        await audit_request(
-            http,
-            principal,
-            "command.send",
-            target=f"device:{device_id}",
-            outcome="failed",
-            detail={**detail, "code": exc.code},
-        )
-        raise
-    await audit_request(
-        http,
-        principal,
-        "command.send",
-        target=f"device:{device_id}/command:{row.command_id}",
-        detail={**detail, "repeat": not created},
-    )
+    row, created = await submit_audited(http, principal, commands, device, new, detail)
     if not created:
         response.status_code = 200
     if wait_s <= 0:

@@ -22,7 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fieldhub.api.auth import VIEWER, OperatorDep, audit_request
+from fieldhub.api.audited import submit_audited
+from fieldhub.api.auth import VIEWER, OperatorDep
 from fieldhub.api.deps import CommandsDep, NowDep, StoreDep
 from fieldhub.api.errors import domain_headers, domain_status
 from fieldhub.api.routes.fastapi_compat_schema import (
@@ -410,25 +411,7 @@ async def send_node_action(
     params = action_params(commands, device, body)
     new = NewCommand(name=body.action, params=params)
     detail: dict[str, object] = {"name": body.action, "params": params, "via": "fastapi-compat"}
-    try:
-        row, _ = await commands.submit(device, new)
-    except FieldhubError as exc:
-        await audit_request(
-            http,
-            principal,
-            "command.send",
-            target=f"device:{device.device_id}",
-            outcome="failed",
-            detail={**detail, "code": exc.code},
-        )
-        raise
-    await audit_request(
-        http,
-        principal,
-        "command.send",
-        target=f"device:{device.device_id}/command:{row.command_id}",
-        detail=detail,
-    )
+    row, _ = await submit_audited(http, principal, commands, device, new, detail)
     return ActionResponse(
         message=f"Command '{body.action}' queued successfully for delivery via MQTT",
         command_id=row.command_id,
