@@ -11,7 +11,7 @@ import os
 import typer
 
 from fieldhub import __version__
-from fieldhub.cli import certs, commands, devices, export, migrate, run, sim
+from fieldhub.cli import certs, commands, devices, export, migrate, run, sim, users
 
 app = typer.Typer(
     name="fieldhub",
@@ -40,6 +40,7 @@ for _command in (
     app.command()(_command)
 app.add_typer(certs.app)
 app.add_typer(devices.app)
+app.add_typer(users.app)
 
 
 def main() -> None:
