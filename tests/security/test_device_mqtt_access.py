@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from broker.clients import Client, connect, settle, wait_received
+from fieldhub.broker import MosquittoProcess
 from fieldhub.security import mqtt_clients
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.secrets import remember
@@ -95,6 +96,7 @@ def test_a_device_logs_in_from_the_network_with_its_credentials_only(
     issued = provision(hub, device_id)
     assert issued["config"]["device_id"] == device_id
     assert issued["config"]["mqtt"]["user"] == issued["username"] == device_id
+    assert issued["enforced"] is True
 
     device = login(hub, issued)
     device.publish(f"devices/{device_id}/telemetry", json.dumps({"temperature": 21.5}).encode())
@@ -194,3 +196,15 @@ def test_nothing_in_the_data_dir_is_readable_by_others(hub: FieldhubProcess) -> 
     for path in [hub.data_dir, *Path(hub.data_dir).rglob("*")]:
         mode = path.stat().st_mode & 0o077
         assert mode == 0, f"{path} is open to group/others ({oct(path.stat().st_mode)})"
+
+
+def test_with_an_external_broker_the_answer_says_the_credential_is_not_enforced(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    fh = FieldhubProcess(data_dir=tmp_path / "fh", auth=True, mqtt_url=mosquitto.url).start()
+    try:
+        issued = provision(fh, new_id("external"))
+        assert issued["enforced"] is False
+        assert issued["config"]["mqtt"]["port"] == mosquitto.port
+    finally:
+        fh.stop()

@@ -40,6 +40,13 @@ def _issue(device: str, url: str, token: str | None, host: str | None) -> None:
     answer = _call(url, _credentials_path(device) + query, token, "POST")
     typer.echo(json.dumps(answer["config"], indent=2))
     note = "replaced the old secret, which no longer works" if answer["rotated"] else "is new"
+    if not answer["enforced"]:
+        typer.secho(
+            "this fieldhub does not run the broker with authentication: give the credential to "
+            "your broker yourself (docs/security.md, 'With an external broker')",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     typer.secho(
         f"device {answer['device_id']}: the secret above {note} and is shown only now; merge "
         "this into the node's config.json (or enter it in its first-boot portal)",

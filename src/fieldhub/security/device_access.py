@@ -98,6 +98,12 @@ class DeviceAccess:
         self.on_change = on_change
         self.clock = clock
 
+    @property
+    def enforced(self) -> bool:
+        """Whether a broker applies these credentials (fieldhub's embedded one with
+        authentication on); otherwise they are only kept, for an external broker's operator."""
+        return self.on_change is not None
+
     async def issue(self, device_id: str) -> IssuedCredential:
         """A new secret for the device (its first, or one replacing the old, which stops working
         at once); applied to the broker before this returns."""

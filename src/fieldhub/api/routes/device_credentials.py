@@ -47,6 +47,10 @@ class IssuedCredentialPublic(BaseModel):
     username: str
     password: str = Field(description="Shown once; fieldhub keeps only a hash")
     rotated: bool = Field(description="True when it replaced a secret in force (now refused)")
+    enforced: bool = Field(
+        description="True when fieldhub's embedded broker already applies it; False with an "
+        "external broker (give it the credential yourself: docs/security.md) or in demo mode"
+    )
     config: dict[str, object] = Field(description="The node's config.json entries to set")
 
 
@@ -92,6 +96,7 @@ async def issue_credential(
         username=issued.username,
         password=issued.password,
         rotated=issued.rotated,
+        enforced=access.enforced,
         config=issued.node_config(
             host=broker_host,
             port=node.tls_port or node.port,
