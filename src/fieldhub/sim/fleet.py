@@ -121,8 +121,6 @@ def _check_args(profile: str, devices: int, rate_hz: float, duration_s: float | 
 def _build_fleet(
     *,
     endpoint: MqttEndpoint,
-    legacy_endpoint: MqttEndpoint,
-    logins: Mapping[str, tuple[str, str]],
     profile: SimProfile,
     devices: int,
     period_s: float,
@@ -130,12 +128,15 @@ def _build_fleet(
     counter: PublishCounter,
     teardown: ThreadPoolExecutor,
     readings_temperature: bool,
+    legacy_endpoint: MqttEndpoint | None = None,
+    logins: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[Device]:
     boot_rng = random.Random(seed)
     fleet: list[Device] = []
     # On fieldhub's legacy listener the FastAPI firmware logs in with its compiled-in login,
     # which the listener's policy admits it by; elsewhere it uses what the endpoint carries.
-    fastapi_endpoint = legacy_endpoint
+    fastapi_endpoint = legacy_endpoint = legacy_endpoint or endpoint
+    logins = logins or {}
     if legacy_endpoint is not endpoint and legacy_endpoint.username is None:
         fastapi_endpoint = replace(
             legacy_endpoint,
@@ -366,8 +367,8 @@ def run_sim(
     ) as teardown:
         fleet = _build_fleet(
             endpoint=endpoint,
-            legacy_endpoint=legacy_endpoint or endpoint,
-            logins=logins or {},
+            legacy_endpoint=legacy_endpoint,
+            logins=logins,
             profile=profile,
             devices=devices,
             period_s=period_s,
