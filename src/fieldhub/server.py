@@ -11,6 +11,7 @@ import uvicorn
 
 from fieldhub.app import create_app
 from fieldhub.config import Settings
+from fieldhub.net import is_loopback
 from fieldhub.platform import Platform
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ async def serve(
             )
         else:
             print("  Authentication: on (docs/security.md)", flush=True)
+            for warning in _cleartext_warnings(settings):
+                print(f"  Warning: {warning}", flush=True)
         token = platform.auth.setup_url_token
         if token is not None:
             print(
@@ -105,6 +108,25 @@ async def serve(
         ssl_keyfile=settings.tls_key,
     )
     await uvicorn.Server(config).serve(sockets=sockets)
+
+
+def _cleartext_warnings(settings: Settings) -> list[str]:
+    """Listeners the network can reach without TLS: passwords and tokens would cross it in the
+    clear. Said at every start, not refused: a trusted LAN or a TLS proxy in front is a choice."""
+    warnings = []
+    if settings.tls_cert is None and not is_loopback(settings.http_host):
+        warnings.append(
+            f"HTTP on {settings.http_host} without TLS: passwords, cookies and tokens cross the "
+            "network in the clear (`fieldhub certs init`, then --tls-cert/--tls-key, or a TLS "
+            "proxy in front)"
+        )
+    embedded_on_network = settings.mqtt_url is None and not is_loopback(settings.mqtt_host)
+    if embedded_on_network and settings.tls_cert is None:
+        warnings.append(
+            f"MQTT on {settings.mqtt_host} without TLS: device secrets cross the network in the "
+            "clear (a TLS listener comes with --tls-cert/--tls-key)"
+        )
+    return warnings
 
 
 def _listeners(platform: Platform, settings: Settings) -> str:

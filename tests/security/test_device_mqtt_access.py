@@ -208,3 +208,9 @@ def test_with_an_external_broker_the_answer_says_the_credential_is_not_enforced(
         assert issued["config"]["mqtt"]["port"] == mosquitto.port
     finally:
         fh.stop()
+
+
+def test_a_network_listener_without_tls_is_warned_about_at_start(hub: FieldhubProcess) -> None:
+    log = hub.log_path.read_text()
+    assert "Warning: MQTT on 0.0.0.0 without TLS" in log
+    assert "Warning: HTTP" not in log  # its HTTP listens on loopback only

@@ -89,6 +89,7 @@ def test_a_provisioned_node_connects_over_tls_with_the_ca_pinned(
 def test_the_api_is_served_over_https_only(secured: tuple[FieldhubProcess, Path, int]) -> None:
     fh = secured[0]
     assert fh.base_url.startswith("https://")
+    assert "Warning:" not in fh.log_path.read_text()
     assert httpx.get(f"{fh.base_url}/healthz", timeout=5).status_code == 200
     with pytest.raises(httpx.HTTPError):
         httpx.get(fh.base_url.replace("https://", "http://") + "/healthz", timeout=5)
