@@ -1,0 +1,1 @@
+"""Outbound notifications (webhooks, e-mail): bounded queues, retries, digests, a delivery log."""
