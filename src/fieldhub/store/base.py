@@ -9,11 +9,15 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Sequence
+from typing import Literal
 
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.rollups import Part, Partial, combine, plan_series
 from fieldhub.store.types import (
     Aggregate,
+    AlarmEventRow,
+    AlarmRow,
+    AlarmState,
     ApiTokenRow,
     AuditEntry,
     AuditRow,
@@ -23,9 +27,13 @@ from fieldhub.store.types import (
     DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
+    NotificationEntry,
+    NotificationRow,
     PresenceEvent,
     PresenceState,
     ReadingRow,
+    RuleStateRow,
+    RuleVersionRow,
     Selector,
     SeriesPoint,
     SessionRow,
@@ -375,6 +383,117 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def revoke_device_credential(self, device_id: str, at_us: int) -> bool:
         """Revoke a device's credential; False when unknown or already revoked."""
+
+    # -- rules and alarms (issue 16; store/rule_rows.py) ---------------------------------------
+    # Documents and evaluation states are JSON values whose meaning is fieldhub.rules'; the
+    # store makes the atomic decisions: version numbers, one open alarm per (rule, device),
+    # the alarm transition table.
+
+    @abc.abstractmethod
+    async def put_rule_version(self, rule: RuleVersionRow) -> int:
+        """Store `rule` as its rule's next version (1 for a new rule; `rule.version` is
+        ignored) and make it current; returns the version. Atomic and gapless per rule: two
+        concurrent calls get consecutive versions. A deleted rule given a version exists
+        again, its history continuing."""
+
+    @abc.abstractmethod
+    async def get_rule(self, rule_id: str, version: int | None = None) -> RuleVersionRow | None:
+        """The current version of a rule (None when unknown or deleted), or the given version
+        of a rule, deleted or not (None when there is no such version)."""
+
+    @abc.abstractmethod
+    async def list_rules(self, include_deleted: bool = False) -> list[RuleVersionRow]:
+        """Each rule's current version by rule id (bytewise); deleted ones only when asked
+        (their `deleted_us` set)."""
+
+    @abc.abstractmethod
+    async def rule_history(self, rule_id: str) -> list[RuleVersionRow]:
+        """Every version of a rule, oldest first (empty: unknown rule)."""
+
+    @abc.abstractmethod
+    async def delete_rule(self, rule_id: str, at_us: int) -> bool:
+        """Mark a rule deleted (its versions stay); False when unknown or already deleted.
+        Its evaluation states are the caller's to delete (`delete_rule_states`); its alarms
+        stay (history)."""
+
+    @abc.abstractmethod
+    async def put_rule_states(self, states: Sequence[RuleStateRow]) -> None:
+        """Insert or replace evaluation states, all in one transaction (the last one wins for
+        a (rule, device) given twice)."""
+
+    @abc.abstractmethod
+    async def load_rule_states(self, rule_id: str | None = None) -> list[RuleStateRow]:
+        """Every stored state (of one rule), by rule id then device id (bytewise)."""
+
+    @abc.abstractmethod
+    async def delete_rule_states(self, rule_id: str) -> int:
+        """Delete a rule's states; returns how many."""
+
+    @abc.abstractmethod
+    async def open_alarm(self, alarm: AlarmRow) -> AlarmRow | None:
+        """Store a new `active` alarm (acknowledgement and clearing columns empty, whatever
+        the row says) with its first event (actor `rule:<rule_id>`); None, and nothing stored,
+        when the (rule, device) already has an open (not cleared) alarm: the database decides,
+        so concurrent raises store one. A repeated alarm id is a StoreError."""
+
+    @abc.abstractmethod
+    async def transition_alarm(
+        self,
+        alarm_id: str,
+        state: AlarmState,
+        at_us: int,
+        actor: str,
+        comment: str | None = None,
+    ) -> AlarmRow | None:
+        """Move an alarm to `state` (active -> acknowledged, active -> cleared, acknowledged ->
+        cleared) and record the event; returns the row as it now is, or None when the alarm is
+        unknown or the move is not allowed from its stored state (nothing changes)."""
+
+    @abc.abstractmethod
+    async def get_alarm(self, alarm_id: str) -> AlarmRow | None:
+        """One alarm by id."""
+
+    @abc.abstractmethod
+    async def list_alarms(
+        self,
+        *,
+        state: AlarmState | Literal["open"] | None = None,
+        device: str | None = None,
+        rule_id: str | None = None,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[AlarmRow]:
+        """Alarms newest first (by raised time, then id bytewise); `before` is the cursor (the
+        previous page's last (raised_us, alarm_id)); state "open" is active or acknowledged
+        (the dashboard lists the open ones first by asking for them first)."""
+
+    @abc.abstractmethod
+    async def alarm_events(self, alarm_id: str) -> list[AlarmEventRow]:
+        """An alarm's events, oldest first (empty: unknown alarm)."""
+
+    @abc.abstractmethod
+    async def mark_notified(
+        self, alarm_id: str, at_us: int, escalated: bool = False
+    ) -> AlarmRow | None:
+        """Count a notification sent about an alarm at `at_us` (in any state); `escalated`
+        records the first escalation's time. Returns the row as it now is (None: unknown)."""
+
+    @abc.abstractmethod
+    async def append_notification_log(self, entry: NotificationEntry) -> int:
+        """Append a delivery attempt to the notification log; returns its seq (ascending,
+        never reused)."""
+
+    @abc.abstractmethod
+    async def list_notification_log(
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        rule_id: str | None = None,
+        alarm_id: str | None = None,
+    ) -> list[NotificationRow]:
+        """Log entries newest first (by seq); `before_seq` is the cursor (the previous page's
+        last seq); `rule_id` and `alarm_id` match exactly."""
 
     # -- retention (store/retention.py) --------------------------------------------------------
 

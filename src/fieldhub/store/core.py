@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store import command_rows, reads, security_rows, writes
+from fieldhub.store import command_rows, reads, rule_rows, security_rows, writes
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Count, Query, Script
@@ -24,6 +24,9 @@ from fieldhub.store.retention import delete_sql
 from fieldhub.store.rollups import Part, Partial
 from fieldhub.store.types import (
     Aggregate,
+    AlarmEventRow,
+    AlarmRow,
+    AlarmState,
     ApiTokenRow,
     AuditEntry,
     AuditRow,
@@ -33,9 +36,13 @@ from fieldhub.store.types import (
     DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
+    NotificationEntry,
+    NotificationRow,
     PresenceEvent,
     PresenceState,
     ReadingRow,
+    RuleStateRow,
+    RuleVersionRow,
     Selector,
     SessionRow,
     StoreError,
@@ -396,6 +403,112 @@ class SqlStore(Store):
         """Revoke a device credential once."""
         return await self._write(
             security_rows.revoke_device_credential(self.dialect, device_id, at_us)
+        )
+
+    # -- rules and alarms (see the interface; scripts in rule_rows.py) -------------------------
+
+    async def put_rule_version(self, rule: RuleVersionRow) -> int:
+        """Store a rule's next version; returns its number."""
+        return await self._write(rule_rows.put_rule_version(self.dialect, rule))
+
+    async def get_rule(self, rule_id: str, version: int | None = None) -> RuleVersionRow | None:
+        """A rule's current (or given) version."""
+        return await self._read(rule_rows.get_rule(self.dialect, rule_id, version))
+
+    async def list_rules(self, include_deleted: bool = False) -> list[RuleVersionRow]:
+        """Every rule's current version by id."""
+        return await self._read(rule_rows.list_rules(self.dialect, include_deleted))
+
+    async def rule_history(self, rule_id: str) -> list[RuleVersionRow]:
+        """A rule's versions, oldest first."""
+        return await self._read(rule_rows.rule_history(self.dialect, rule_id))
+
+    async def delete_rule(self, rule_id: str, at_us: int) -> bool:
+        """Mark a rule deleted once."""
+        return await self._write(rule_rows.delete_rule(self.dialect, rule_id, at_us))
+
+    async def put_rule_states(self, states: Sequence[RuleStateRow]) -> None:
+        """Upsert evaluation states in one transaction."""
+        if states:
+            await self._write(rule_rows.put_rule_states(self.dialect, states))
+
+    async def load_rule_states(self, rule_id: str | None = None) -> list[RuleStateRow]:
+        """Stored evaluation states."""
+        return await self._read(rule_rows.load_rule_states(self.dialect, rule_id))
+
+    async def delete_rule_states(self, rule_id: str) -> int:
+        """Delete a rule's evaluation states."""
+        return await self._write(rule_rows.delete_rule_states(self.dialect, rule_id))
+
+    async def open_alarm(self, alarm: AlarmRow) -> AlarmRow | None:
+        """Raise an alarm unless its (rule, device) has an open one."""
+        return await self._write(rule_rows.open_alarm(self.dialect, alarm))
+
+    async def transition_alarm(
+        self,
+        alarm_id: str,
+        state: AlarmState,
+        at_us: int,
+        actor: str,
+        comment: str | None = None,
+    ) -> AlarmRow | None:
+        """Move an alarm on if the transition table allows it."""
+        return await self._write(
+            rule_rows.transition_alarm(self.dialect, alarm_id, state, at_us, actor, comment)
+        )
+
+    async def get_alarm(self, alarm_id: str) -> AlarmRow | None:
+        """One alarm."""
+        return await self._read(rule_rows.get_alarm(self.dialect, alarm_id))
+
+    async def list_alarms(
+        self,
+        *,
+        state: AlarmState | Literal["open"] | None = None,
+        device: str | None = None,
+        rule_id: str | None = None,
+        limit: int,
+        before: tuple[int, str] | None = None,
+    ) -> list[AlarmRow]:
+        """Alarms newest first, filtered."""
+        return await self._read(
+            rule_rows.list_alarms(
+                self.dialect,
+                state=state,
+                device=device,
+                rule_id=rule_id,
+                limit=limit,
+                before=before,
+            )
+        )
+
+    async def alarm_events(self, alarm_id: str) -> list[AlarmEventRow]:
+        """An alarm's events, oldest first."""
+        return await self._read(rule_rows.alarm_events(self.dialect, alarm_id))
+
+    async def mark_notified(
+        self, alarm_id: str, at_us: int, escalated: bool = False
+    ) -> AlarmRow | None:
+        """Count a notification sent about an alarm."""
+        return await self._write(rule_rows.mark_notified(self.dialect, alarm_id, at_us, escalated))
+
+    async def append_notification_log(self, entry: NotificationEntry) -> int:
+        """Append to the notification log."""
+        return await self._write(rule_rows.append_notification_log(self.dialect, entry))
+
+    async def list_notification_log(
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        rule_id: str | None = None,
+        alarm_id: str | None = None,
+    ) -> list[NotificationRow]:
+        """Notification log entries newest first."""
+        return await self._read(
+            rule_rows.list_notification_log(
+                self.dialect, limit=limit, before_seq=before_seq, rule_id=rule_id, alarm_id=alarm_id
+            )
         )
 
     # -- retention -----------------------------------------------------------------------------

@@ -20,8 +20,9 @@ class Table:
 
 
 # In dependency order (devices and metrics before what refers to them). JSON columns (attributes,
-# params, result) are TEXT in SQLite and JSONB in PostgreSQL: asyncpg's default jsonb codec takes
-# the JSON text as is and PostgreSQL parses it, so no Python round trip.
+# params, result, rule documents and states, details) are TEXT in SQLite and JSONB in
+# PostgreSQL: asyncpg's default jsonb codec takes the JSON text as is and PostgreSQL parses it,
+# so no Python round trip.
 TABLES: tuple[Table, ...] = (
     Table("metrics", ("id", "name"), "id", serial="id"),
     Table(
@@ -143,6 +144,58 @@ TABLES: tuple[Table, ...] = (
         "device_credentials",
         ("device_uid", "password_hash", "created_us", "rotated_us", "revoked_us"),
         "device_uid",
+    ),
+    # Rules and alarms (issue 16): every table, evaluation states included, so a `for` window
+    # pending before the move resumes after it; the event and log seqs continue past the
+    # copied ones (and past SQLite's deleted ones).
+    Table("rules", ("rule_id", "version", "deleted_us"), "rule_id"),
+    Table(
+        "rule_versions",
+        ("rule_id", "version", "document", "enabled", "author", "created_us"),
+        "rule_id, version",
+    ),
+    Table("rule_state", ("rule_id", "device_uid", "state", "updated_us"), "rule_id, device_uid"),
+    Table(
+        "alarms",
+        (
+            "alarm_id",
+            "rule_id",
+            "device_uid",
+            "severity",
+            "state",
+            "raised_us",
+            "acked_us",
+            "acked_by",
+            "ack_comment",
+            "cleared_us",
+            "cleared_by",
+            "last_notified_us",
+            "notifications",
+            "escalated_us",
+        ),
+        "alarm_id",
+    ),
+    Table(
+        "alarm_events",
+        ("seq", "alarm_id", "at_us", "state", "actor", "comment"),
+        "seq",
+        serial="seq",
+    ),
+    Table(
+        "notification_log",
+        (
+            "seq",
+            "at_us",
+            "rule_id",
+            "alarm_id",
+            "kind",
+            "target",
+            "outcome",
+            "attempt",
+            "detail",
+        ),
+        "seq",
+        serial="seq",
     ),
 )
 # Tables of either schema that are not data to copy. Sessions are browser sign-ins to the

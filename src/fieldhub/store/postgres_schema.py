@@ -177,4 +177,75 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "rules and alarms: rule versions, evaluation state, alarms and their events, notifications",
+        # SQLite's migration 7 with PostgreSQL's types (the comments there say why).
+        """
+        CREATE TABLE rules (
+            rule_id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            deleted_us BIGINT
+        );
+        CREATE TABLE rule_versions (
+            rule_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            document JSONB NOT NULL,
+            enabled SMALLINT NOT NULL,
+            author TEXT NOT NULL,
+            created_us BIGINT NOT NULL,
+            PRIMARY KEY (rule_id, version)
+        );
+        CREATE TABLE rule_state (
+            rule_id TEXT NOT NULL,
+            device_uid TEXT NOT NULL,
+            state JSONB NOT NULL,
+            updated_us BIGINT NOT NULL,
+            PRIMARY KEY (rule_id, device_uid)
+        );
+        CREATE TABLE alarms (
+            alarm_id TEXT PRIMARY KEY,
+            rule_id TEXT NOT NULL,
+            device_uid TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            state TEXT NOT NULL,
+            raised_us BIGINT NOT NULL,
+            acked_us BIGINT,
+            acked_by TEXT,
+            ack_comment TEXT,
+            cleared_us BIGINT,
+            cleared_by TEXT,
+            last_notified_us BIGINT,
+            notifications INTEGER NOT NULL DEFAULT 0,
+            escalated_us BIGINT
+        );
+        CREATE UNIQUE INDEX alarms_open ON alarms (rule_id, device_uid) WHERE state <> 'cleared';
+        CREATE INDEX alarms_raised ON alarms (raised_us, alarm_id COLLATE "C");
+        CREATE INDEX alarms_device ON alarms (device_uid, raised_us);
+        CREATE INDEX alarms_rule ON alarms (rule_id, raised_us);
+        CREATE TABLE alarm_events (
+            seq BIGSERIAL PRIMARY KEY,
+            alarm_id TEXT NOT NULL,
+            at_us BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            comment TEXT
+        );
+        CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id, seq);
+        CREATE TABLE notification_log (
+            seq BIGSERIAL PRIMARY KEY,
+            at_us BIGINT NOT NULL,
+            rule_id TEXT NOT NULL,
+            alarm_id TEXT,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            detail JSONB NOT NULL
+        );
+        CREATE INDEX notification_log_at ON notification_log (at_us);
+        CREATE INDEX notification_log_rule ON notification_log (rule_id, seq);
+        CREATE INDEX notification_log_alarm ON notification_log (alarm_id, seq);
+        """,
+    ),
 ]

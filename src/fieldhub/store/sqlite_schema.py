@@ -241,4 +241,84 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        7,
+        "rules and alarms: rule versions, evaluation state, alarms and their events, notifications",
+        """
+        -- No foreign keys, as elsewhere (migration 6 says why). Documents, states and details
+        -- are JSON text (JSONB in PostgreSQL); `enabled` is 0/1 in both engines.
+        -- A rule's current version and deletion; its number grows by one per stored version
+        -- (rule_rows.put_rule_version upserts this row to draw it).
+        CREATE TABLE rules (
+            rule_id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            deleted_us INTEGER
+        ) WITHOUT ROWID;
+        CREATE TABLE rule_versions (
+            rule_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            author TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            PRIMARY KEY (rule_id, version)
+        ) WITHOUT ROWID;
+        -- `device_uid`: the canonical device id as text (as in device_credentials): a rule's
+        -- no-data state may concern a device whose rows are gone.
+        CREATE TABLE rule_state (
+            rule_id TEXT NOT NULL,
+            device_uid TEXT NOT NULL,
+            state TEXT NOT NULL,
+            updated_us INTEGER NOT NULL,
+            PRIMARY KEY (rule_id, device_uid)
+        ) WITHOUT ROWID;
+        CREATE TABLE alarms (
+            alarm_id TEXT PRIMARY KEY,
+            rule_id TEXT NOT NULL,
+            device_uid TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            state TEXT NOT NULL,
+            raised_us INTEGER NOT NULL,
+            acked_us INTEGER,
+            acked_by TEXT,
+            ack_comment TEXT,
+            cleared_us INTEGER,
+            cleared_by TEXT,
+            last_notified_us INTEGER,
+            notifications INTEGER NOT NULL DEFAULT 0,
+            escalated_us INTEGER
+        ) WITHOUT ROWID;
+        -- At most one open alarm per (rule, device), decided by the database: two evaluations
+        -- raising at once store one (rule_rows.open_alarm). Also the open alarms' index.
+        CREATE UNIQUE INDEX alarms_open ON alarms (rule_id, device_uid) WHERE state <> 'cleared';
+        CREATE INDEX alarms_raised ON alarms (raised_us, alarm_id);
+        -- A device's and a rule's alarm history, newest first.
+        CREATE INDEX alarms_device ON alarms (device_uid, raised_us);
+        CREATE INDEX alarms_rule ON alarms (rule_id, raised_us);
+        -- AUTOINCREMENT: a seq names one entry for good (as audit_log's).
+        CREATE TABLE alarm_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id TEXT NOT NULL,
+            at_us INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            comment TEXT
+        );
+        CREATE INDEX alarm_events_alarm ON alarm_events (alarm_id, seq);
+        CREATE TABLE notification_log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at_us INTEGER NOT NULL,
+            rule_id TEXT NOT NULL,
+            alarm_id TEXT,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX notification_log_at ON notification_log (at_us);
+        CREATE INDEX notification_log_rule ON notification_log (rule_id, seq);
+        CREATE INDEX notification_log_alarm ON notification_log (alarm_id, seq);
+        """,
+    ),
 ]

@@ -302,3 +302,94 @@ class DeviceCredentialRow:
     created_us: int
     rotated_us: int
     revoked_us: int | None = None
+
+
+# -- rules and alarms (issue 16): rule documents by version, evaluation state, alarms and the
+# notification log. What a document or a state means belongs to fieldhub.rules, above the
+# store: here they are JSON values. The alarm transition table is the store's (it must be
+# atomic), so alarm states are spelled here.
+
+AlarmState = Literal["active", "acknowledged", "cleared"]
+ALARM_STATES: tuple[AlarmState, ...] = ("active", "acknowledged", "cleared")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVersionRow:
+    """One version of a rule document. `put_rule_version` assigns `version` (what the row says
+    is ignored); reads fill it and `deleted_us`, the rule's deletion time (None while the rule
+    exists), the same on every version of the rule."""
+
+    rule_id: str  # [a-z0-9-]{1,64} (rules.model checks)
+    document: dict[str, object]  # the rule document as JSON
+    enabled: bool
+    author: str  # who stored this version: a username, "token:<id>", "cli:<os user>"
+    created_us: int
+    version: int = 0
+    deleted_us: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStateRow:
+    """What a rule's evaluation holds for one device (a pending `for`, the side of the
+    hysteresis, a baseline), so a restart resumes where it was. `state` is any JSON value
+    (fieldhub.rules.conditions' ConditionState.to_json)."""
+
+    rule_id: str
+    device_id: str  # the canonical device id (text, as in device_credentials)
+    state: object
+    updated_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRow:
+    """An alarm: raised by a rule for a device, at most one open (not cleared) per pair."""
+
+    alarm_id: str  # a UUID (the caller draws it)
+    rule_id: str
+    device_id: str
+    severity: str  # "critical" | "major" | "minor" | "warning" (rules.model checks)
+    state: AlarmState
+    raised_us: int
+    acked_us: int | None = None
+    acked_by: str | None = None
+    ack_comment: str | None = None
+    cleared_us: int | None = None
+    cleared_by: str | None = None
+    last_notified_us: int | None = None
+    notifications: int = 0  # notifications sent about it (repeats included)
+    escalated_us: int | None = None  # when it was first escalated
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEventRow:
+    """One step of an alarm's life (raised, acknowledged, cleared), in `seq` order."""
+
+    seq: int
+    alarm_id: str
+    at_us: int
+    state: AlarmState
+    actor: str  # "rule:<rule_id>" when raised; a username, a token or the engine afterwards
+    comment: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationEntry:
+    """One delivery attempt of a notification, appended to the log. `target` and `detail` must
+    never hold a secret (a webhook's signing secret, an SMTP password)."""
+
+    at_us: int
+    rule_id: str
+    alarm_id: str | None  # None for actions without an alarm (a schedule's edge)
+    kind: str  # "webhook" | "email" | "mqtt" | "digest" ...
+    target: str  # a URL without credentials, addresses
+    outcome: str  # e.g. "delivered" | "retry" | "failed" | "dropped"
+    attempt: int  # 1 for the first
+    detail: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRow(NotificationEntry):
+    """A notification log entry as stored, with its place in the log (ascending, never
+    reused)."""
+
+    seq: int
