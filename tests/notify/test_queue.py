@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 
 import pytest
 import pytest_asyncio
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub.clock import US_PER_S
 from fieldhub.notify.email import EmailSender, SmtpSettings
-from fieldhub.notify.message import Notification
+from fieldhub.notify.message import Attempt, Notification
 from fieldhub.notify.queue import Dispatcher
 from fieldhub.notify.webhook import WebhookSender, verify_signature
 from notify.conftest import DeliveryLog, FakeTime, HookServer, InstantTime, Mailbox, Reply
@@ -328,3 +329,27 @@ async def test_close_drops_what_is_still_queued(
     assert {d.key for d in delivery_log.records if d.outcome == "dropped"} == {"n-0", "n-1", "n-2"}
     assert not dispatcher.submit(note(hook_server.url(), "late"))
     assert dispatcher.pending("webhook") == 0
+
+
+class Raising:
+    """A sender with a bug: it raises instead of classifying."""
+
+    @property
+    def kind(self) -> Literal["webhook"]:
+        return "webhook"
+
+    async def attempt(self, notification: Notification) -> Attempt:
+        raise RuntimeError("bug")
+
+
+async def test_a_sender_that_raises_costs_one_notification(
+    make_dispatcher: MakeDispatcher, delivery_log: DeliveryLog, registry: CollectorRegistry
+) -> None:
+    dispatcher = make_dispatcher(senders={"webhook": Raising()})
+    dispatcher.submit(note("http://127.0.0.1:9/hook", "a"))
+    dispatcher.submit(note("http://127.0.0.1:9/hook", "b"))
+    async with asyncio.timeout(10):
+        await dispatcher.wait_idle()
+    assert [(d.key, d.outcome) for d in delivery_log.records] == [("a", "failed"), ("b", "failed")]
+    assert delivery_log.records[0].error == "sender error: RuntimeError"
+    assert count(registry, "failed") == 2

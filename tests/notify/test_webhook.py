@@ -279,3 +279,7 @@ def test_signature_format() -> None:
     assert sign("k", "1700000000", b"{}") == "sha256=" + expected
     assert verify_signature("k", "1700000000", b"{}", "sha256=" + expected, tolerance_s=None)
     assert not verify_signature("k", "nope", b"{}", "sha256=" + expected)
+
+
+def test_a_non_ascii_signature_header_is_refused_not_raised() -> None:
+    assert not verify_signature("k", "1700000000", b"{}", "sha256=é", tolerance_s=None)

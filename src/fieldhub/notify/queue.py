@@ -312,7 +312,7 @@ class Dispatcher:
                     # A sender must classify its failures; one that raises is a bug, and costs
                     # only this notification.
                     log.exception("the %s sender raised on %s", kind, notification.key)
-                    self._counted(
+                    record(
                         Delivery(
                             key=notification.key,
                             kind=kind,
@@ -322,7 +322,8 @@ class Dispatcher:
                             at_us=self._clock.now_us(),
                             error=f"sender error: {type(exc).__name__}",
                             group=notification.group,
-                        )
+                        ),
+                        self._counted,
                     )
                 self._pending[kind] -= 1
                 if not any(self._pending.values()):

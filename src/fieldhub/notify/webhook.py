@@ -61,7 +61,8 @@ def verify_signature(
             return False
         if abs((time.time() if now_s is None else now_s) - sent_s) > tolerance_s:
             return False
-    return hmac.compare_digest(sign(secret, timestamp, body), header)
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a forged header may).
+    return hmac.compare_digest(sign(secret, timestamp, body).encode(), header.encode())
 
 
 def body_of(notification: Notification) -> bytes:
