@@ -197,8 +197,13 @@ def on_sample(condition: Condition, state: ConditionState, metric: str, sample: 
     _check_kind(condition, state)
     if isinstance(condition, AllOf | AnyOf):
         children = condition.all if isinstance(condition, AllOf) else condition.any
+        # A child that does not take this metric still sees the time pass (as a tick): the
+        # combination is replayed in time order, so every child must have reached this instant
+        # (a no_data child on another metric fires when its silence ended before this reading).
         steps = [
             on_sample(child, child_state, metric, sample)
+            if _takes(child, metric)
+            else on_tick(child, child_state, sample.ts_us)
             for child, child_state in zip(children, state.children, strict=True)
         ]
         return _combine(condition, state, steps)
@@ -273,6 +278,11 @@ def watched_metrics(condition: Condition) -> frozenset[str] | None:
     if isinstance(condition, Rate):
         return frozenset({condition.rate.metric})
     return frozenset({condition.zscore.metric})
+
+
+def _takes(condition: Condition, metric: str) -> bool:
+    metrics = watched_metrics(condition)
+    return metrics is None or metric in metrics
 
 
 def _check_kind(condition: Condition, state: ConditionState) -> None:
