@@ -1,7 +1,8 @@
 """The in-process event bus: committed data fanned out to bounded, per-subscriber queues.
 
 Ingest publishes one `Committed` event per batch after the commit and the broker ack; the command
-service one `CommandChanged` per stored command transition. Publishing
+service one `CommandChanged` per stored command transition, the rule engine one `AlarmChanged`
+per alarm transition. Publishing
 is an append per subscriber, never a wait: a subscriber that falls behind loses its oldest events,
 and the loss is counted, so a stuck consumer (a frozen browser tab, a slow rule) can never hold
 back storage. Everything here runs on the event loop thread.
@@ -16,7 +17,14 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub.protocol.messages import Decoded
-from fieldhub.store.types import CommandRow, DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import (
+    AlarmRow,
+    CommandRow,
+    DeadLetter,
+    PresenceChange,
+    WriteBatch,
+    WriteResult,
+)
 
 # Events (= committed batches) a subscriber may hold before its oldest are dropped. A batch is
 # committed every 5-100 ms, so this is seconds of backlog: enough to ride out a GC pause or a
@@ -42,7 +50,14 @@ class CommandChanged:
     command: CommandRow
 
 
-BusEvent = Committed | CommandChanged
+@dataclass(frozen=True, slots=True)
+class AlarmChanged:
+    """An alarm was raised, acknowledged or cleared (the rule engine): the row as it now is."""
+
+    alarm: AlarmRow
+
+
+BusEvent = Committed | CommandChanged | AlarmChanged
 
 
 @dataclass(slots=True)

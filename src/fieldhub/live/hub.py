@@ -251,7 +251,7 @@ class LiveHub:
                     try:
                         if isinstance(event, CommandChanged):
                             self.dispatch_command(event)
-                        else:
+                        elif isinstance(event, Committed):
                             self.dispatch(event, clock.now_us())
                     except Exception:  # a bug here must not stop live updates for good
                         log.exception("live dispatch failed; batch skipped for live viewers")
