@@ -12,6 +12,8 @@ from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import AttributeValue
 from fieldhub.protocol.timestamps import format_us
 from fieldhub.store.types import (
+    AlarmRow,
+    AlarmState,
     CommandRow,
     CommandTransition,
     DeadLetterRow,
@@ -297,3 +299,42 @@ class CommandTypesPublic(BaseModel):
         description="true: names outside the list are sent unchecked (the device answers)"
     )
     commands: list[CommandTypePublic]
+
+
+class AlarmPublic(BaseModel):
+    """An alarm a rule raised for a device and where it is in its life (docs/rules.md): the REST
+    body of `/api/v1/alarms` and the live `alarm` frame."""
+
+    id: str
+    rule: str
+    device: str
+    severity: str = Field(description="critical, major, minor or warning")
+    state: AlarmState
+    raised: Time
+    acknowledged: Time | None
+    acknowledged_by: str | None
+    ack_comment: str | None
+    cleared: Time | None
+    cleared_by: str | None = Field(description="`rule:<id>` when the condition cleared it")
+    last_notified: Time | None
+    notifications: int = Field(description="Notifications sent about it, repeats included")
+    escalated: Time | None
+
+    @classmethod
+    def of(cls, row: AlarmRow) -> AlarmPublic:
+        return cls(
+            id=row.alarm_id,
+            rule=row.rule_id,
+            device=row.device_id,
+            severity=row.severity,
+            state=row.state,
+            raised=format_us(row.raised_us),
+            acknowledged=_time(row.acked_us),
+            acknowledged_by=row.acked_by,
+            ack_comment=row.ack_comment,
+            cleared=_time(row.cleared_us),
+            cleared_by=row.cleared_by,
+            last_notified=_time(row.last_notified_us),
+            notifications=row.notifications,
+            escalated=_time(row.escalated_us),
+        )

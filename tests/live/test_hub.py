@@ -7,6 +7,7 @@ runs the hub's task on a real bus to cover the tick (held updates, stats).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from fieldhub import __version__
 from fieldhub.events import Committed, EventBus
+from fieldhub.events.bus import AlarmChanged
 from fieldhub.live.hub import (
     DEAD_LETTER_WINDOW_US,
     DEAD_LETTERS_PER_FRAME,
@@ -30,8 +32,15 @@ from fieldhub.live.hub import (
 from fieldhub.live.subscriptions import Subscribe
 from fieldhub.protocol.messages import Decoded, Presence
 from fieldhub.protocol.payload import payload_preview
+from fieldhub.protocol.timestamps import format_us
 from fieldhub.store import open_store
-from fieldhub.store.types import DeadLetter, PresenceChange, WriteBatch, WriteResult
+from fieldhub.store.types import (
+    AlarmRow,
+    DeadLetter,
+    PresenceChange,
+    WriteBatch,
+    WriteResult,
+)
 from support.store_rows import T0, msg
 
 MAC = "A4:CF:12:B3:C4:D5"
@@ -534,6 +543,67 @@ async def test_hub_task_releases_held_readings_and_pushes_stats(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert sample(registry, "fieldhub_bus_subscribers") == 0  # the task closed its subscription
+
+
+async def test_alarm_changes_reach_alarm_subscribers_of_the_device_one_frame_each(
+    bus: EventBus, registry: CollectorRegistry
+) -> None:
+    """On the real bus: every move of an alarm (raised, acknowledged) is one `alarm` frame with
+    the alarm as the REST API shows it, to viewers that asked for alarms of its device only."""
+    hub = LiveHub(bus, registry)
+    following = subscribe(hub, devices=["a4cf12b3c4d5"], events=["alarms"])
+    everyone = subscribe(hub, events=["alarms", "readings"])
+    other = subscribe(hub, devices=["node-2"], events=["alarms"])
+    no_alarms = subscribe(hub, devices=["a4cf12b3c4d5"], events=["commands"])
+    raised = AlarmRow(
+        alarm_id="a-1",
+        rule_id="cold-room-high",
+        device_id=MAC,
+        severity="major",
+        state="active",
+        raised_us=T0,
+    )
+    acked = dataclasses.replace(
+        raised,
+        state="acknowledged",
+        acked_us=T0 + 1_000_000,
+        acked_by="ops",
+        ack_comment="door shut",
+    )
+    task = asyncio.create_task(hub.run())
+    try:
+        bus.publish(AlarmChanged(raised))
+        bus.publish(AlarmChanged(acked))
+        got = [
+            orjson.loads(await asyncio.wait_for(following.next_frame(), timeout=5))
+            for _ in range(2)
+        ]
+        assert [f["type"] for f in got] == ["alarm", "alarm"]
+        assert [f["alarm"]["state"] for f in got] == ["active", "acknowledged"]
+        assert got[1]["alarm"] == {
+            "id": "a-1",
+            "rule": "cold-room-high",
+            "device": MAC,
+            "severity": "major",
+            "state": "acknowledged",
+            "raised": format_us(T0),
+            "acknowledged": format_us(T0 + 1_000_000),
+            "acknowledged_by": "ops",
+            "ack_comment": "door shut",
+            "cleared": None,
+            "cleared_by": None,
+            "last_notified": None,
+            "notifications": 0,
+            "escalated": None,
+        }
+        for _ in range(2):
+            frame = orjson.loads(await asyncio.wait_for(everyone.next_frame(), timeout=5))
+            assert frame["type"] == "alarm"
+        assert other.queued == 0
+        assert no_alarms.queued == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_hello_frame_names_the_version_and_server_time(hub: LiveHub) -> None:

@@ -19,11 +19,11 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub import __version__, clock
-from fieldhub.events.bus import CommandChanged, Committed, EventBus
+from fieldhub.events.bus import AlarmChanged, CommandChanged, Committed, EventBus
 from fieldhub.live.coalesce import SeriesCoalescer, Update
 from fieldhub.live.subscriptions import LiveFilter
 from fieldhub.protocol.payload import payload_preview
-from fieldhub.schemas import CommandPublic, CommandTransitionPublic
+from fieldhub.schemas import AlarmPublic, CommandPublic, CommandTransitionPublic
 from fieldhub.store.types import DeadLetter
 
 log = logging.getLogger("fieldhub.live")
@@ -124,6 +124,7 @@ class Group:
         self.dead_letters = "dead_letters" in key.events
         self.stats = "stats" in key.events
         self.commands = "commands" in key.events
+        self.alarms = "alarms" in key.events
         self.coalescer = SeriesCoalescer(key.min_interval_ms * 1_000)
         self.out: list[Update] = []
         self._dl_items: list[dict[str, Any]] = []
@@ -251,6 +252,8 @@ class LiveHub:
                     try:
                         if isinstance(event, CommandChanged):
                             self.dispatch_command(event)
+                        elif isinstance(event, AlarmChanged):
+                            self.dispatch_alarm(event)
                         elif isinstance(event, Committed):
                             self.dispatch(event, clock.now_us())
                     except Exception:  # a bug here must not stop live updates for good
@@ -280,6 +283,20 @@ class LiveHub:
             frame = {"type": "command", "command": frame_body}
             for group in groups:
                 group.broadcast(frame)
+
+    def dispatch_alarm(self, event: AlarmChanged) -> None:
+        """An alarm was raised, acknowledged or cleared: one `alarm` frame with the alarm as it
+        now is (the REST body of /api/v1/alarms/{id} without its events) to the groups that
+        asked for alarms and watch its device. Not coalesced: alarm moves are rare and each
+        one matters (an acknowledgement must show at once on every open alarms page)."""
+        row = event.alarm
+        groups = [g for g in self._groups_for(row.device_id) if g.alarms]
+        if not groups:
+            return
+        frame = encode({"type": "alarm", "alarm": AlarmPublic.of(row).model_dump(mode="json")})
+        for group in groups:
+            for viewer in group.viewers:
+                viewer.push(frame)
 
     def dispatch(self, event: Committed, now_us: int) -> None:
         """Route one committed batch to the groups that want it."""

@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 
-EventKind = Literal["readings", "presence", "devices", "dead_letters", "stats", "commands"]
+EventKind = Literal[
+    "readings", "presence", "devices", "dead_letters", "stats", "commands", "alarms"
+]
 DEFAULT_EVENTS: tuple[EventKind, ...] = ("readings", "presence", "devices")
 DEFAULT_MIN_INTERVAL_MS = 250
 # Ids a subscription may name: a fleet page shows at most a few hundred rows; "everything" is
@@ -26,7 +28,7 @@ class Subscribe(BaseModel):
     op: Literal["subscribe"]
     devices: list[Name] | None = Field(default=None, max_length=MAX_LISTED)
     metrics: list[Name] | None = Field(default=None, max_length=MAX_LISTED)
-    events: list[EventKind] = Field(default_factory=lambda: list(DEFAULT_EVENTS), max_length=6)
+    events: list[EventKind] = Field(default_factory=lambda: list(DEFAULT_EVENTS), max_length=7)
     min_interval_ms: int = Field(default=DEFAULT_MIN_INTERVAL_MS, ge=100, le=10_000, strict=True)
 
     @field_validator("devices")
