@@ -11,7 +11,7 @@ import os
 import typer
 
 from fieldhub import __version__
-from fieldhub.cli import certs, commands, devices, export, migrate, run, sim, users
+from fieldhub.cli import alarms, certs, commands, devices, export, migrate, rules, run, sim, users
 
 app = typer.Typer(
     name="fieldhub",
@@ -41,6 +41,8 @@ for _command in (
 app.add_typer(certs.app)
 app.add_typer(devices.app)
 app.add_typer(users.app)
+app.add_typer(rules.app)
+app.add_typer(alarms.app)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """HTTP calls to a running fieldhub's API with an API token, failures turned into one-line exits
-(`fieldhub command`, `fieldhub export`, `fieldhub devices`)."""
+(`fieldhub command`, `export`, `devices`, `rules`, `alarms`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,3 +63,23 @@ def fieldhub_http(
             yield response
         except (OSError, http.client.HTTPException) as exc:
             raise fail(f"the connection to fieldhub at {url} broke mid-answer ({exc!r})") from None
+
+
+def api_call(
+    url: str,
+    path: str,
+    token: str | None,
+    method: str = "GET",
+    *,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    timeout: float = 30.0,
+) -> Any:
+    """One API call answering the JSON body (None for an empty one); failures exit as in
+    `fieldhub_http`. `body` is sent as `content_type`."""
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", content_type)
+    with fieldhub_http(request, url=url, token=token, timeout=timeout) as response:
+        answer = response.read()
+    return json.loads(answer) if answer else None
