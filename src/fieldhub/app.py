@@ -26,6 +26,7 @@ from fieldhub.api.routes import (
     health,
     ingest,
     live,
+    notifications,
     system,
     tokens,
     users,
@@ -92,6 +93,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         users,
         tokens,
         audit,
+        notifications,
     ):
         app.include_router(module.router)
     pages.mount(app)

@@ -28,6 +28,9 @@ PATH_VALUES = {
     "profile": "native",
     "username": "someone",
     "token_id": "0123456789ab",
+    "rule_id": "some-rule",
+    "version": "1",
+    "alarm_id": "0b0e2f7c-5a3f-4c1e-9d5e-000000000000",
 }
 
 

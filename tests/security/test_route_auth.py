@@ -96,7 +96,10 @@ def test_every_route_needs_credentials_or_is_documented_public(tmp_path: Path) -
     assert {"/healthz", "/api/v1/auth/login", "/api/v1/auth/setup"} <= seen_public
 
 
-ADMIN_PREFIXES = ("/api/v1/users", "/api/v1/tokens", "/api/v1/audit")
+ADMIN_PREFIXES = ("/api/v1/users", "/api/v1/tokens", "/api/v1/audit", "/api/v1/notifications")
+# Rule writes are an admin's (a rule sends commands and pages people); reads stay a viewer's
+# and the preview (it changes nothing) an operator's.
+ADMIN_WRITES = ("/api/v1/rules/{rule_id}",)
 
 
 def needed_role(route: RouteContext) -> Role | None:
@@ -106,8 +109,9 @@ def needed_role(route: RouteContext) -> Role | None:
 
 
 def test_roles_of_the_routes(tmp_path: Path) -> None:
-    """viewer reads; operator sends and cancels commands and writes readings; admin users,
-    tokens and the audit log."""
+    """viewer reads; operator sends and cancels commands, writes readings, previews rules and
+    acknowledges and clears alarms; admin users, tokens, the audit log, rule writes and the
+    notification log."""
     app = build_app(tmp_path)
     roles: dict[tuple[str, str], Role | None] = {}
     for route in routes(app):
@@ -118,7 +122,11 @@ def test_roles_of_the_routes(tmp_path: Path) -> None:
     for (method, path), role in sorted(roles.items()):
         if path in PUBLIC_PATHS:
             assert role is None, (method, path)
-        elif path.startswith(ADMIN_PREFIXES) or "credential" in path:
+        elif (
+            path.startswith(ADMIN_PREFIXES)
+            or "credential" in path
+            or (path.startswith(ADMIN_WRITES) and method != "GET")
+        ):
             assert role is Role.ADMIN, (method, path)
         elif path.startswith("/api/v1/auth/") or method == "GET":
             assert role is Role.VIEWER, (method, path)
@@ -129,6 +137,7 @@ def test_roles_of_the_routes(tmp_path: Path) -> None:
     assert roles[("DELETE", "/api/v1/devices/{device_id}/commands/{command_id}")] is Role.OPERATOR
     assert roles[("POST", "/api/nodes/{node_id}/actions")] is Role.OPERATOR
     assert roles[("GET", "/metrics")] is Role.VIEWER
+    assert roles[("GET", "/api/v1/notifications")] is Role.ADMIN
 
 
 def test_openapi_documents_both_security_schemes(tmp_path: Path) -> None:

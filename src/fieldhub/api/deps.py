@@ -29,6 +29,7 @@ from fieldhub.protocol.ids import (
     InvalidDeviceId,
     canonical_device_id,
 )
+from fieldhub.rules.engine import RuleEngine
 from fieldhub.security.device_access import DeviceAccess
 from fieldhub.status import StatusReporter
 from fieldhub.store.base import Store
@@ -75,5 +76,6 @@ StatusDep = Annotated[StatusReporter, Depends(_part("status"))]
 LiveDep = Annotated[LiveHub, Depends(_part("live"))]
 RegistryDep = Annotated[CollectorRegistry, Depends(_part("registry"))]
 DeviceAccessDep = Annotated[DeviceAccess, Depends(_part("device_access"))]
+RulesDep = Annotated[RuleEngine, Depends(_part("rules"))]
 DeviceIdDep = Annotated[str, Depends(device_id_param)]
 NowDep = Annotated[int, Depends(now_us)]
