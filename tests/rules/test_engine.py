@@ -9,24 +9,42 @@ happens at a time the test chose.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import json
+import random
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 
+from fieldhub.broker import MosquittoProcess
 from fieldhub.clock import US_PER_S, ManualClock
+from fieldhub.config import Settings
 from fieldhub.events.bus import AlarmChanged, EventBus, Subscription
+from fieldhub.mqtt.endpoint import parse_mqtt_url
+from fieldhub.net import free_port
+from fieldhub.notify.email import EmailSender, SmtpSettings
 from fieldhub.notify.message import Kind
 from fieldhub.notify.queue import Dispatcher
 from fieldhub.notify.retry import Sender
-from fieldhub.notify.webhook import WebhookSender
+from fieldhub.notify.webhook import WebhookSender, verify_signature
+from fieldhub.platform import Platform
+from fieldhub.protocol.command_states import CommandState
+from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.rules.engine import RuleEngine
-from fieldhub.rules.model import Rule
+from fieldhub.rules.model import Rule, load_rule, rule_data
+from fieldhub.sim import mac_for_index
+from fieldhub.sim.fastapi_node import FastApiNode
 from fieldhub.store import Store, open_store
-from fieldhub.store.types import AlarmRow, WriteBatch
+from fieldhub.store.types import AlarmRow, CommandRow, WriteBatch
+from notify.conftest import HookServer, Mailbox
+from support.secrets import remember
 
 T0 = 1_700_000_000 * US_PER_S
 S = US_PER_S
@@ -54,8 +72,16 @@ class Rig:
     """The parts one test's engines share (the store, the bus, the clock), and engines over
     them: a second engine over the same store is a restart."""
 
-    def __init__(self, store: Store, clock: ManualClock, senders: dict[Kind, Sender]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: ManualClock,
+        senders: dict[Kind, Sender],
+        *,
+        digest_window_s: float = 0.01,
+    ) -> None:
         self.store = store
+        self.digest_window_s = digest_window_s
         self.clock = clock
         self.registry = CollectorRegistry()
         self.bus = EventBus(self.registry)
@@ -72,6 +98,7 @@ class Rig:
             registry=registry,
             clock=self.clock,
             on_delivery=lambda delivery: holder[0].record_delivery(delivery),
+            digest_window_s=self.digest_window_s,
         )
         engine = RuleEngine(
             self.store,
@@ -119,6 +146,13 @@ class Rig:
         for engine in self.engines:
             await engine.wait_idle()
 
+    async def settle(self) -> None:
+        """Wait until every notification is delivered and logged."""
+        for dispatcher in self.dispatchers:
+            await dispatcher.wait_idle()
+        for engine in self.engines:
+            await engine.wait_idle()
+
     def alarm_events(self) -> list[AlarmRow]:
         events = []
         while (event := self.watch.get_nowait()) is not None:
@@ -139,6 +173,21 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
     await opened.open()
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def hook_server() -> Iterator[HookServer]:
+    server = HookServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hook_secret() -> str:
+    secret = "whsec-" + secrets.token_hex(16)
+    remember(secret)
+    return secret
 
 
 @pytest_asyncio.fixture(loop_scope="function")
@@ -318,3 +367,244 @@ async def test_rule_versions_enable_disable_and_delete(rig: Rig) -> None:
         await engine.get_rule("cold-room-high")
     with pytest.raises(NotFound):
         await engine.delete("cold-room-high", actor="bob")
+
+
+# -- actions: webhooks, e-mail, repeats, escalation, the notification log -----------------------
+
+SECRET_ENV = "FIELDHUB_TEST_RULE_HOOK_SECRET"
+
+
+async def hook_rig(store: Store, secret: str) -> Rig:
+    sender = WebhookSender(secrets={SECRET_ENV: secret}.get)
+    return Rig(store, ManualClock(T0), {"webhook": sender}, digest_window_s=0.01)
+
+
+async def test_a_fired_alarm_posts_a_signed_webhook_repeats_hourly_and_escalates(
+    store: Store, hook_server: HookServer, hook_secret: str
+) -> None:
+    rig = await hook_rig(store, hook_secret)
+    try:
+        engine = await rig.engine()
+        rule = cold_room(
+            actions=[
+                {"alarm": {}},
+                {"webhook": {"url": hook_server.url("/ops"), "secret_env": SECRET_ENV}},
+            ],
+            repeat_every_s=3600,
+            escalate={
+                "after_s": 7200,
+                "to": {"webhook": {"url": hook_server.url("/boss"), "secret_env": SECRET_ENV}},
+            },
+        )
+        await engine.apply(rule, author="alice")
+        await minutes_of(rig, FRIDGE, [9.0] * 11, T0)
+        [raised] = rig.alarm_events()
+        await hook_server.wait_requests(1)
+        first = hook_server.requests[0]
+        assert first.path == "/ops"
+        assert verify_signature(
+            hook_secret,
+            first.headers["x-fieldhub-timestamp"],
+            first.body,
+            first.headers["x-fieldhub-signature"],
+            tolerance_s=None,
+        )
+        body = json.loads(first.body)
+        assert body["key"] == f"{raised.alarm_id}:fire"
+        assert body["payload"]["alarm_id"] == raised.alarm_id
+        assert body["payload"]["device_id"] == FRIDGE
+        assert body["payload"]["event"] == "fire"
+        assert body["payload"]["value"] == 9.0
+
+        # An hour after it was raised: a repeat; two hours: the second repeat and the escalation.
+        await asyncio.sleep(0.05)  # the digest window of the first closes: each goes alone
+        rig.clock.advance(3600)
+        await engine.tick()
+        await hook_server.wait_requests(2)
+        await asyncio.sleep(0.05)
+        rig.clock.advance(3600)
+        await engine.tick()
+        await hook_server.wait_requests(4)
+        paths = sorted(request.path for request in hook_server.requests)
+        assert paths == ["/boss", "/ops", "/ops", "/ops"]
+        escalation = next(r for r in hook_server.requests if r.path == "/boss")
+        assert json.loads(escalation.body)["payload"]["event"] == "escalate"
+        row = await store.get_alarm(raised.alarm_id)
+        assert row is not None
+        assert row.notifications == 4
+        assert row.escalated_us == rig.clock.now_us()
+
+        # Acknowledged: no more repeats.
+        await engine.acknowledge(raised.alarm_id, actor="bob", comment=None)
+        rig.clock.advance(3600)
+        await engine.tick()
+        await asyncio.sleep(0.1)
+        assert len(hook_server.requests) == 4
+
+        # Every delivery is in the notification log, with its rule and alarm.
+        await rig.settle()
+        logged = await store.list_notification_log(limit=20, rule_id=rule.id)
+        delivered = [e for e in logged if e.outcome == "delivered"]
+        assert len(delivered) == 4
+        assert {e.alarm_id for e in delivered} == {raised.alarm_id}
+        assert {e.kind for e in delivered} == {"webhook"}
+    finally:
+        await rig.close()
+
+
+async def test_a_clear_posts_the_webhook_again_and_mqtt_actions_publish(
+    store: Store, hook_server: HookServer, hook_secret: str
+) -> None:
+    rig = await hook_rig(store, hook_secret)
+    published: list[tuple[str, bytes, int, bool]] = []
+    try:
+        engine = await rig.engine(
+            publish=lambda topic, payload, qos, retain: published.append(
+                (topic, payload, qos, retain)
+            )
+        )
+        rule = cold_room(
+            condition={"threshold": {"metric": "temperature", "above": 8.0, "clear_below": 6.0}},
+            actions=[
+                {"alarm": {}},
+                {"webhook": {"url": hook_server.url(), "secret_env": SECRET_ENV}},
+                {
+                    "mqtt": {
+                        "topic": "alerts/$device_id/$rule_id",
+                        "payload": '{"edge": "$edge", "value": $value}',
+                        "when": "both",
+                    }
+                },
+            ],
+        )
+        await engine.apply(rule, author="alice")
+        await minutes_of(rig, FRIDGE, [9.5], T0)
+        await asyncio.sleep(0.05)  # the digest window closes: the clear goes alone
+        await minutes_of(rig, FRIDGE, [5.0], T0 + MIN)
+        await hook_server.wait_requests(2)
+        events = [json.loads(r.body)["payload"]["event"] for r in hook_server.requests]
+        assert events == ["fire", "clear"]
+        assert published == [
+            (f"alerts/{FRIDGE}/cold-room-high", b'{"edge": "fire", "value": 9.5}', 1, False),
+            (f"alerts/{FRIDGE}/cold-room-high", b'{"edge": "clear", "value": 5}', 1, False),
+        ]
+        await rig.settle()
+        logged = await store.list_notification_log(limit=20)
+        assert sorted(e.kind for e in logged if e.outcome in ("sent", "delivered")) == [
+            "mqtt",
+            "mqtt",
+            "webhook",
+            "webhook",
+        ]
+    finally:
+        await rig.close()
+
+
+async def test_an_alarm_e_mail_reaches_a_real_smtp_server(store: Store) -> None:
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    sender = EmailSender(SmtpSettings(host="127.0.0.1", port=port, from_addr="fh@example.com"))
+    rig = Rig(store, ManualClock(T0), {"email": sender}, digest_window_s=0.01)
+    try:
+        engine = await rig.engine()
+        await engine.apply(
+            cold_room(actions=[{"alarm": {}}, {"email": {"to": ["ops@example.com"]}}]),
+            author="alice",
+        )
+        await minutes_of(rig, FRIDGE, [9.0] * 11, T0)
+        [raised] = rig.alarm_events()
+        assert await asyncio.to_thread(mailbox.received.wait, 10.0)
+        [envelope] = mailbox.envelopes
+        assert envelope.rcpt_tos == ["ops@example.com"]
+        text = bytes(envelope.original_content or b"").decode()
+        assert "Cold room above 8" in text
+        assert FRIDGE in text
+        assert raised.alarm_id in text
+    finally:
+        await rig.close()
+        controller.stop()
+
+
+# -- commands: the FastAPI stack's fan rule drives a simulated node ------------------------------
+
+FAN_RULE = Path(__file__).parents[2] / "examples" / "rules" / "fastapi-fan-threshold.yaml"
+
+
+async def wait_command(
+    store: Store, node: FastApiNode, state: CommandState, timeout_s: float = 20.0
+) -> CommandRow:
+    """Wait for the node's command to reach `state`; the node reports (its data message) every
+    0.2 s meanwhile, as its loop() does every second."""
+    device_id = canonical_device_id(node.mac)
+    async with asyncio.timeout(timeout_s):
+        while True:
+            rows = await store.list_commands(device_id, state=None, limit=10, before=None)
+            for row in rows:
+                if row.state is state:
+                    return row
+            await asyncio.to_thread(node.publish_data)
+            await asyncio.sleep(0.2)
+
+
+async def test_the_fan_rule_sends_fan_control_to_a_fastapi_node_and_it_succeeds(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    """Real ingest (the platform's subscriber, decoder and writer), the real command service,
+    a simulated FastAPI node on a real Mosquitto; the node's temperature is far below 30 °C, so
+    its override fires the example rule at its first reading."""
+    settings = Settings(
+        data_dir=tmp_path / "fh",
+        mqtt_url=mosquitto.url,
+        auth=False,
+        mqtt_client_id=f"fh-rules-{uuid.uuid4().hex[:8]}",
+    )
+    platform = Platform(settings)
+    await platform.start()
+    registry = CollectorRegistry()
+    holder: list[RuleEngine] = []
+    dispatcher = Dispatcher(
+        {}, registry=registry, on_delivery=lambda d: holder[0].record_delivery(d)
+    )
+    engine = RuleEngine(
+        platform.store, platform.bus, platform.commands, dispatcher, registry=registry, tick_s=0.5
+    )
+    holder.append(engine)
+    await engine.start()
+    node = FastApiNode(
+        endpoint=parse_mqtt_url(mosquitto.url),
+        mac=mac_for_index(random.randrange(0x200000, 0xFFFFFF)),
+        boot_s=0.5,
+    )
+    device_id = canonical_device_id(node.mac)
+    try:
+        rule = load_rule(FAN_RULE.read_text(), format="yaml")
+        rule = Rule.model_validate(
+            {
+                **rule_data(rule),
+                "scope": {"device": device_id},
+                "overrides": {device_id: {"above": 0.0, "clear_below": -50.0, "for_s": 0}},
+            }
+        )
+        await engine.apply(rule, author="alice")
+        node.start()
+        assert await asyncio.to_thread(node.wait_subscribed, 10.0)
+        done = await wait_command(platform.store, node, CommandState.SUCCEEDED)
+        assert (done.name, done.params) == ("FAN_CONTROL", {"state": True})
+        assert node.actuators.fan_state is True
+        await engine.wait_idle()
+        logged = await platform.store.list_notification_log(limit=10, rule_id=rule.id)
+        [sent] = [e for e in logged if e.kind == "command"]
+        assert sent.outcome == "sent"
+        assert sent.detail["command_id"] == done.command_id
+        audit = await platform.store.list_audit(limit=20)
+        assert any(
+            a.actor == f"rule:{rule.id}" and a.action == "command.send" and a.outcome == "ok"
+            for a in audit
+        )
+    finally:
+        await asyncio.to_thread(node.stop)
+        await engine.stop()
+        await dispatcher.close()
+        await platform.stop()
