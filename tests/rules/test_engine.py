@@ -608,3 +608,33 @@ async def test_the_fan_rule_sends_fan_control_to_a_fastapi_node_and_it_succeeds(
         await engine.stop()
         await dispatcher.close()
         await platform.stop()
+
+
+# -- preview: the stored readings through the same code give the same spans -------------------
+
+
+async def test_a_preview_over_the_stored_readings_equals_what_the_engine_did(rig: Rig) -> None:
+    engine = await rig.engine()
+    rule = cold_room()
+    await engine.apply(rule, author="alice")
+    # Two alarms, a run too short to fire between them, and a noisy band that does not chatter.
+    values = [9.0] * 12 + [7.0, 8.5, 7.9, 8.1, 7.0] + [5.0] + [9.0] * 5 + [7.0] + [9.0] * 12 + [5.5]
+    end = await minutes_of(rig, FRIDGE, values, T0)
+    await minutes_of(rig, COLD_FRIDGE, [4.0] * 5, T0)  # in scope, never beyond
+    live = sorted(
+        (a.raised_us, a.cleared_us) for a in await engine.alarms(device=FRIDGE, limit=100)
+    )
+    assert len(live) == 2
+
+    previews = await engine.preview(rule, devices=None, start_us=T0, end_us=end, tick_s=60)
+    assert sorted(previews) == sorted([FRIDGE, COLD_FRIDGE])
+    assert [(s.fired_us, s.cleared_us) for s in previews[FRIDGE].spans] == live
+    assert previews[COLD_FRIDGE].spans == ()
+    planned = [(a.reason, a.kind) for a in previews[FRIDGE].actions]
+    assert planned == [("fire", "alarm"), ("clear", "alarm")] * 2
+
+    # One device asked for by id; a window ending mid-alarm leaves that span open.
+    [only] = (
+        await engine.preview(rule, devices=[FRIDGE], start_us=T0, end_us=T0 + 11 * MIN, tick_s=60)
+    ).values()
+    assert [(s.fired_us, s.cleared_us) for s in only.spans] == [(T0 + 10 * MIN, None)]
