@@ -8,6 +8,7 @@ validated by `fieldhub.rules.model`: an invalid one answers 422 whose `details` 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
@@ -67,6 +68,9 @@ FORMATS: dict[str, Format] = {
 # A preview reads every stored reading of the devices in scope over the window: bounded.
 MAX_PREVIEW_WINDOW_US = 31 * 86_400 * US_PER_S
 DEFAULT_PREVIEW_WINDOW_US = 86_400 * US_PER_S
+# Timer ticks a preview runs per device: each is a call on the event loop (a 1-s tick over 31
+# days would be 2.7 million); at most this many, so a coarser tick_s for a long window.
+MAX_PREVIEW_TICKS = 100_000
 # Path segments below /api/v1/rules that are routes, not rule ids.
 RESERVED_IDS = frozenset({"preview"})
 
@@ -293,6 +297,11 @@ async def preview_rule(
         raise Invalid(f"start ({format_us(start_us)}) must be before end ({format_us(end_us)})")
     if end_us - start_us > MAX_PREVIEW_WINDOW_US:
         raise Invalid("a preview covers at most 31 days: narrow start..end")
+    if (end_us - start_us) / (body.tick_s * US_PER_S) > MAX_PREVIEW_TICKS:
+        raise Invalid(
+            f"tick_s: {body.tick_s:g} s over this window is more than {MAX_PREVIEW_TICKS} ticks; "
+            f"use at least {math.ceil((end_us - start_us) / US_PER_S / MAX_PREVIEW_TICKS)} s"
+        )
     devices: list[str] | None = None
     if body.devices is not None:
         try:
