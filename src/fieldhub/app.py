@@ -74,6 +74,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     app.state.registry = platform.registry
     app.state.auth = platform.auth
     app.state.device_access = platform.device_access
+    app.state.rules = platform.rules
     install_error_handlers(app)
     for module in (
         health,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fieldhub.broker.legacy import LEGACY_POLICIES, select_legacy_policies
@@ -139,6 +139,23 @@ class Settings(BaseSettings):
         description="User to switch to when started as root (default: fieldhub, else the data "
         "dir's owner; root keeps root)",
     )
+    # Rules and alarms (docs/rules.md): the engine's timer (no-data, `for` windows, schedules,
+    # repeats) and the SMTP server rule e-mails go through; without smtp_host an e-mail action
+    # is logged as dropped (no sender), webhooks still go out.
+    rules_tick_s: float = Field(
+        1.0, gt=0, le=3600, description="How often the rule engine's timer runs, seconds"
+    )
+    smtp_host: str | None = Field(None, description="SMTP server for rule e-mails; unset: none")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection before login")
+    smtp_username: str | None = Field(None, description="SMTP login; unset: send without one")
+    # A SecretStr: never shown by a repr or a settings dump (docs/security.md).
+    smtp_password: SecretStr | None = None
+    smtp_from: str = Field(
+        "fieldhub@localhost",
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="The From address of rule e-mails",
+    )
 
     @field_validator("mqtt_url")
     @classmethod
@@ -202,6 +219,12 @@ class Settings(BaseSettings):
                 "the legacy listener (mqtt_legacy_port) applies per-profile ACLs, which exist "
                 "only with authentication on: drop --demo / FIELDHUB_AUTH=false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _smtp_login(self) -> Settings:
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("give smtp_username and smtp_password together (or neither)")
         return self
 
     @model_validator(mode="after")

@@ -27,11 +27,17 @@ from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
 from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.mqtt.subscriber import MqttSubscriber
+from fieldhub.notify.email import EmailSender, SmtpSettings
+from fieldhub.notify.message import Delivery, Kind
+from fieldhub.notify.queue import Dispatcher
+from fieldhub.notify.webhook import WebhookSender
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.profiles import select_profiles
+from fieldhub.rules.engine import RuleEngine
 from fieldhub.security import mqtt_clients
 from fieldhub.security.device_access import DeviceAccess, NodeEndpoint
 from fieldhub.security.mqtt_clients import ClientLogin, ClientRole
+from fieldhub.security.passwords import PLACEHOLDERS
 from fieldhub.security.service import AuthService
 from fieldhub.status import StatusReporter
 from fieldhub.store.open import open_store
@@ -161,6 +167,21 @@ class Platform:
             default_formats={p.name: p.command_format for p in profiles},
         )
         self.ingest.listeners.append(self.commands.on_commit)
+        # Rules and alarms (docs/rules.md): notifications go out through the dispatcher
+        # (bounded queues, retries, digests), each attempt into the engine's notification log.
+        self._senders = self._notification_senders(settings)
+        self.notify = Dispatcher(
+            self._senders, registry=self.registry, on_delivery=self._notification_delivered
+        )
+        self.rules = RuleEngine(
+            self.store,
+            self.bus,
+            self.commands,
+            self.notify,
+            registry=self.registry,
+            tick_s=settings.rules_tick_s,
+            publish=self.commands.publish,
+        )
         self.retention = RetentionJob(
             store=self.store,
             policy=settings.retention,
@@ -179,6 +200,38 @@ class Platform:
         self._writer: asyncio.Task[None] | None = None
         self._live: asyncio.Task[None] | None = None
         self.on_stop: list[Callable[[], None]] = []
+
+    @staticmethod
+    def _notification_senders(settings: Settings) -> dict[Kind, WebhookSender | EmailSender]:
+        """Webhooks always; e-mail when an SMTP server is configured. Outside demo mode the
+        SMTP password may not be a well-known placeholder (like every other credential)."""
+        senders: dict[Kind, WebhookSender | EmailSender] = {"webhook": WebhookSender()}
+        if settings.smtp_host is None:
+            return senders
+        password = (
+            settings.smtp_password.get_secret_value()
+            if settings.smtp_password is not None
+            else None
+        )
+        if settings.auth and password is not None and password.strip().lower() in PLACEHOLDERS:
+            raise ValueError(
+                "smtp_password is a well-known placeholder; give the SMTP account's real "
+                "password (or run with --demo on 127.0.0.1)"
+            )
+        senders["email"] = EmailSender(
+            SmtpSettings(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                from_addr=settings.smtp_from,
+                starttls=settings.smtp_starttls,
+                username=settings.smtp_username,
+                password=password,
+            )
+        )
+        return senders
+
+    def _notification_delivered(self, delivery: Delivery) -> None:
+        self.rules.record_delivery(delivery)
 
     def _as(self, role: ClientRole) -> MqttEndpoint:
         """The broker endpoint with the login of one of fieldhub's own clients, if it has one."""
@@ -237,6 +290,7 @@ class Platform:
         self._writer = asyncio.create_task(self.ingest.run(), name="ingest.writer")
         self._live = asyncio.create_task(self.live.run(), name="live.hub")
         await self.commands.start()
+        await self.rules.start()
         self._retention = asyncio.create_task(self.retention.run(), name="store.retention")
         # The subscriber connects in the background and retries forever: the API serves stored
         # data even while the broker is unreachable.
@@ -246,6 +300,10 @@ class Platform:
         """Flush what was received, disconnect, stop the writer, close the store and broker."""
         for callback in self.on_stop:
             callback()
+        await self.rules.stop()
+        await self.notify.close()
+        for sender in self._senders.values():
+            await sender.aclose()
         await self.commands.stop()
         await self.ingest.drain()
         await asyncio.to_thread(self.subscriber.stop)

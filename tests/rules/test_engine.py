@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
 
 from fieldhub.broker import MosquittoProcess
 from fieldhub.clock import US_PER_S, ManualClock
@@ -551,27 +552,19 @@ async def wait_command(
 async def test_the_fan_rule_sends_fan_control_to_a_fastapi_node_and_it_succeeds(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    """Real ingest (the platform's subscriber, decoder and writer), the real command service,
-    a simulated FastAPI node on a real Mosquitto; the node's temperature is far below 30 °C, so
-    its override fires the example rule at its first reading."""
+    """The platform's own engine over real ingest (its subscriber, decoder and writer) and the
+    real command service, a simulated FastAPI node on a real Mosquitto; the node's temperature
+    is far below 30 °C, so its override fires the example rule at its first reading."""
     settings = Settings(
         data_dir=tmp_path / "fh",
         mqtt_url=mosquitto.url,
         auth=False,
         mqtt_client_id=f"fh-rules-{uuid.uuid4().hex[:8]}",
+        rules_tick_s=0.5,
     )
     platform = Platform(settings)
     await platform.start()
-    registry = CollectorRegistry()
-    holder: list[RuleEngine] = []
-    dispatcher = Dispatcher(
-        {}, registry=registry, on_delivery=lambda d: holder[0].record_delivery(d)
-    )
-    engine = RuleEngine(
-        platform.store, platform.bus, platform.commands, dispatcher, registry=registry, tick_s=0.5
-    )
-    holder.append(engine)
-    await engine.start()
+    engine = platform.rules
     node = FastApiNode(
         endpoint=parse_mqtt_url(mosquitto.url),
         mac=mac_for_index(random.randrange(0x200000, 0xFFFFFF)),
@@ -605,8 +598,6 @@ async def test_the_fan_rule_sends_fan_control_to_a_fastapi_node_and_it_succeeds(
         )
     finally:
         await asyncio.to_thread(node.stop)
-        await engine.stop()
-        await dispatcher.close()
         await platform.stop()
 
 
@@ -638,3 +629,30 @@ async def test_a_preview_over_the_stored_readings_equals_what_the_engine_did(rig
         await engine.preview(rule, devices=[FRIDGE], start_us=T0, end_us=T0 + 11 * MIN, tick_s=60)
     ).values()
     assert [(s.fired_us, s.cleared_us) for s in only.spans] == [(T0 + 10 * MIN, None)]
+
+
+# -- wiring: settings and the platform ----------------------------------------------------------
+
+
+def smtp_settings(tmp_path: Path, **changes: object) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        mqtt_port=free_port(),
+        smtp_host="127.0.0.1",
+        smtp_username="fieldhub",
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+def test_a_placeholder_smtp_password_is_refused_outside_demo_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="smtp_password is a well-known placeholder"):
+        Platform(smtp_settings(tmp_path, smtp_password="changeme"))
+    # Demo mode (loopback only, no credential anywhere) lets a local test server's do.
+    demo = Platform(smtp_settings(tmp_path, smtp_password="changeme", auth=False))
+    assert demo.settings.smtp_password is not None
+    assert "changeme" not in repr(demo.settings)
+
+
+def test_an_smtp_login_needs_both_halves(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="smtp_username and smtp_password together"):
+        Settings(data_dir=tmp_path, smtp_host="127.0.0.1", smtp_username="fieldhub")

@@ -28,6 +28,7 @@ from fieldhub.commands.active import ActiveCommand, ActiveCommands, CommandKey, 
 from fieldhub.commands.formats import Outgoing
 from fieldhub.commands.tasks import Tasks
 from fieldhub.commands.tracking import CommandDeadlines, CommandTracker
+from fieldhub.errors import Unavailable
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.mqtt.publisher import MqttPublisher
 from fieldhub.protocol.command_states import CommandState
@@ -84,6 +85,13 @@ class Dispatcher:
     async def stop(self) -> None:
         """Disconnect; commands not yet acknowledged stay pending in the store."""
         await asyncio.to_thread(self._publisher.stop)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """A plain publish on the commands' connection (not a tracked command); Unavailable
+        while it is down."""
+        if not self._publisher.connected:
+            raise Unavailable("the commands' MQTT connection is down", code="mqtt_unavailable")
+        self._publisher.publish(topic, payload, qos=qos, retain=retain)
 
     def dispatch(self, device_id: str) -> None:
         """Hand the device's pending commands to the broker, oldest first."""

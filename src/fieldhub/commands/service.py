@@ -214,6 +214,12 @@ class CommandService:
     def _applied(self, row: CommandRow) -> None:
         self._dispatcher.settled(row)
 
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish a message on the commands' MQTT connection, untracked (the rule engine's
+        `mqtt` actions); Unavailable while the connection is down. The embedded broker's ACL
+        must grant the topic (broker/access.py), or it drops the message silently."""
+        self._dispatcher.publish(topic, payload, qos, retain)
+
     async def cancel(self, device_id: str, command_id: str) -> CommandRow:
         """Cancel a pending command; Conflict once it was handed to the broker, NotFound when
         the device has no such command."""
