@@ -89,10 +89,12 @@ class Rig:
         self.senders = senders
         self.watch: Subscription = self.bus.subscribe("test", maxlen=100_000)
         self.engines: list[RuleEngine] = []
+        self.metrics = CollectorRegistry()  # the latest engine's
         self.dispatchers: list[Dispatcher] = []
 
     async def engine(self, **kwargs: object) -> RuleEngine:
         registry = CollectorRegistry()  # each engine (process) has its own metrics
+        self.metrics = registry
         holder: list[RuleEngine] = []
         dispatcher = Dispatcher(
             self.senders,
@@ -656,3 +658,36 @@ def test_a_placeholder_smtp_password_is_refused_outside_demo_mode(tmp_path: Path
 def test_an_smtp_login_needs_both_halves(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="smtp_username and smtp_password together"):
         Settings(data_dir=tmp_path, smtp_host="127.0.0.1", smtp_username="fieldhub")
+
+
+async def test_batches_the_bus_dropped_are_read_back_from_the_store(rig: Rig) -> None:
+    engine = await rig.engine(bus_queue_events=2)
+    await engine.apply(cold_room(), author="alice")
+    await minutes_of(rig, FRIDGE, [9.0], T0)  # the engine holds a state for the fridge
+    # Eleven more batches committed while the engine does not run: its queue keeps two.
+    batches = []
+    for minute in range(1, 12):
+        ts = T0 + minute * MIN
+        batch = WriteBatch(
+            decoded=[
+                Decoded(
+                    device_id=FRIDGE,
+                    profile="readings",
+                    channel="telemetry",
+                    received_us=ts,
+                    readings=[Reading("temperature", ts, 9.0)],
+                    device_time=True,
+                )
+            ]
+        )
+        batches.append((batch, await rig.store.write_batch(batch)))
+    rig.clock.advance(11 * 60)
+    for batch, result in batches:
+        rig.bus.on_commit(batch, result, rig.clock.now_us())
+    await engine.wait_idle()
+    [raised] = rig.alarm_events()
+    assert raised.raised_us == T0 + 10 * MIN
+    assert rig.metrics.get_sample_value("fieldhub_rules_bus_dropped_total") == 9
+    state = engine.state_of("cold-room-high", FRIDGE)
+    assert state is not None
+    assert state.last_us == T0 + 11 * MIN

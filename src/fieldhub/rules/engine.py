@@ -229,6 +229,7 @@ class RuleEngine:
         clock: Clock = SYSTEM_CLOCK,
         tick_s: float = DEFAULT_TICK_S,
         publish: Publish | None = None,
+        bus_queue_events: int = BUS_QUEUE_EVENTS,
     ) -> None:
         if tick_s <= 0:
             raise ValueError("tick_s must be positive")
@@ -239,6 +240,7 @@ class RuleEngine:
         self._clock = clock
         self.tick_s = tick_s
         self._publish = publish
+        self._bus_queue_events = bus_queue_events
         self._rules: dict[str, _Loaded] = {}
         # Device id -> (profile, attributes): what scopes match on, kept from decoded messages.
         self._devices: dict[str, tuple[str, dict[str, AttributeValue]]] = {}
@@ -294,7 +296,7 @@ class RuleEngine:
         """Load the enabled rules, their states, the open alarms and the devices; subscribe to
         the bus; start the timer and the notification log's writer."""
         # Subscribed first: what is committed while loading waits in the queue.
-        self._subscription = self._bus.subscribe("rules", maxlen=BUS_QUEUE_EVENTS)
+        self._subscription = self._bus.subscribe("rules", maxlen=self._bus_queue_events)
         self._dropped_seen = 0
         now = self._clock.now_us()
         await self._load_devices(now)
