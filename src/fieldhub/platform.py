@@ -302,6 +302,8 @@ class Platform:
             callback()
         await self.rules.stop()
         await self.notify.close()
+        # What closing the dispatcher dropped is logged too (the store is still open).
+        await self.rules.notification_log.flush()
         for sender in self._senders.values():
             await sender.aclose()
         await self.commands.stop()
