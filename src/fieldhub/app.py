@@ -12,6 +12,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
 from fieldhub.api.routes import (
+    alarms,
     audit,
     auth,
     command_states,
@@ -27,6 +28,7 @@ from fieldhub.api.routes import (
     ingest,
     live,
     notifications,
+    rules,
     system,
     tokens,
     users,
@@ -94,6 +96,8 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         users,
         tokens,
         audit,
+        rules,
+        alarms,
         notifications,
     ):
         app.include_router(module.router)

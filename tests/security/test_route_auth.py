@@ -137,6 +137,13 @@ def test_roles_of_the_routes(tmp_path: Path) -> None:
     assert roles[("DELETE", "/api/v1/devices/{device_id}/commands/{command_id}")] is Role.OPERATOR
     assert roles[("POST", "/api/nodes/{node_id}/actions")] is Role.OPERATOR
     assert roles[("GET", "/metrics")] is Role.VIEWER
+    assert roles[("PUT", "/api/v1/rules/{rule_id}")] is Role.ADMIN
+    assert roles[("DELETE", "/api/v1/rules/{rule_id}")] is Role.ADMIN
+    assert roles[("POST", "/api/v1/rules/preview")] is Role.OPERATOR
+    assert roles[("GET", "/api/v1/rules/{rule_id}/versions")] is Role.VIEWER
+    assert roles[("GET", "/api/v1/alarms")] is Role.VIEWER
+    assert roles[("POST", "/api/v1/alarms/{alarm_id}/acknowledge")] is Role.OPERATOR
+    assert roles[("POST", "/api/v1/alarms/{alarm_id}/clear")] is Role.OPERATOR
     assert roles[("GET", "/api/v1/notifications")] is Role.ADMIN
 
 
