@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from fieldhub.broker import MosquittoProcess
 from fieldhub.clock import US_PER_S, ManualClock
+from fieldhub.commands.service import CommandService
 from fieldhub.config import Settings
 from fieldhub.events.bus import AlarmChanged, EventBus, Subscription
 from fieldhub.mqtt.endpoint import parse_mqtt_url
@@ -691,3 +692,81 @@ async def test_batches_the_bus_dropped_are_read_back_from_the_store(rig: Rig) ->
     state = engine.state_of("cold-room-high", FRIDGE)
     assert state is not None
     assert state.last_us == T0 + 11 * MIN
+
+
+async def test_hysteresis_sends_one_notification_for_a_noisy_sensor_around_the_level(
+    store: Store, hook_server: HookServer, hook_secret: str
+) -> None:
+    rig = await hook_rig(store, hook_secret)
+    try:
+        engine = await rig.engine()
+        rule = cold_room(
+            condition={"threshold": {"metric": "temperature", "above": 8.0, "clear_below": 6.0}},
+            actions=[
+                {"alarm": {}},
+                {"webhook": {"url": hook_server.url(), "secret_env": SECRET_ENV}},
+            ],
+        )
+        await engine.apply(rule, author="alice")
+        noise = random.Random(16)
+        values = [8.0 + noise.uniform(-1.5, 1.5) for _ in range(120)]  # 6.5 .. 9.5 °C
+        await minutes_of(rig, FRIDGE, values, T0)
+        await rig.settle()
+        await asyncio.sleep(0.05)
+        assert [a.state for a in rig.alarm_events()] == ["active"]
+        assert len(hook_server.requests) == 1
+        assert rig.metrics.get_sample_value("fieldhub_rules_edges_total", {"edge": "fire"}) == 1
+    finally:
+        await rig.close()
+
+
+async def test_a_changed_condition_starts_over_and_clears_the_open_alarm(rig: Rig) -> None:
+    engine = await rig.engine()
+    await engine.apply(cold_room(), author="alice")
+    await minutes_of(rig, FRIDGE, [9.0] * 11, T0)
+    [raised] = rig.alarm_events()
+    # The name only: the alarm and the state stay.
+    await engine.apply(cold_room(name="Cold room, renamed"), author="alice")
+    assert rig.alarm_events() == []
+    assert engine.state_of("cold-room-high", FRIDGE) is not None
+    # Another level: a new state, and the open alarm is cleared by the editor.
+    changed = cold_room(
+        condition={"threshold": {"metric": "temperature", "above": 10.0, "for_s": 600}}
+    )
+    await engine.apply(changed, author="bob")
+    [cleared] = rig.alarm_events()
+    assert (cleared.alarm_id, cleared.state, cleared.cleared_by) == (
+        raised.alarm_id,
+        "cleared",
+        "bob",
+    )
+    assert [e.comment for e in await rig.store.alarm_events(raised.alarm_id)][-1] == (
+        "rule changed"
+    )
+
+
+async def test_a_command_the_device_cannot_take_is_logged_and_audited_as_failed(
+    rig: Rig, mosquitto: MosquittoProcess
+) -> None:
+    commands = CommandService(
+        store=rig.store,
+        bus=rig.bus,
+        endpoint=parse_mqtt_url(mosquitto.url),
+        client_id=f"fh-rules-{uuid.uuid4().hex[:8]}",
+        protocol=4,
+        registry=CollectorRegistry(),
+        clock=rig.clock,
+    )  # never started: nothing is published
+    engine = await rig.engine(commands=commands)
+    rule = cold_room(
+        condition={"threshold": {"metric": "temperature", "above": 8.0}},
+        actions=[{"command": {"name": "FAN_CONTROL", "params": {"state": True}}}],
+    )
+    await engine.apply(rule, author="alice")
+    await minutes_of(rig, FRIDGE, [9.0], T0)  # a Flask gateway's reading: it takes no commands
+    await rig.settle()
+    [entry] = await rig.store.list_notification_log(limit=10)
+    assert (entry.kind, entry.outcome, entry.target) == ("command", "failed", f"device:{FRIDGE}")
+    assert entry.detail["code"]
+    [audited] = [a for a in await rig.store.list_audit(limit=10) if a.action == "command.send"]
+    assert (audited.actor, audited.outcome) == ("rule:cold-room-high", "failed")
