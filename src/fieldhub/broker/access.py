@@ -43,6 +43,10 @@ COMMANDS_WRITE: tuple[str, ...] = (
     "devices/+/ota",
     "iot/node/+/command",
     "window/+/control",
+    # The rules engine's MQTT actions: the window-control stack's inference trigger
+    # (examples/rules/window-zscore-trigger.yaml). A rule's MQTT action to any other topic is
+    # dropped by the broker (docs/rules.md).
+    "ml/inference/request/+",
 )
 
 # What a device with fieldhub credentials may do, under its own id only (native profile).
