@@ -405,6 +405,24 @@ def provision_auth(
     return {"token": token, "setup_s": round(time.monotonic() - t0, 2)}
 
 
+class RunHooks:
+    """Work another bench does inside a ``measured_run``, against the same `fieldhub up`.
+
+    ``before_load`` runs once fieldhub is healthy and warmed up, before the first /metrics
+    scrape and the load (bench.rules puts its rules in here); ``after_settle`` once the row
+    count has settled, before fieldhub is stopped. Both get the HTTP base URL, the headers
+    /metrics needs, and the run's dict to add figures, notes or errors to; raising
+    ``BenchError`` fails the run like any other error."""
+
+    label: str = "hooks"
+
+    def before_load(self, base_url: str, headers: dict[str, str], run: dict[str, Any]) -> None:
+        """Called before the load."""
+
+    def after_settle(self, base_url: str, headers: dict[str, str], run: dict[str, Any]) -> None:
+        """Called after the row count settled."""
+
+
 # --- phases -------------------------------------------------------------------------------------
 
 
@@ -471,14 +489,22 @@ def measure_capacity(devices: int, duration_s: float, workdir: Path) -> dict[str
 
 
 def measured_run(
-    k: int, n: int, args: argparse.Namespace, workdir: Path, auth: str = "off"
+    k: int,
+    n: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    auth: str = "off",
+    hooks: RunHooks | None = None,
 ) -> dict[str, Any]:
     """One fresh `fieldhub up`, one paced load, one accounting. Errors go into the dict.
 
     ``auth`` "on": fieldhub with FIELDHUB_AUTH=true, its database prepared by
-    ``provision_auth``, devices logging in and /metrics scraped with the token."""
-    tag = f"run {k}/{n} (auth {auth})"
-    rundir = workdir / f"run-{k}-auth-{auth}"
+    ``provision_auth``, devices logging in and /metrics scraped with the token.
+    ``hooks``: what another bench (bench.rules) does around the load on the same run; its
+    ``label`` names the run's directory and progress lines instead of the auth mode."""
+    label = hooks.label if hooks is not None else f"auth {auth}"
+    tag = f"run {k}/{n} ({label})"
+    rundir = workdir / f"run-{k}-{label.replace(' ', '-')}"
     data_dir = rundir / "data"
     data_dir.mkdir(parents=True)
     # fieldhub's Mosquitto may drop to user `mosquitto` (when we are root): let it read the dir.
@@ -536,6 +562,8 @@ def measured_run(
             run["notes"].append("no mosquitto child process found: mosquitto cpu not sampled")
         time.sleep(WARMUP_S)
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+        if hooks is not None:
+            hooks.before_load(f"http://127.0.0.1:{http_port}", headers, run)
         before = _scrape_or_note(metrics_url, run, headers)
 
         db = data_dir / "fieldhub.db"
@@ -636,6 +664,8 @@ def measured_run(
         t_last_commit = next((t for t, r in polls if r == final_rows), time.time())
         say(f"  {tag}: settled at rows={final_rows}")
         after = _scrape_or_note(metrics_url, run, headers)
+        if hooks is not None:
+            hooks.after_settle(f"http://127.0.0.1:{http_port}", headers, run)
     except (BenchError, RuntimeError) as exc:
         run["errors"].append(str(exc))
         return _finish_failed(run, proc, loadgen, mosq_pids, rundir)
