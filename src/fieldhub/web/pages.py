@@ -7,6 +7,7 @@ subscribes to `/api/v1/live` and patches the page in place. No build step, no No
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlencode
 
@@ -21,8 +22,9 @@ from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.payload import payload_preview
+from fieldhub.rules.model import RULE_ID_PATTERN
 from fieldhub.security.roles import Role
-from fieldhub.store.types import PresenceState
+from fieldhub.store.types import AlarmRow, AlarmState, PresenceState
 from fieldhub.web import login
 from fieldhub.web.access import (
     AdminPage,
@@ -38,6 +40,13 @@ router = APIRouter(include_in_schema=False)
 FLEET_PAGE_ROWS = 50
 DEAD_LETTER_PAGE_ROWS = 50
 AUDIT_PAGE_ROWS = 50
+# The alarms page: every open alarm up to this many, then the most recent cleared ones.
+OPEN_ALARM_ROWS = 500
+CLEARED_ALARM_ROWS = 50
+# Open alarms counted for the fleet page's badges: beyond this the total says "N+".
+ALARM_COUNT_LIMIT = 1000
+# Open alarms list first, active before acknowledged; within a state newest first.
+ALARM_STATE_ORDER: dict[str, int] = {"active": 0, "acknowledged": 1, "cleared": 2}
 DAY_US = 86_400 * 1_000_000
 
 # Offered in the audit page's action filter (any action can still be typed): what
@@ -99,10 +108,14 @@ async def fleet(
     )
     page = rows[:limit]
     latest = await store.latest_values([r.device_id for r in page])
+    open_alarms = await store.list_alarms(state="open", limit=ALARM_COUNT_LIMIT + 1)
     context = {
         "page": "fleet",
         "devices": page,
         "latest": latest,
+        "alarms_by_device": _by_device(open_alarms[:ALARM_COUNT_LIMIT]),
+        "open_alarms": min(len(open_alarms), ALARM_COUNT_LIMIT),
+        "open_alarms_more": len(open_alarms) > ALARM_COUNT_LIMIT,
         "next_cursor": encode_cursor(page[-1].device_id) if len(rows) > limit else None,
         "matching": await store.count_devices(
             profile=profile or None, presence=state, search=search or None, now_us=now
@@ -134,12 +147,65 @@ async def device(
             {"page": "none", "what": f"device {device_id}"},
             status_code=404,
         )
+    alarms = await store.list_alarms(state="open", device=row.device_id, limit=OPEN_ALARM_ROWS)
     context = {
         "page": "device",
         "device": row,
         "metrics": await store.device_metrics(row.device_id),
+        "alarms": _alarm_order(alarms),
     }
     return templates.TemplateResponse(request, "device.html", context)
+
+
+def _by_device(alarms: list[AlarmRow]) -> dict[str, list[str]]:
+    """Open alarm ids per device (the fleet page's badges)."""
+    found: dict[str, list[str]] = {}
+    for alarm in alarms:
+        found.setdefault(alarm.device_id, []).append(alarm.alarm_id)
+    return found
+
+
+def _alarm_order(alarms: list[AlarmRow]) -> list[AlarmRow]:
+    """Active first, then acknowledged, then cleared; newest first within each (the order
+    static/alarms.js keeps when a live frame moves a row)."""
+    return sorted(alarms, key=lambda a: (ALARM_STATE_ORDER[a.state], -a.raised_us, a.alarm_id))
+
+
+@router.get("/alarms", response_class=HTMLResponse)
+async def alarms(
+    request: Request,
+    _viewer: ViewerPage,
+    store: StoreDep,
+    state: Literal["open", "active", "acknowledged", "cleared", ""] = "",
+    device: Annotated[str | None, Query(max_length=200)] = None,
+    rule: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Open alarms first (active, then acknowledged), then recent cleared ones; filters by
+    state, device and rule; acknowledge and clear for operators (alarms.js, through the API)."""
+    device_id = _device_param(device, "device")
+    rule_id = (rule or "").strip() or None
+    if rule_id is not None and not re.fullmatch(RULE_ID_PATTERN, rule_id):
+        raise Invalid(f"rule: {rule_id!r} is not a rule id")
+    wanted: AlarmState | Literal["open"] | None = state or None
+    rows: list[AlarmRow] = []
+    if wanted in (None, "open", "active", "acknowledged"):
+        rows += await store.list_alarms(
+            state=wanted or "open", device=device_id, rule_id=rule_id, limit=OPEN_ALARM_ROWS
+        )
+    if wanted in (None, "cleared"):
+        rows += await store.list_alarms(
+            state="cleared", device=device_id, rule_id=rule_id, limit=CLEARED_ALARM_ROWS
+        )
+    filters = {"state": state, "device": device_id or "", "rule": rule_id or ""}
+    context = {
+        "page": "alarms",
+        "alarms": _alarm_order(rows),
+        "filters": filters,
+        "filtered": any(filters.values()),
+        "rules": [r.rule_id for r in await store.list_rules()],
+        "cleared_rows": CLEARED_ALARM_ROWS,
+    }
+    return templates.TemplateResponse(request, "alarms.html", context)
 
 
 @router.get("/dead-letters", response_class=HTMLResponse)

@@ -1,9 +1,12 @@
 // The device page (templates/device.html): charts drawn from the API's history, then grown by
-// live readings; presence badge and timeline; attributes; the command panel (commands.js).
+// live readings; presence badge and timeline; attributes; the command panel (commands.js); the
+// device's open alarms (alarm_rows.js), live from `alarm` frames.
 
+import { AlarmRows } from "./alarm_rows.js";
 import { CommandPanel } from "./commands.js";
 import { MetricCharts } from "./device_charts.js";
 import { US, nowUs, refreshTimes } from "./format.js";
+import { getJSON } from "./http.js";
 import { Live } from "./live.js";
 import { refreshStale, setBadge } from "./presence.js";
 import { addPoint, fitView, inView, loadRaw, loadSeries, slide } from "./series.js";
@@ -20,6 +23,15 @@ const timeline = new Timeline(
   document.getElementById("timeline"),
   document.getElementById("timeline-start"),
   document.getElementById("timeline-end"),
+);
+const alarmsEmpty = document.getElementById("alarms-empty");
+const alarms = new AlarmRows(
+  document.querySelector("#alarms tbody"),
+  document.getElementById("alarm-row"),
+  {
+    keep: (alarm) => alarm.device === deviceId && alarm.state !== "cleared",
+    onChange: () => { alarmsEmpty.hidden = alarms.rows().length > 0; },
+  },
 );
 // For tests: what each chart draws, and whether the history for the current view is drawn.
 window.fieldhub = { charts: {}, ready: false };
@@ -152,6 +164,19 @@ function onRangeClick(e) {
   load().catch((err) => { note.textContent = String(err); });
 }
 
+// Only open alarms are listed here: a cleared one leaves (the alarms page keeps the history).
+function onAlarm(alarm) {
+  if (alarm.device === deviceId) alarms.put(alarm);
+}
+
+async function resyncAlarms() {
+  const open = await getJSON(`/api/v1/alarms?state=open&device=${enc}&limit=500`);
+  const ids = new Set(open.data.map((a) => a.id));
+  for (const row of alarms.rows()) if (!ids.has(row.dataset.alarm)) row.remove();
+  for (const alarm of open.data) onAlarm(alarm);
+  alarmsEmpty.hidden = alarms.rows().length > 0;
+}
+
 function tick() {
   refreshTimes();
   refreshStale(head, presenceBadge);
@@ -166,13 +191,15 @@ const live = new Live(
     presence: onPresence,
     attributes(frame) { if (frame.device === deviceId) setAttributes(frame.attributes); },
     command(frame) { commands.frame(frame); },
+    alarm(frame) { onAlarm(frame.alarm); },
   },
   () => {
     commands.resync();
+    resyncAlarms().catch(() => {});
     return load();
   },
 );
-live.subscribe({ devices: [deviceId], events: ["readings", "presence", "devices", "commands"] });
+live.subscribe({ devices: [deviceId], events: ["readings", "presence", "devices", "commands", "alarms"] });
 commands.start();
 rangeForm.addEventListener("click", onRangeClick);
 setInterval(tick, 1000);

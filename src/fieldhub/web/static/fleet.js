@@ -1,11 +1,16 @@
 // The fleet page (templates/fleet.html): rows follow their devices' readings and presence, new
-// devices are inserted in place, the counters follow the stats frames.
+// devices are inserted in place, the counters follow the stats frames. Each row's badge counts
+// its device's open alarms (live from `alarm` frames); the open-alarm total is read from the API
+// when an alarm moves and every so often (it counts devices on other pages too).
 
 import { formatValue, nowUs, refreshTimes } from "./format.js";
 import { getJSON } from "./http.js";
 import { Live } from "./live.js";
 import { refreshStale, setBadge } from "./presence.js";
 import { toLogin } from "./session.js";
+
+const ALARM_TOTAL_MS = 15_000;
+const ALARM_TOTAL_LIMIT = 1000;
 
 const table = document.getElementById("fleet");
 const limit = Number(table.dataset.limit);
@@ -15,7 +20,7 @@ const rowOf = (id) => tbody().querySelector(`tr[data-device="${CSS.escape(id)}"]
 
 // Only the devices on this page (new ones too, and all of them again after a resync).
 function subscribe() {
-  live.subscribe({ devices: rows().map((r) => r.dataset.device), events: ["readings", "presence", "devices", "stats"] });
+  live.subscribe({ devices: rows().map((r) => r.dataset.device), events: ["readings", "presence", "devices", "stats", "alarms"] });
 }
 
 function valueCell(row, metric) {
@@ -59,6 +64,7 @@ function newRow(device) {
   link.href = `/devices/${encodeURIComponent(device.id)}`;
   link.textContent = device.id;
   row.querySelector(".profile").textContent = device.profile;
+  row.querySelector(".alarm-count").href = `/alarms?device=${encodeURIComponent(device.id)}`;
   row.querySelector("td.seen time").dataset.us = String(device.first_seen);
   return row;
 }
@@ -136,6 +142,34 @@ function onStats(frame) {
   dl.classList.toggle("warn", s.ingest.dead_letters_last_hour > 0);
 }
 
+// An alarm of a device on this page was raised, acknowledged or cleared.
+function onAlarm(frame) {
+  const alarm = frame.alarm;
+  const row = rowOf(alarm.device);
+  if (row) {
+    const badge = row.querySelector(".alarm-count");
+    const open = new Set(badge.dataset.open.split(" ").filter(Boolean));
+    if (alarm.state === "cleared") open.delete(alarm.id);
+    else open.add(alarm.id);
+    badge.dataset.open = [...open].join(" ");
+    badge.textContent = String(open.size);
+    badge.hidden = open.size === 0;
+  }
+  refreshAlarmTotal();
+}
+
+async function refreshAlarmTotal() {
+  try {
+    const page = await getJSON(`/api/v1/alarms?state=open&limit=${ALARM_TOTAL_LIMIT}`);
+    const total = document.getElementById("count-alarms");
+    const more = page.next_cursor !== null;
+    total.textContent = `${page.data.length}${more ? "+" : ""}`;
+    total.classList.toggle("warn", page.data.length > 0);
+  } catch {
+    // the next tick tries again
+  }
+}
+
 function tick() {
   refreshTimes(table);
   for (const row of rows()) refreshStale(row, row.querySelector(".badge"));
@@ -143,8 +177,9 @@ function tick() {
 
 refreshTimes();
 const live = new Live(
-  { readings: onReadings, presence: onPresence, device: (frame) => insertRow(frame.device), stats: onStats },
+  { readings: onReadings, presence: onPresence, device: (frame) => insertRow(frame.device), stats: onStats, alarm: onAlarm },
   resync,
 );
 subscribe();
 setInterval(tick, 1000);
+setInterval(refreshAlarmTotal, ALARM_TOTAL_MS);

@@ -1,0 +1,228 @@
+"""The alarms page in a real browser, against `fieldhub up` with authentication on.
+
+A threshold rule is applied through the API (admin token); a device publishes over MQTT (an
+external Mosquitto where devices publish anonymously) first a normal reading, then one above the
+threshold. An operator signed in through the login page sees the alarm appear live on /alarms,
+acknowledges it with a comment from the page and sees the row turn `acknowledged` with who and
+the comment, then clears it. A viewer watching the same page at the same time sees each move
+arrive live, and has no buttons; the fleet page's badge and the device page's open alarms
+follow the alarm too.
+
+The pages are read through their DOM contract: rows `#alarms tr[data-alarm]` with `data-state`,
+`data-device`, `data-rule`; `.acked-by`, `.ack-comment`, `.cleared-by`; `td.actions` with
+`input.comment`, `button.ack`, `button.clear` (operators only); `#nav-alarms`; the fleet row's
+`.alarm-count` and the `#count-alarms` total.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import orjson
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, expect
+
+from fieldhub.broker import MosquittoProcess
+from support.auth import new_password
+from support.browser import DESKTOP, Shoot
+from support.fieldhub_process import FieldhubProcess, wait_until
+from support.mqtt import connected_publisher, publish_all
+
+# A page loads and its WebSocket subscribes within this (see test_dashboard.py).
+PAGE_MS = 15_000
+# Reading published -> committed -> rule evaluated -> alarm frame: milliseconds on loopback;
+# the rest is headroom for a busy box.
+ALARM_MS = 15_000
+
+RULE = "e2e-cold-room"
+OPERATOR = "olga"
+VIEWER = "vic"
+COMMENT = "door was left open, closed it"
+
+
+@pytest.fixture(scope="module")
+def live_fieldhub(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoProcess
+) -> Iterator[FieldhubProcess]:
+    """`fieldhub up` with authentication on, on the session's Mosquitto (devices publish
+    anonymously there; the embedded broker would need device credentials)."""
+    fh = FieldhubProcess(
+        data_dir=tmp_path_factory.mktemp("e2e-alarms"), auth=True, mqtt_url=mosquitto.url
+    )
+    # Started from another thread: it puts the admin in the database with asyncio.run(), which
+    # refuses to run on this thread while Playwright's sync API is alive (see conftest.py).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(fh.start).result()
+    yield fh
+    fh.stop()
+
+
+@pytest.fixture(scope="module")
+def admin_api(live_fieldhub: FieldhubProcess) -> Iterator[httpx.Client]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        token = pool.submit(lambda: live_fieldhub.admin_token).result()
+    with httpx.Client(
+        base_url=live_fieldhub.base_url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10.0,
+    ) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def passwords(admin_api: httpx.Client) -> dict[str, str]:
+    """An operator and a viewer, added by the admin through the API."""
+    made = {}
+    for username, role in ((OPERATOR, "operator"), (VIEWER, "viewer")):
+        password = new_password()
+        answer = admin_api.post(
+            "/api/v1/users", json={"username": username, "password": password, "role": role}
+        )
+        assert answer.status_code in (200, 201), answer.text
+        made[username] = password
+    return made
+
+
+@pytest.fixture(scope="module")
+def device(admin_api: httpx.Client) -> str:
+    """A device id with a cold-room rule on it: above 8 °C raises, below 6 °C clears."""
+    device_id = f"e2e-fridge-{uuid.uuid4().hex[:6]}"
+    rule = {
+        "id": RULE,
+        "name": "Cold room above 8 °C",
+        "scope": {"device": device_id},
+        "condition": {"threshold": {"metric": "temperature", "above": 8.0, "clear_below": 6.0}},
+        "severity": "critical",
+        "actions": [{"alarm": {}}],
+    }
+    answer = admin_api.put(
+        f"/api/v1/rules/{RULE}",
+        content=orjson.dumps(rule),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    return device_id
+
+
+def publish_temperature(mqtt_url: str, device_id: str, value: float) -> None:
+    """One native telemetry message, QoS 1, acknowledged by the broker."""
+    publisher = connected_publisher(mqtt_url)
+    try:
+        payload = orjson.dumps({"v": 1, "ts": round(time.time() * 1000), "temperature": value})
+        publish_all(publisher, [(f"devices/{device_id}/telemetry", payload)])
+    finally:
+        publisher.stop()
+
+
+def log_in(page: Page, path: str, username: str, password: str) -> None:
+    page.goto(path)
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.locator('#login-form input[name="username"]').fill(username)
+    page.locator('#login-form input[name="password"]').fill(password)
+    page.locator('#login-form button[type="submit"]').click()
+    expect(page).to_have_url(re.compile(re.escape(path) + "$"), timeout=PAGE_MS)
+    expect(page.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
+
+
+@pytest.fixture
+def viewer_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[BrowserContext]:
+    """Another browser (its own cookies) for the viewer, watching at the same time."""
+    context = browser.new_context(base_url=live_fieldhub.base_url, viewport=DESKTOP)
+    yield context
+    context.close()
+
+
+def test_alarm_raised_acknowledged_and_cleared_live(
+    page: Page,
+    viewer_context: BrowserContext,
+    live_fieldhub: FieldhubProcess,
+    admin_api: httpx.Client,
+    passwords: dict[str, str],
+    device: str,
+    shoot: Shoot,
+) -> None:
+    mqtt_url = live_fieldhub.mqtt_url
+    assert mqtt_url is not None
+    # The device exists (a normal reading) before anyone looks, so the fleet page lists it.
+    publish_temperature(mqtt_url, device, 5.0)
+    wait_until(
+        lambda: admin_api.get(f"/api/v1/devices/{device}").status_code == 200,
+        what=f"{device} to be known",
+    )
+
+    log_in(page, "/alarms", OPERATOR, passwords[OPERATOR])
+    expect(page.locator("#nav-alarms")).to_have_attribute("aria-current", "page")
+    expect(page.locator("#alarms-empty")).to_be_visible()
+
+    viewer = viewer_context.new_page()
+    log_in(viewer, "/alarms", VIEWER, passwords[VIEWER])
+    fleet = viewer_context.new_page()
+    fleet.goto("/")
+    expect(fleet.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
+    badge = fleet.locator(f'#fleet tr[data-device="{device}"] .alarm-count')
+    expect(badge).to_be_hidden()
+
+    # Above 8 °C: the alarm appears on both open pages without a reload.
+    publish_temperature(mqtt_url, device, 9.5)
+    row = page.locator(f'#alarms tr[data-device="{device}"][data-rule="{RULE}"]')
+    expect(row).to_have_attribute("data-state", "active", timeout=ALARM_MS)
+    expect(row.locator(".severity-tag")).to_have_text("critical")
+    expect(row.locator("td.device a")).to_have_attribute("href", f"/devices/{device}")
+    expect(page.locator("#alarms-empty")).to_be_hidden()
+    viewer_row = viewer.locator(f'#alarms tr[data-device="{device}"]')
+    expect(viewer_row).to_have_attribute("data-state", "active", timeout=ALARM_MS)
+    # A viewer gets no buttons; the API would refuse them anyway.
+    expect(viewer.locator("#alarms td.actions")).to_have_count(0)
+    expect(viewer.locator("#alarms button")).to_have_count(0)
+    expect(badge).to_have_text("1", timeout=ALARM_MS)
+    shoot(page, "alarms-active")
+
+    # Acknowledged with a comment from the page: both pages show who and why.
+    row.locator("input.comment").fill(COMMENT)
+    with page.expect_response(lambda r: r.url.endswith("/acknowledge")) as answer:
+        row.locator("button.ack").click()
+    assert answer.value.status == 200, answer.value.text()
+    for watcher in (row, viewer_row):
+        expect(watcher).to_have_attribute("data-state", "acknowledged", timeout=ALARM_MS)
+        expect(watcher.locator(".acked-by")).to_have_text(OPERATOR)
+        expect(watcher.locator(".ack-comment")).to_have_text(COMMENT)
+    expect(row.locator("button.ack")).to_be_hidden()
+    expect(row.locator("button.clear")).to_be_visible()
+    # Still open: the badge stays.
+    expect(badge).to_have_text("1")
+    shoot(page, "alarms-acknowledged")
+
+    # The device page lists it among its open alarms.
+    device_page = viewer_context.new_page()
+    device_page.goto(f"/devices/{device}")
+    device_row = device_page.locator("#alarms tr[data-alarm]")
+    expect(device_row).to_have_count(1)
+    expect(device_row).to_have_attribute("data-state", "acknowledged")
+    expect(device_page.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
+
+    # Cleared by hand: cleared everywhere, the badge goes, the device page lists nothing open.
+    with page.expect_response(lambda r: r.url.endswith("/clear")) as answer:
+        row.locator("button.clear").click()
+    assert answer.value.status == 200, answer.value.text()
+    for watcher in (row, viewer_row):
+        expect(watcher).to_have_attribute("data-state", "cleared", timeout=ALARM_MS)
+        expect(watcher.locator(".cleared-by .name")).to_have_text(OPERATOR)
+    expect(row.locator("button.clear")).to_be_hidden()
+    expect(badge).to_be_hidden(timeout=ALARM_MS)
+    expect(device_row).to_have_count(0, timeout=ALARM_MS)
+    expect(device_page.locator("#alarms-empty")).to_be_visible()
+
+    # A reload reads the same from the store; the state filter narrows to cleared alarms.
+    page.goto("/alarms?state=cleared")
+    expect(page.locator(f'#alarms tr[data-device="{device}"]')).to_have_attribute(
+        "data-state", "cleared"
+    )
+    page.goto("/alarms?state=open")
+    expect(page.locator(f'#alarms tr[data-device="{device}"]')).to_have_count(0)
+    expect(page.locator("#alarms-empty")).to_be_visible()
+    shoot(page, "alarms-cleared")
