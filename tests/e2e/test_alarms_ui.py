@@ -119,14 +119,15 @@ def publish_temperature(mqtt_url: str, device_id: str, value: float) -> None:
         publisher.stop()
 
 
-def log_in(page: Page, path: str, username: str, password: str) -> None:
+def log_in(page: Page, path: str, username: str, password: str, *, live: bool = True) -> None:
     page.goto(path)
     expect(page).to_have_url(re.compile(r"/login\?next="))
     page.locator('#login-form input[name="username"]').fill(username)
     page.locator('#login-form input[name="password"]').fill(password)
     page.locator('#login-form button[type="submit"]').click()
     expect(page).to_have_url(re.compile(re.escape(path) + "$"), timeout=PAGE_MS)
-    expect(page.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
+    if live:
+        expect(page.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
 
 
 @pytest.fixture
@@ -226,3 +227,74 @@ def test_alarm_raised_acknowledged_and_cleared_live(
     expect(page.locator(f'#alarms tr[data-device="{device}"]')).to_have_count(0)
     expect(page.locator("#alarms-empty")).to_be_visible()
     shoot(page, "alarms-cleared")
+
+
+WARM_RULE = "e2e-warm-store"
+
+
+@pytest.fixture(scope="module")
+def previewed_device(live_fieldhub: FieldhubProcess, admin_api: httpx.Client) -> str:
+    """A device with two stored readings (4 °C, then 12 °C) and a disabled rule on it (so it
+    raises nothing live): its preview fires once, at the second reading."""
+    device_id = f"e2e-store-{uuid.uuid4().hex[:6]}"
+    rule = {
+        "id": WARM_RULE,
+        "name": "Store room above 10 °C",
+        "enabled": False,
+        "scope": {"device": device_id},
+        "condition": {"threshold": {"metric": "temperature", "above": 10.0, "clear_below": 7.0}},
+        "severity": "minor",
+        "actions": [{"alarm": {}}],
+    }
+    answer = admin_api.put(
+        f"/api/v1/rules/{WARM_RULE}",
+        content=orjson.dumps(rule),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    mqtt_url = live_fieldhub.mqtt_url
+    assert mqtt_url is not None
+    publish_temperature(mqtt_url, device_id, 4.0)
+    time.sleep(0.01)  # the second reading a few milliseconds later (ts is in ms)
+    publish_temperature(mqtt_url, device_id, 12.0)
+
+    def stored() -> int:
+        answer = admin_api.get(f"/api/v1/devices/{device_id}/readings")
+        return len(answer.json()["data"]) if answer.status_code == 200 else 0
+
+    wait_until(lambda: stored() >= 2, what=f"{device_id}'s readings to be stored")
+    return device_id
+
+
+def test_rule_page_draws_the_preview(
+    page: Page,
+    viewer_context: BrowserContext,
+    passwords: dict[str, str],
+    previewed_device: str,
+    shoot: Shoot,
+) -> None:
+    log_in(page, "/rules", OPERATOR, passwords[OPERATOR], live=False)
+    listed = page.locator(f'#rules tr[data-rule="{WARM_RULE}"]')
+    expect(listed).to_have_attribute("data-enabled", "0")
+    listed.locator("td.rule a").click()
+    expect(page).to_have_url(re.compile(f"/rules/{WARM_RULE}$"))
+    expect(page.locator('#preview-form input[name="device"]')).to_have_value(previewed_device)
+
+    page.locator('#preview-form button[data-range="1h"]').click()
+    page.wait_for_function("() => window.fieldhub && window.fieldhub.ready", timeout=PAGE_MS)
+    drawn = page.evaluate("() => window.fieldhub")
+    assert drawn["levels"] == {"metric": "temperature", "trigger": 10.0, "clear": 7.0}, drawn
+    spans = drawn["preview"]["spans"]
+    assert len(spans) == 1, spans
+    assert spans[0]["cleared"] is None, spans
+    expect(page.locator("#preview-spans tbody tr")).to_have_count(1)
+    expect(page.locator("#preview-chart canvas")).to_have_count(1)
+    expect(page.locator("#preview-note")).to_contain_text("1 alarm span")
+    shoot(page, "rule-preview")
+
+    # A viewer reads the document and gets no preview controls.
+    viewer = viewer_context.new_page()
+    log_in(viewer, f"/rules/{WARM_RULE}", VIEWER, passwords[VIEWER], live=False)
+    expect(viewer.locator("#preview-not-allowed")).to_be_visible()
+    expect(viewer.locator("#preview-form")).to_have_count(0)
+    expect(viewer.locator("#rule-document-view")).to_contain_text(previewed_device)

@@ -208,6 +208,66 @@ async def alarms(
     return templates.TemplateResponse(request, "alarms.html", context)
 
 
+def _first_device(scope: object) -> str:
+    """The device a rule page previews first: the scope's own device (or its first listed),
+    else none (the page asks for one)."""
+    if not isinstance(scope, dict):
+        return ""
+    if isinstance(scope.get("device"), str):
+        return str(scope["device"])
+    devices = scope.get("devices")
+    if isinstance(devices, list) and devices and isinstance(devices[0], str):
+        return devices[0]
+    return ""
+
+
+@router.get("/rules", response_class=HTMLResponse)
+async def rules(request: Request, _viewer: ViewerPage, store: StoreDep) -> Response:
+    """Every rule's current version: enabled, severity, scope and condition at a glance."""
+    rows = await store.list_rules()
+    context = {
+        "page": "rules",
+        "rules": [(row, _compact(row.document.get("condition"))) for row in rows],
+        "scopes": {row.rule_id: _compact(row.document.get("scope")) for row in rows},
+    }
+    return templates.TemplateResponse(request, "rules.html", context)
+
+
+@router.get("/rules/{rule_id}", response_class=HTMLResponse)
+async def rule(
+    request: Request,
+    _viewer: ViewerPage,
+    store: StoreDep,
+    rule_id: str,
+    device: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """One rule: its document (admins edit it), its alarms, and its preview drawn on the
+    metric's chart (operators; rule.js through POST /api/v1/rules/preview)."""
+    row = await store.get_rule(rule_id) if re.fullmatch(RULE_ID_PATTERN, rule_id) else None
+    if row is None or row.deleted_us is not None:
+        return templates.TemplateResponse(
+            request,
+            "not_found.html",
+            {"page": "none", "what": f"rule {rule_id}"},
+            status_code=404,
+        )
+    device_id = _device_param(device, "device") or _first_device(row.document.get("scope"))
+    context = {
+        "page": "rules",
+        "rule": row,
+        "document": json.dumps(row.document, indent=2, ensure_ascii=False),
+        "device": device_id,
+        "alarms": _alarm_order(
+            await store.list_alarms(state="open", rule_id=row.rule_id, limit=OPEN_ALARM_ROWS)
+        ),
+    }
+    return templates.TemplateResponse(request, "rule.html", context)
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": ")) if value else ""
+
+
 @router.get("/dead-letters", response_class=HTMLResponse)
 async def dead_letters(
     request: Request,
