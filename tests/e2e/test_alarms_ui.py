@@ -28,7 +28,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from fieldhub.broker import MosquittoProcess
-from support.auth import new_password
+from support.auth import ADMIN_USERNAME, new_password
 from support.browser import DESKTOP, Shoot
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import connected_publisher, publish_all
@@ -98,7 +98,11 @@ def device(admin_api: httpx.Client) -> str:
         "scope": {"device": device_id},
         "condition": {"threshold": {"metric": "temperature", "above": 8.0, "clear_below": 6.0}},
         "severity": "critical",
-        "actions": [{"alarm": {}}],
+        # The MQTT publish is logged in the notification log (the admin's page shows it).
+        "actions": [
+            {"alarm": {}},
+            {"mqtt": {"topic": "e2e/alarms/$device_id", "payload": "$value"}},
+        ],
     }
     answer = admin_api.put(
         f"/api/v1/rules/{RULE}",
@@ -131,6 +135,14 @@ def log_in(page: Page, path: str, username: str, password: str, *, live: bool = 
 
 
 @pytest.fixture
+def admin_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[BrowserContext]:
+    """A third browser, for the admin."""
+    context = browser.new_context(base_url=live_fieldhub.base_url, viewport=DESKTOP)
+    yield context
+    context.close()
+
+
+@pytest.fixture
 def viewer_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[BrowserContext]:
     """Another browser (its own cookies) for the viewer, watching at the same time."""
     context = browser.new_context(base_url=live_fieldhub.base_url, viewport=DESKTOP)
@@ -141,6 +153,7 @@ def viewer_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator
 def test_alarm_raised_acknowledged_and_cleared_live(
     page: Page,
     viewer_context: BrowserContext,
+    admin_context: BrowserContext,
     live_fieldhub: FieldhubProcess,
     admin_api: httpx.Client,
     passwords: dict[str, str],
@@ -228,6 +241,19 @@ def test_alarm_raised_acknowledged_and_cleared_live(
     expect(page.locator("#alarms-empty")).to_be_visible()
     shoot(page, "alarms-cleared")
 
+    # The fire's MQTT publish is in the notification log, which only an admin may read.
+    response = viewer.goto("/notifications")
+    assert response is not None
+    assert response.status == 403
+    admin = admin_context.new_page()
+    admin_password = live_fieldhub.admin_password
+    assert admin_password is not None
+    log_in(admin, "/notifications", ADMIN_USERNAME, admin_password, live=False)
+    logged = admin.locator(f'#notifications tr[data-rule="{RULE}"][data-kind="mqtt"]')
+    expect(logged).to_have_count(1)
+    expect(logged.locator("td.target")).to_have_text(f"e2e/alarms/{device}")
+    shoot(admin, "notifications")
+
 
 WARM_RULE = "e2e-warm-store"
 
@@ -269,6 +295,8 @@ def previewed_device(live_fieldhub: FieldhubProcess, admin_api: httpx.Client) ->
 def test_rule_page_draws_the_preview(
     page: Page,
     viewer_context: BrowserContext,
+    admin_context: BrowserContext,
+    live_fieldhub: FieldhubProcess,
     passwords: dict[str, str],
     previewed_device: str,
     shoot: Shoot,
@@ -298,3 +326,19 @@ def test_rule_page_draws_the_preview(
     expect(viewer.locator("#preview-not-allowed")).to_be_visible()
     expect(viewer.locator("#preview-form")).to_have_count(0)
     expect(viewer.locator("#rule-document-view")).to_contain_text(previewed_device)
+    expect(viewer.locator("#rule-save")).to_have_count(0)
+
+    # An operator may try edits in the preview but not save them; an admin saves a new version.
+    expect(page.locator("#rule-save")).to_have_count(0)
+    admin = admin_context.new_page()
+    admin_password = live_fieldhub.admin_password
+    assert admin_password is not None
+    log_in(admin, f"/rules/{WARM_RULE}", ADMIN_USERNAME, admin_password, live=False)
+    text = admin.locator("#rule-document")
+    text.fill(text.input_value().replace('"above": 10.0', '"above": 13.0'))
+    admin.locator("#rule-save").click()
+    expect(admin.locator("#rule-version")).to_contain_text("version 2", timeout=PAGE_MS)
+    admin.locator('#preview-form button[data-range="1h"]').click()
+    admin.wait_for_function("() => window.fieldhub && window.fieldhub.ready", timeout=PAGE_MS)
+    # 12 °C is not above 13 °C: no alarm now.
+    assert admin.evaluate("() => window.fieldhub.preview.spans.length") == 0

@@ -40,6 +40,7 @@ router = APIRouter(include_in_schema=False)
 FLEET_PAGE_ROWS = 50
 DEAD_LETTER_PAGE_ROWS = 50
 AUDIT_PAGE_ROWS = 50
+NOTIFICATION_PAGE_ROWS = 50
 # The alarms page: every open alarm up to this many, then the most recent cleared ones.
 OPEN_ALARM_ROWS = 500
 CLEARED_ALARM_ROWS = 50
@@ -335,6 +336,40 @@ async def audit(
         "actions": AUDIT_ACTIONS,
     }
     return templates.TemplateResponse(request, "audit.html", context)
+
+
+@router.get("/notifications", response_class=HTMLResponse)
+async def notifications(
+    request: Request,
+    _admin: AdminPage,
+    store: StoreDep,
+    rule: Annotated[str | None, Query(max_length=64)] = None,
+    alarm: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The notification log: every delivery attempt of the rules' webhooks, e-mails, MQTT
+    publishes and commands, newest first; admins only (targets are who gets paged)."""
+    before = decode_cursor(cursor, int)[0] if cursor else None
+    rule_id = (rule or "").strip() or None
+    if rule_id is not None and not re.fullmatch(RULE_ID_PATTERN, rule_id):
+        raise Invalid(f"rule: {rule_id!r} is not a rule id")
+    alarm_id = (alarm or "").strip() or None
+    rows = await store.list_notification_log(
+        limit=NOTIFICATION_PAGE_ROWS + 1, before_seq=before, rule_id=rule_id, alarm_id=alarm_id
+    )
+    page = rows[:NOTIFICATION_PAGE_ROWS]
+    filters = {k: v for k, v in (("rule", rule_id), ("alarm", alarm_id)) if v}
+    next_cursor = encode_cursor(page[-1].seq) if len(rows) > NOTIFICATION_PAGE_ROWS else None
+    context = {
+        "page": "notifications",
+        "entries": [(row, _detail_text(row.detail)) for row in page],
+        "filters": {"rule": rule_id or "", "alarm": alarm_id or ""},
+        "filtered": bool(filters),
+        "query": urlencode(filters),
+        "next_query": urlencode({**filters, "cursor": next_cursor}) if next_cursor else None,
+        "first_page": cursor is None,
+    }
+    return templates.TemplateResponse(request, "notifications.html", context)
 
 
 def _detail_text(detail: dict[str, object]) -> str:
