@@ -134,6 +134,12 @@ def log_in(page: Page, path: str, username: str, password: str, *, live: bool = 
         expect(page.locator("body")).to_have_attribute("data-live", "connected", timeout=PAGE_MS)
 
 
+def rule_page_ready(page: Page) -> None:
+    """rule.js has run (its handlers are on the form and the save button): a click before that
+    would submit the form as a plain GET."""
+    page.wait_for_function("() => window.fieldhub !== undefined", timeout=PAGE_MS)
+
+
 @pytest.fixture
 def admin_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[BrowserContext]:
     """A third browser, for the admin."""
@@ -307,6 +313,7 @@ def test_rule_page_draws_the_preview(
     listed.locator("td.rule a").click()
     expect(page).to_have_url(re.compile(f"/rules/{WARM_RULE}$"))
     expect(page.locator('#preview-form input[name="device"]')).to_have_value(previewed_device)
+    rule_page_ready(page)
 
     page.locator('#preview-form button[data-range="1h"]').click()
     page.wait_for_function("() => window.fieldhub && window.fieldhub.ready", timeout=PAGE_MS)
@@ -334,10 +341,12 @@ def test_rule_page_draws_the_preview(
     admin_password = live_fieldhub.admin_password
     assert admin_password is not None
     log_in(admin, f"/rules/{WARM_RULE}", ADMIN_USERNAME, admin_password, live=False)
+    rule_page_ready(admin)
     text = admin.locator("#rule-document")
     text.fill(text.input_value().replace('"above": 10.0', '"above": 13.0'))
     admin.locator("#rule-save").click()
     expect(admin.locator("#rule-version")).to_contain_text("version 2", timeout=PAGE_MS)
+    rule_page_ready(admin)  # the reloaded page's module
     admin.locator('#preview-form button[data-range="1h"]').click()
     admin.wait_for_function("() => window.fieldhub && window.fieldhub.ready", timeout=PAGE_MS)
     # 12 °C is not above 13 °C: no alarm now.
