@@ -9,12 +9,11 @@ revoke it along with its maker.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from fieldhub.broker import MosquittoProcess
 from fieldhub.mqtt.endpoint import parse_mqtt_url
-from integration.test_api_contract import EXAMPLES_PER_OPERATION, MAX_RESPONSE_S, SCHEMATHESIS
+from integration.test_api_contract import run_schemathesis
 from support.auth import add_token
 from support.fieldhub_process import FieldhubProcess
 from support.sim_devices import SimDevice
@@ -31,32 +30,11 @@ def test_api_conforms_to_its_openapi_with_auth_on(
     device = SimDevice(endpoint=parse_mqtt_url(mosquitto.url), device_id="contract-a1", seed=1)
     device.start()
     device.publish()
-    result = subprocess.run(
-        [
-            str(SCHEMATHESIS),
-            "run",
-            f"{fh.base_url}/openapi.json",
-            "--header",
-            f"Authorization: Bearer {token}",
-            "--checks",
-            "all",
-            "--exclude-checks",
-            "positive_data_acceptance,negative_data_rejection",
-            "--max-response-time",
-            str(MAX_RESPONSE_S),
-            "--request-timeout",
-            str(MAX_RESPONSE_S + 5),
-            "--max-examples",
-            str(EXAMPLES_PER_OPERATION),
-            "--seed",
-            "1",
-            "--report-dir",
-            str(tmp_path / "schemathesis"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_schemathesis(
+        fh.base_url,
+        tmp_path,
+        exclude="positive_data_acceptance,negative_data_rejection",
+        headers=(f"Authorization: Bearer {token}",),
     )
     device.stop()
     assert fh.stop() == 0
