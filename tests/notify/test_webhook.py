@@ -165,7 +165,7 @@ async def test_a_refused_connection_is_retried_eight_times_then_fails(
     assert [d.attempt for d in delivery_log.records] == list(range(1, 9))
     assert [d.outcome for d in delivery_log.records] == ["retrying"] * 7 + ["failed"]
     assert all(d.status is None and d.error for d in delivery_log.records)
-    assert "ConnectError" in (delivery_log.records[0].error or "")
+    assert "ClientConnectorError" in (delivery_log.records[0].error or "")
     policy = RetryPolicy()
     assert len(instant_time.slept) == 7
     for attempt, delay in enumerate(instant_time.slept, start=1):

@@ -419,6 +419,8 @@ async def test_a_fired_alarm_posts_a_signed_webhook_repeats_hourly_and_escalates
         assert body["payload"]["device_id"] == FRIDGE
         assert body["payload"]["event"] == "fire"
         assert body["payload"]["value"] == 9.0
+        # A reading's edge says when fieldhub stored that reading; a timer's says nothing.
+        assert isinstance(body["payload"]["stored_us"], int)
 
         # An hour after it was raised: a repeat; two hours: the second repeat and the escalation.
         await asyncio.sleep(0.05)  # the digest window of the first closes: each goes alone
@@ -433,6 +435,7 @@ async def test_a_fired_alarm_posts_a_signed_webhook_repeats_hourly_and_escalates
         assert paths == ["/boss", "/ops", "/ops", "/ops"]
         escalation = next(r for r in hook_server.requests if r.path == "/boss")
         assert json.loads(escalation.body)["payload"]["event"] == "escalate"
+        assert json.loads(escalation.body)["payload"]["stored_us"] is None
         row = await store.get_alarm(raised.alarm_id)
         assert row is not None
         assert row.notifications == 4

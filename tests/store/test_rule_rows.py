@@ -356,6 +356,42 @@ async def test_one_open_alarm_per_rule_and_device(store: Store) -> None:
     assert sorted(a.alarm_id for a in open_now) == [uuid(3), uuid(4), uuid(6)]
 
 
+async def test_an_engines_raises_and_clears_are_stored_in_order_in_one_call(
+    store: Store,
+) -> None:
+    """The rule engine's batch: raise, clear and raise again for one pair, a raise for a pair
+    that is already open (refused: None) and a clear of an alarm already cleared (None)."""
+
+    def cleared(row: AlarmRow, at_us: int) -> AlarmRow:
+        return replace(row, state="cleared", cleared_us=at_us, cleared_by="rule:cold-room-high")
+
+    already = await store.open_alarm(alarm(uuid(9), device="dev-9"))
+    assert already is not None
+    first, second = alarm(uuid(1)), alarm(uuid(2), raised_us=T0 + 2 * S)
+    notified = replace(first, last_notified_us=T0 + 1, notifications=1)
+    stored = await store.record_alarm_changes(
+        [
+            notified,
+            cleared(first, T0 + S),
+            second,
+            alarm(uuid(3), device="dev-9"),
+            cleared(first, T0 + 3 * S),
+        ]
+    )
+    assert stored == [notified, cleared(notified, T0 + S), second, None, None]
+    assert await store.get_alarm(uuid(3)) is None
+    open_now = await store.list_alarms(state="open", limit=10)
+    assert sorted(a.alarm_id for a in open_now) == [uuid(2), uuid(9)]
+    events = await store.alarm_events(uuid(1))
+    assert [(e.state, e.at_us, e.actor) for e in events] == [
+        ("active", T0, "rule:cold-room-high"),
+        ("cleared", T0 + S, "rule:cold-room-high"),
+    ]
+    assert await store.record_alarm_changes([]) == []
+    with pytest.raises(ValueError, match="not a raise or a clear"):
+        await store.record_alarm_changes([replace(first, state="acknowledged")])
+
+
 async def test_an_alarm_is_stored_as_raised_whatever_the_row_says(store: Store) -> None:
     given = replace(
         alarm(uuid(1)),
@@ -608,6 +644,14 @@ async def test_notification_log_appends_and_pages_newest_first(
     seq = await store.append_notification_log(note(99))
     assert seq > max(entries)
     assert (await store.list_notification_log(limit=1))[0] == logged(seq, note(99))
+    # Several in one transaction: in order, seqs ascending.
+    seqs = await store.append_notification_logs([note(100), note(101), note(102)])
+    assert seqs == sorted(seqs)
+    assert seqs[0] > seq
+    assert await store.list_notification_log(limit=3) == [
+        logged(s, note(n)) for s, n in zip(reversed(seqs), (102, 101, 100), strict=True)
+    ]
+    assert await store.append_notification_logs([]) == []
 
 
 # -- schema --------------------------------------------------------------------------------------

@@ -40,6 +40,3 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # httpx logs every request's full URL at INFO; a webhook URL may carry a token in its query
-    # string, and fieldhub's own notification log already records each delivery (redacted).
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

@@ -3,7 +3,12 @@
 `AlarmBook` raises, acknowledges and clears alarms in the store (which decides: one open alarm
 per rule and device, the transition table) and publishes `AlarmChanged` for every transition
 the store accepted. It keeps the open alarms in memory, because every tick asks which of them
-are due a repeat or an escalation.
+are due a repeat or an escalation, and because the engine decides a batch's raises and clears
+from it (`plan_raise`, `plan_clear`) before they are stored together (`record`): a webhook is
+handed on without waiting for the database. The engine is the only writer of its rules' alarms
+in a fieldhub process, so memory and store agree; where the store refuses a planned change
+(another fieldhub process on the same database raised the pair first), the book re-reads the
+open alarms.
 
 `NotificationLog` takes the dispatcher's delivery records (a synchronous callback on the event
 loop) and the engine's own outcomes (commands, MQTT publishes) into a bounded queue that one
@@ -17,6 +22,8 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -33,6 +40,8 @@ log = logging.getLogger("fieldhub.rules")
 PAGE = 1_000
 # Log entries waiting for the store; past this the oldest go (counted).
 MAX_LOG_QUEUE = 10_000
+# Log entries written per transaction.
+MAX_LOG_BATCH = 500
 # Notification keys remembered to name their alarm in the log (the oldest forgotten first).
 MAX_KEYS = 100_000
 
@@ -76,39 +85,60 @@ class AlarmBook:
         self._bus.publish(AlarmChanged(row))
         return row
 
-    async def raise_alarm(
+    def plan_raise(
         self, rule_id: str, device_id: str, severity: str, at_us: int
     ) -> AlarmRow | None:
-        """Raise the pair's alarm at `at_us`; None when one is already open (after a restart, or
-        a concurrent raise): it was raised, and notified, before."""
-        row = await self._store.open_alarm(
-            AlarmRow(
-                alarm_id=str(uuid.uuid4()),
-                rule_id=rule_id,
-                device_id=device_id,
-                severity=severity,
-                state="active",
-                raised_us=at_us,
-            )
-        )
-        if row is None:
+        """The pair's new alarm, open in memory at once (`record` stores it); None when one is
+        already open (after a restart too): it was raised, and notified, before."""
+        key = (rule_id, device_id)
+        if key in self.open:
             return None
-        return self._changed(row)
+        row = self.open[key] = AlarmRow(
+            alarm_id=str(uuid.uuid4()),
+            rule_id=rule_id,
+            device_id=device_id,
+            severity=severity,
+            state="active",
+            raised_us=at_us,
+        )
+        return row
 
-    async def clear_pair(self, rule_id: str, device_id: str, at_us: int) -> AlarmRow | None:
-        """Clear the pair's open alarm (the condition cleared), acting as the rule; None when
-        none is open (someone cleared it by hand)."""
-        row = self.open.get((rule_id, device_id))
+    def planned_notified(self, row: AlarmRow, at_us: int) -> AlarmRow:
+        """A planned raise, its notification handed on at `at_us` (stored with it)."""
+        notified = replace(row, last_notified_us=at_us, notifications=row.notifications + 1)
+        key = (row.rule_id, row.device_id)
+        if self.open.get(key) is row:
+            self.open[key] = notified
+        return notified
+
+    def plan_clear(self, rule_id: str, device_id: str, at_us: int) -> AlarmRow | None:
+        """The pair's open alarm cleared by the rule, closed in memory at once (`record` stores
+        it); None when none is open (someone cleared it by hand)."""
+        row = self.open.pop((rule_id, device_id), None)
         if row is None:
             return None
-        moved = await self._store.transition_alarm(
-            row.alarm_id, "cleared", at_us, rule_actor(rule_id), None
-        )
-        if moved is None:
-            # Cleared meanwhile by someone else (another process): forget it.
-            self.open.pop((rule_id, device_id), None)
-            return None
-        return self._changed(moved)
+        return replace(row, state="cleared", cleared_us=at_us, cleared_by=rule_actor(rule_id))
+
+    async def record(self, changes: Sequence[AlarmRow]) -> None:
+        """Store planned raises and clears in one transaction and publish the accepted ones. A
+        refusal, or a store error, re-reads the open alarms (the store is the truth)."""
+        if not changes:
+            return
+        try:
+            stored = await self._store.record_alarm_changes(changes)
+        except Exception:
+            log.exception("rules: storing %d alarm changes failed; re-reading alarms", len(changes))
+            await self.load()
+            return
+        refused = 0
+        for row in stored:
+            if row is None:
+                refused += 1
+            else:
+                self._changed(row)
+        if refused:
+            log.info("rules: the store refused %d alarm changes; re-reading alarms", refused)
+            await self.load()
 
     async def move(
         self, alarm_id: str, state: AlarmState, *, actor: str, comment: str | None
@@ -229,14 +259,15 @@ class NotificationLog:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write what is queued now."""
+        """Write what is queued now, at most MAX_LOG_BATCH entries a transaction (one a
+        notification would be a transaction each while a fleet's alarms fire)."""
         while self._queue:
-            entry = self._queue.popleft()
+            batch = [self._queue.popleft() for _ in range(min(MAX_LOG_BATCH, len(self._queue)))]
             try:
-                await self._store.append_notification_log(entry)
+                await self._store.append_notification_logs(batch)
             except Exception:
-                self.failed_writes.inc()
-                log.exception("could not store a notification log entry (%s)", entry.kind)
+                self.failed_writes.inc(len(batch))
+                log.exception("could not store %d notification log entries", len(batch))
         self._idle.set()
 
     async def wait_idle(self) -> None:

@@ -450,6 +450,12 @@ class Store(abc.ABC):
         unknown or the move is not allowed from its stored state (nothing changes)."""
 
     @abc.abstractmethod
+    async def record_alarm_changes(self, changes: Sequence[AlarmRow]) -> list[AlarmRow | None]:
+        """A rule engine's raises (`active` rows) and clears (`cleared` rows, with
+        `cleared_us` and `cleared_by`) in order, in one transaction, each as `open_alarm` or
+        `transition_alarm` would store it; returns each one's stored row or None (refused)."""
+
+    @abc.abstractmethod
     async def get_alarm(self, alarm_id: str) -> AlarmRow | None:
         """One alarm by id."""
 
@@ -482,6 +488,10 @@ class Store(abc.ABC):
     async def append_notification_log(self, entry: NotificationEntry) -> int:
         """Append a delivery attempt to the notification log; returns its seq (ascending,
         never reused)."""
+
+    @abc.abstractmethod
+    async def append_notification_logs(self, entries: Sequence[NotificationEntry]) -> list[int]:
+        """Append several entries in order in one transaction; returns their seqs."""
 
     @abc.abstractmethod
     async def list_notification_log(

@@ -457,6 +457,12 @@ class SqlStore(Store):
             rule_rows.transition_alarm(self.dialect, alarm_id, state, at_us, actor, comment)
         )
 
+    async def record_alarm_changes(self, changes: Sequence[AlarmRow]) -> list[AlarmRow | None]:
+        """Raises and clears in one transaction."""
+        if not changes:
+            return []
+        return await self._write(rule_rows.record_alarm_changes(self.dialect, changes))
+
     async def get_alarm(self, alarm_id: str) -> AlarmRow | None:
         """One alarm."""
         return await self._read(rule_rows.get_alarm(self.dialect, alarm_id))
@@ -495,6 +501,12 @@ class SqlStore(Store):
     async def append_notification_log(self, entry: NotificationEntry) -> int:
         """Append to the notification log."""
         return await self._write(rule_rows.append_notification_log(self.dialect, entry))
+
+    async def append_notification_logs(self, entries: Sequence[NotificationEntry]) -> list[int]:
+        """Append several entries in one transaction."""
+        if not entries:
+            return []
+        return await self._write(rule_rows.append_notification_logs(self.dialect, entries))
 
     async def list_notification_log(
         self,

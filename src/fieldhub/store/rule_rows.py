@@ -263,6 +263,28 @@ def transition_alarm(
     return _alarm(rows[0])
 
 
+def record_alarm_changes(d: Dialect, changes: Sequence[AlarmRow]) -> Script[list[AlarmRow | None]]:
+    """Store a rule engine's alarm changes in order in one transaction: an `active` row is a
+    raise (`open_alarm`), a `cleared` row a clear by its `cleared_by` at its `cleared_us`
+    (`transition_alarm`). Returns each change's stored row, or None where the store refused it
+    (already open; already cleared), as the single calls would."""
+    stored: list[AlarmRow | None] = []
+    for row in changes:
+        if row.state == "active":
+            stored.append((yield from open_alarm(d, row)))
+        elif row.state == "cleared" and row.cleared_us is not None and row.cleared_by:
+            stored.append(
+                (
+                    yield from transition_alarm(
+                        d, row.alarm_id, "cleared", row.cleared_us, row.cleared_by, None
+                    )
+                )
+            )
+        else:
+            raise ValueError(f"alarm {row.alarm_id}: not a raise or a clear ({row.state})")
+    return stored
+
+
 def get_alarm(d: Dialect, alarm_id: str) -> Script[AlarmRow | None]:
     rows = yield Query(
         f"SELECT {ALARM_COLUMNS} FROM alarms WHERE alarm_id = {d.mark(1)}", (alarm_id,)
@@ -333,6 +355,14 @@ def mark_notified(
 # -- notification log --------------------------------------------------------------------------
 
 NOTIFICATION_COLUMNS = "seq, at_us, rule_id, alarm_id, kind, target, outcome, attempt, detail"
+
+
+def append_notification_logs(d: Dialect, entries: Sequence[NotificationEntry]) -> Script[list[int]]:
+    """Append several entries in order (one transaction); returns their seqs."""
+    seqs: list[int] = []
+    for entry in entries:
+        seqs.append((yield from append_notification_log(d, entry)))
+    return seqs
 
 
 def append_notification_log(d: Dialect, entry: NotificationEntry) -> Script[int]:
