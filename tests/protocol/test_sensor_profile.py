@@ -150,7 +150,7 @@ def test_window_control_is_the_actuator_state_with_its_confidence() -> None:
         "timestamp": device_s,
         "position": 75,
         "confidence": 0.92,
-        "features_used": ["temperature", "humidity", "sound_volume"],
+        "features_used": {"temperature": 25.5, "humidity": 61.0, "sound_volume": -40.0},
     }
     result = decoded("window/esp32_001/control", control)
     assert (result.device_id, result.channel) == ("esp32_001", "actuator")
@@ -159,8 +159,11 @@ def test_window_control_is_the_actuator_state_with_its_confidence() -> None:
         Reading("window_confidence", ts, 0.92),
         Reading("window_position", ts, 75.0),
     ]
-    assert result.attributes["device_id"] == "esp32_001"
-    assert result.attributes["features_used.0"] == "temperature"
+    assert result.attributes == {"device_id": "esp32_001"}
+    # Its features are the device's own readings again: never stored as readings of the order.
+    for features_used in (["temperature"], {"temperature": 1.0}, "x", None):
+        again = decoded("window/esp32_001/control", {**control, "features_used": features_used})
+        assert sorted(again.readings) == sorted(result.readings)
 
 
 def test_inference_requests_are_not_stored_again() -> None:

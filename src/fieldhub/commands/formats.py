@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fieldhub.clock import US_PER_S
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.protocol.messages import Decoded
+from fieldhub.protocol.timestamps import format_us
 from fieldhub_node.commands import MAX_COMMAND_BYTES as NATIVE_MAX_COMMAND_BYTES
 from fieldhub_node.config import MAX_INTERVAL_S, MIN_INTERVAL_S
 
@@ -54,6 +55,19 @@ class WindowParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     position: Percent
+
+
+class SensorWindowParams(BaseModel):
+    """The window-control stack's control message: `position` percent open, with the decision's
+    `confidence` and the feature values it used (fieldhub's ML loop fills both; a person's
+    command is certain and used none)."""
+
+    model_config = ConfigDict(extra="forbid")
+    position: Percent
+    confidence: Annotated[float, Field(ge=0, le=1, strict=True)] = 1.0
+    features_used: dict[Annotated[str, Field(max_length=32)], float] = Field(
+        default_factory=dict, max_length=8
+    )
 
 
 class IntervalParams(BaseModel):
@@ -656,13 +670,16 @@ def _iot_node(outgoing: Outgoing) -> dict[str, Any]:
 
 
 def _sensor(outgoing: Outgoing) -> dict[str, Any]:
-    # The ML service's control message, as an operator's order: certain, and no features.
+    # The ML service's control message (the backbone's models.InferenceResponse): `timestamp`
+    # RFC 3339 for Go's time.Time, and `features_used` an object (Go decodes it into a map: a
+    # list makes the backbone drop the whole message).
+    params = outgoing.params
     return {
         "device_id": outgoing.topic_id,
-        "timestamp": outgoing.at_us // US_PER_S,
-        "position": outgoing.params["position"],
-        "confidence": 1.0,
-        "features_used": ["manual"],
+        "timestamp": format_us(outgoing.at_us),
+        "position": params["position"],
+        "confidence": params.get("confidence", 1.0),
+        "features_used": dict(params.get("features_used") or {}),
     }
 
 
@@ -712,7 +729,11 @@ SENSOR = CommandFormat(
     name="sensor",
     topic_pattern="window/{id}/control",
     commands=MappingProxyType(
-        {"set_window": CommandSpec("set_window", "Move the window (percent open)", WindowParams)}
+        {
+            "set_window": CommandSpec(
+                "set_window", "Move the window (percent open)", SensorWindowParams
+            )
+        }
     ),
     encode_payload=_sensor,
     expectation=lambda name, params, state: NextMessage(),

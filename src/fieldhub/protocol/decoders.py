@@ -412,6 +412,21 @@ def decode_command_ack(payload: bytes, ctx: DecodeContext) -> CommandReply:
     )
 
 
+def decode_window_control(payload: bytes, ctx: DecodeContext) -> Decoded:
+    """The window-control stack's ML order (`window/{id}/control`): its position and confidence
+    are the window's state. `features_used` is left out: it repeats the decision's inputs (window
+    means the device's own readings already gave), which stored again would be readings the
+    device never made, at the order's time."""
+    data = parse_json(payload)
+    if not isinstance(data, dict):
+        raise PayloadError(
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is a JSON {type(data).__name__}, expected an object",
+        )
+    data.pop("features_used", None)
+    return _telemetry(data, ctx)
+
+
 def decode_ignore(payload: bytes, ctx: DecodeContext) -> Ignored:
     """Topics fieldhub publishes itself or that a later feature consumes."""
     return Ignored(ctx.route.channel)
@@ -428,5 +443,6 @@ DECODERS: Mapping[str, Decoder] = {
     "number_text": decode_number_text,
     "sound_level": decode_sound_level,
     "command_ack": decode_command_ack,
+    "window_control": decode_window_control,
     "ignore": decode_ignore,
 }

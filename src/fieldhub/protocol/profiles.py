@@ -200,7 +200,7 @@ SENSOR = Profile(
         ),
         # The ML service's order to the window motor: the position it commands is the actuator's
         # state (the firmware obeys without an echo), kept with the model's confidence.
-        Route("window/+/control", "actuator", "json_telemetry", from_device=False),
+        Route("window/+/control", "actuator", "window_control", from_device=False),
         # The stack's backend asks its ML service for a decision with readings fieldhub already
         # stores from the sensor topics; observing them again would duplicate them.
         Route("ml/inference/request/+", "ml_request", "ignore"),

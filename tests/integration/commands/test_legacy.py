@@ -11,9 +11,11 @@ publish only when the test says, so the test decides when the device's next repo
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from contextlib import ExitStack
+from datetime import datetime
 
 import orjson
 import pytest
@@ -528,9 +530,12 @@ def test_window_sensor_set_window_succeeds_on_the_next_reading(
         "timestamp": payload["timestamp"],
         "position": 30,
         "confidence": 1.0,
-        "features_used": ["manual"],
+        "features_used": {},
     }
-    assert around_now(payload["timestamp"])
+    # The backbone decodes it into models.InferenceResponse: Go's time.Time needs RFC 3339, and
+    # features_used a JSON object (its map[string]interface{}).
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", payload["timestamp"])
+    assert around_now(int(datetime.fromisoformat(payload["timestamp"]).timestamp()))
     # fieldhub also reads the control topic (the stack's ML service publishes there): its own
     # command must not count as the device's next message.
     wait_until(
