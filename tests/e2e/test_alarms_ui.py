@@ -305,6 +305,7 @@ def test_rule_page_draws_the_preview(
     live_fieldhub: FieldhubProcess,
     passwords: dict[str, str],
     previewed_device: str,
+    admin_api: httpx.Client,
     shoot: Shoot,
 ) -> None:
     log_in(page, "/rules", OPERATOR, passwords[OPERATOR], live=False)
@@ -334,9 +335,11 @@ def test_rule_page_draws_the_preview(
     expect(viewer.locator("#preview-form")).to_have_count(0)
     expect(viewer.locator("#rule-document-view")).to_contain_text(previewed_device)
     expect(viewer.locator("#rule-save")).to_have_count(0)
+    expect(viewer.locator("#rule-toggle")).to_have_count(0)
 
     # An operator may try edits in the preview but not save them; an admin saves a new version.
     expect(page.locator("#rule-save")).to_have_count(0)
+    expect(page.locator("#rule-toggle")).to_have_count(0)
     admin = admin_context.new_page()
     admin_password = live_fieldhub.admin_password
     assert admin_password is not None
@@ -351,3 +354,14 @@ def test_rule_page_draws_the_preview(
     admin.wait_for_function("() => window.fieldhub && window.fieldhub.ready", timeout=PAGE_MS)
     # 12 °C is not above 13 °C: no alarm now.
     assert admin.evaluate("() => window.fieldhub.preview.spans.length") == 0
+
+    # The admin enables the rule from the page: a new version, enabled, and the engine runs it.
+    toggle = admin.locator("#rule-toggle")
+    expect(toggle).to_have_text("Enable")
+    toggle.click()
+    expect(admin.locator("#rule-enabled")).to_have_text("enabled", timeout=PAGE_MS)
+    expect(admin.locator("#rule-version")).to_contain_text("version 3")
+    expect(admin.locator("#rule-toggle")).to_have_text("Disable")
+    current = admin_api.get(f"/api/v1/rules/{WARM_RULE}").json()
+    assert current["enabled"] is True, current
+    assert current["version"] == 3, current

@@ -1,7 +1,8 @@
 // The rule page (templates/rule.html): the preview of the document in the text box (operators)
 // drawn on the metric's chart — readings, the trigger level (dashed) and the clear level
 // (dotted) with the band between them, the alarm spans shaded — through the same evaluation as
-// the live engine (POST /api/v1/rules/preview); admins save the text as the rule's next version.
+// the live engine (POST /api/v1/rules/preview); admins save the text as the rule's next version
+// and enable or disable the rule (each a new version; disabling clears its open alarms).
 
 import { lineChart } from "./charts.js";
 import { US, isoOf, nowUs } from "./format.js";
@@ -200,6 +201,23 @@ async function save() {
 form?.addEventListener("submit", (e) => {
   e.preventDefault();
   preview(e.submitter?.dataset.range || "24h").catch((err) => { note.textContent = String(err); });
+});
+async function toggle(button) {
+  const r = await send(`/api/v1/rules/${encodeURIComponent(ruleId)}/${button.dataset.to}`, "POST");
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    errorBox.textContent = body?.error?.message || `HTTP ${r.status}`;
+    errorBox.hidden = false;
+    return;
+  }
+  location.reload();
+}
+
+document.getElementById("rule-toggle")?.addEventListener("click", (e) => {
+  toggle(e.currentTarget).catch((err) => {
+    errorBox.textContent = String(err);
+    errorBox.hidden = false;
+  });
 });
 document.getElementById("rule-save")?.addEventListener("click", () => {
   save().catch((err) => {
