@@ -329,6 +329,38 @@ async def test_a_restart_in_the_middle_of_a_for_window_fires_on_time_once(rig: R
     assert third.state_of("cold-room-high", FRIDGE) is not None
 
 
+async def test_a_decisive_change_is_stored_at_once_and_progress_within_the_flush_interval(
+    rig: Rig,
+) -> None:
+    """A pending `for`'s start is stored with its batch (a crash cannot lose it); a reading that
+    only moves the state's newest time is stored by the timer within STATE_FLUSH_S."""
+    from fieldhub.rules.engine import STATE_FLUSH_S
+
+    engine = await rig.engine()
+    await engine.apply(cold_room(), author="alice")
+
+    async def stored() -> dict[str, object]:
+        [row] = await rig.store.load_rule_states("cold-room-high")
+        assert isinstance(row.state, dict)
+        return row.state
+
+    await rig.commit(FRIDGE, [("temperature", T0, 5.0)])
+    await rig.commit(FRIDGE, [("temperature", T0 + S, 5.5)])
+    await engine.tick()
+    # Below the threshold nothing decisive happened: progress only, not stored yet.
+    assert await rig.store.load_rule_states("cold-room-high") == []
+    await rig.commit(FRIDGE, [("temperature", T0 + 2 * S, 9.0)])
+    now = await stored()
+    assert (now["pending_us"], now["last_us"]) == (T0 + 2 * S, T0 + 2 * S)  # decisive: at once
+    await rig.commit(FRIDGE, [("temperature", T0 + 3 * S, 9.5)])
+    await engine.tick()
+    assert (await stored())["last_us"] == T0 + 2 * S
+    rig.clock.advance(STATE_FLUSH_S)
+    await engine.tick()
+    assert (await stored())["last_us"] == T0 + 3 * S  # the timer stored the progress
+    assert (await stored())["pending_us"] == T0 + 2 * S
+
+
 async def test_operators_acknowledge_and_clear_and_bad_moves_are_refused(rig: Rig) -> None:
     from fieldhub.errors import Conflict, NotFound
 

@@ -127,6 +127,17 @@ class ConditionState:
     values: tuple[tuple[int, float], ...] = ()
     children: tuple[ConditionState, ...] = ()
 
+    def decisive(self) -> tuple[object, ...]:
+        """What a crash must not lose: which side it is on, its last edge and a pending `for`'s
+        start (the rest, the newest reading's time and a baseline's readings, is progress the
+        engine stores within a few seconds; docs/rules.md)."""
+        return (
+            self.active,
+            self.changed_us,
+            self.pending_us,
+            tuple(child.decisive() for child in self.children),
+        )
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (dicts, lists, ints, floats, bools, None)."""
         return {
