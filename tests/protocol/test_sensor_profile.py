@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from fieldhub.protocol.decode import MessageDecoder
-from fieldhub.protocol.messages import Decoded, Ignored, Reading, Rejected, RejectReason
+from fieldhub.protocol.messages import (
+    CommandReply,
+    Decoded,
+    Ignored,
+    InferenceRequest,
+    Reading,
+    Rejected,
+    RejectReason,
+)
 from fieldhub.protocol.payload import MAX_PAYLOAD_BYTES
 from fieldhub.protocol.profiles import (
     AUDIO_MAX_PAYLOAD_BYTES,
@@ -19,14 +27,16 @@ from fieldhub.protocol.profiles import (
     Route,
     select_profiles,
 )
-from fieldhub.protocol.timestamps import US_PER_S
+from fieldhub.protocol.timestamps import US_PER_S, format_us
 from support.audio import sine, wav_bytes
 
 RECEIVED_US = 1_795_442_400 * US_PER_S  # 2026-11-23T14:00:00Z
 DECODER = MessageDecoder(select_profiles(DEFAULT_PROFILES))
 
 
-def decode(topic: str, payload: bytes | Any) -> Decoded | Ignored | Rejected:
+def decode(
+    topic: str, payload: bytes | Any
+) -> Decoded | Ignored | Rejected | CommandReply | InferenceRequest:
     raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     return DECODER.decode(topic, raw, RECEIVED_US)
 
@@ -166,10 +176,32 @@ def test_window_control_is_the_actuator_state_with_its_confidence() -> None:
         assert sorted(again.readings) == sorted(result.readings)
 
 
-def test_inference_requests_are_not_stored_again() -> None:
-    request = {"device_id": "esp32_001", "timestamp": 1, "temperature": 25.5, "humidity": 60.0}
+def test_inference_requests_go_to_the_ml_loop_never_to_the_readings() -> None:
+    at = format_us(RECEIVED_US - US_PER_S)
+    request = {
+        "device_id": "esp32_001",
+        "timestamp": at,
+        "temperature": 25.5,
+        "humidity": 60,
+        "sound_volume": -38.7,
+    }
     result = decode("ml/inference/request/esp32_001", request)
-    assert result == Ignored("ml_request")
+    assert result == InferenceRequest(
+        device_id="esp32_001",
+        profile="sensor",
+        received_us=RECEIVED_US,
+        at_us=RECEIVED_US - US_PER_S,
+        features={"temperature": 25.5, "humidity": 60.0, "sound_volume": -38.7},
+        raw=request,
+    )
+    # A missing or unusable feature or time still makes a request (the loop refuses it, counted).
+    bad = {"device_id": "esp32_001", "timestamp": 1, "temperature": "hot", "humidity": True}
+    result = decode("ml/inference/request/esp32_001", bad)
+    assert isinstance(result, InferenceRequest)
+    assert result.at_us is None
+    assert result.features == {"temperature": None, "humidity": None, "sound_volume": None}
+    # Only what is not a JSON object is a dead letter.
+    rejected("ml/inference/request/esp32_001", b"[1, 2]", RejectReason.NOT_AN_OBJECT)
 
 
 def test_other_sensor_types_are_unknown_topics_not_silence() -> None:

@@ -29,6 +29,7 @@ from fieldhub.protocol.messages import (
     DecodeResult,
     Ignored,
     InboundMessage,
+    InferenceRequest,
     Rejected,
     RejectReason,
 )
@@ -41,6 +42,8 @@ AckToken = tuple[int, int]
 Acker = Callable[[Sequence[AckToken]], None]
 # Called after each commit and ack with the batch, what it did and the commit time (epoch us).
 CommitListener = Callable[[WriteBatch, WriteResult, int], None]
+# Given a batch's inference requests after it committed (and before they are acknowledged).
+RequestListener = Callable[[list[InferenceRequest]], None]
 
 
 class BatchWriter(Protocol):
@@ -147,6 +150,7 @@ class Ingest:
         self._rate_since = time.monotonic()
         self.acker: Acker | None = None
         self.listeners: list[CommitListener] = []
+        self.request_listeners: list[RequestListener] = []
         self._queue: deque[_Work] = deque()
         self._space = threading.Event()
         self._space.set()
@@ -287,6 +291,13 @@ class Ingest:
         committed_us = clock.now_us()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self._account(works, written, committed_us)
+        requests = [work.result for work in works if isinstance(work.result, InferenceRequest)]
+        if requests:
+            for request_listener in self.request_listeners:
+                try:
+                    request_listener(requests)
+                except Exception:
+                    log.exception("request listener %r failed; ingest goes on", request_listener)
         tokens = [work.token for work in works if work.token is not None]
         if tokens and self.acker is not None:
             self.acker(tokens)
@@ -376,7 +387,7 @@ class Ingest:
         m.batch_size.observe(len(works))
         m.readings_written.inc(written.readings_written)
         m.readings_duplicate.inc(written.readings_duplicate)
-        stored = dead = ignored = redelivered = replies = 0
+        stored = dead = ignored = redelivered = replies = requests = 0
         lag_observe = m.lag.observe
         # The oldest message of the batch waited longest: one observation per batch.
         oldest_us = min(work.message.received_us for work in works)
@@ -395,6 +406,8 @@ class Ingest:
             elif isinstance(result, Rejected):
                 dead += 1
                 m.dead_letters.labels(result.reason.value).inc()
+            elif isinstance(result, InferenceRequest):
+                requests += 1
             elif result.channel == "retained_redelivery":
                 redelivered += 1
             else:
@@ -405,6 +418,7 @@ class Ingest:
             ("ignored", ignored),
             ("retained_redelivery", redelivered),
             ("command_reply", replies),
+            ("inference_request", requests),
         ):
             if count:
                 m.messages.labels(outcome).inc(count)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fieldhub.protocol.messages import (
     CommandReply,
     Decoded,
     Ignored,
+    InferenceRequest,
     Reading,
     RejectReason,
 )
@@ -91,7 +93,9 @@ class DecodeContext:
         return self.route.metric
 
 
-Decoder = Callable[[bytes, DecodeContext], Decoded | Ignored | CommandReply]
+Decoder = Callable[[bytes, DecodeContext], Decoded | Ignored | CommandReply | InferenceRequest]
+# The features a window decision needs, as the backbone's models.InferenceRequest names them.
+INFERENCE_FEATURES = ("temperature", "humidity", "sound_volume")
 # The longest command id a device may echo back (the firmware's limit, fieldhub_node.commands).
 MAX_COMMAND_ID_CHARS = 64
 # A device's error text is kept up to this length; the firmware cuts its own shorter.
@@ -427,6 +431,40 @@ def decode_window_control(payload: bytes, ctx: DecodeContext) -> Decoded:
     return _telemetry(data, ctx)
 
 
+def decode_ml_request(payload: bytes, ctx: DecodeContext) -> InferenceRequest:
+    """The backbone's inference request. Only a payload that is not a JSON object is a dead
+    letter; a missing, non-numeric or non-finite feature, or an unreadable timestamp, still makes
+    a request, which the ML loop refuses and counts with the reason (the backbone is told
+    nothing either way: it never hears back about a refusal)."""
+    data = parse_json(payload)
+    if not isinstance(data, dict):
+        raise PayloadError(
+            RejectReason.NOT_AN_OBJECT,
+            f"payload is a JSON {type(data).__name__}, expected an object",
+        )
+    features: dict[str, float | None] = {}
+    for name in INFERENCE_FEATURES:
+        value = data.get(name)
+        number = (
+            float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        )
+        features[name] = number if number is not None and math.isfinite(number) else None
+    at_us: int | None = None
+    try:
+        when = parse_device_time(data.get("timestamp"), ctx.received_us)
+        at_us = when.ts_us if when.kind == "time" else None
+    except AbsurdTimestamp:
+        at_us = None
+    return InferenceRequest(
+        device_id=ctx.device_id,
+        profile=ctx.profile.name,
+        received_us=ctx.received_us,
+        at_us=at_us,
+        features=features,
+        raw=data,
+    )
+
+
 def decode_ignore(payload: bytes, ctx: DecodeContext) -> Ignored:
     """Topics fieldhub publishes itself or that a later feature consumes."""
     return Ignored(ctx.route.channel)
@@ -444,5 +482,6 @@ DECODERS: Mapping[str, Decoder] = {
     "sound_level": decode_sound_level,
     "command_ack": decode_command_ack,
     "window_control": decode_window_control,
+    "ml_request": decode_ml_request,
     "ignore": decode_ignore,
 }

@@ -113,4 +113,19 @@ class CommandReply:
     received_us: int
 
 
-DecodeResult = Decoded | Rejected | Ignored | CommandReply
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """The window-control backbone asking for a window decision (`ml/inference/request/{id}`):
+    `{"device_id", "timestamp", "temperature", "humidity", "sound_volume"}`, the means of its
+    last 120 s. A feature that is missing or not a finite number is None here: the ML loop
+    refuses the request, counted, and records why (docs/ml.md). `raw` is the object as sent."""
+
+    device_id: str
+    profile: str
+    received_us: int
+    at_us: int | None
+    features: dict[str, float | None]
+    raw: dict[str, object]
+
+
+DecodeResult = Decoded | Rejected | Ignored | CommandReply | InferenceRequest

@@ -201,9 +201,10 @@ SENSOR = Profile(
         # The ML service's order to the window motor: the position it commands is the actuator's
         # state (the firmware obeys without an echo), kept with the model's confidence.
         Route("window/+/control", "actuator", "window_control", from_device=False),
-        # The stack's backend asks its ML service for a decision with readings fieldhub already
-        # stores from the sensor topics; observing them again would duplicate them.
-        Route("ml/inference/request/+", "ml_request", "ignore"),
+        # The stack's backend asks its ML service for a decision: fieldhub's ML loop answers it
+        # (fieldhub/ml). Its numbers are window means of readings fieldhub already stores from
+        # the sensor topics, so they are never stored as readings.
+        Route("ml/inference/request/+", "ml_request", "ml_request"),
     ),
     # The stack's firmware reports "on change or periodic"; the audio clip goes every few seconds.
     stale_after_s=180,

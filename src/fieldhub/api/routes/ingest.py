@@ -12,7 +12,7 @@ from fieldhub.api.auth import OPERATOR
 from fieldhub.api.deps import DecoderDep, IngestDep
 from fieldhub.api.errors import ERROR_RESPONSES, ErrorBody, ErrorResponse
 from fieldhub.errors import NotFound, TooLarge
-from fieldhub.protocol.messages import CommandReply, Ignored, Rejected
+from fieldhub.protocol.messages import CommandReply, Ignored, InferenceRequest, Rejected
 from fieldhub.protocol.profiles import BUILTIN_PROFILES
 from fieldhub.protocol.topics import filter_matches
 from fieldhub.schemas import IngestAccepted
@@ -83,8 +83,9 @@ async def ingest(
         return _rejected(422, result.reason.value, f"{result.detail} (kept in dead letters)")
     if isinstance(result, Ignored):
         return _rejected(422, "not_data", f"topic {topic!r} carries {result.channel}, not data")
-    if isinstance(result, CommandReply):
-        # A device answering a command over HTTP: applied with the batch, no readings.
+    if isinstance(result, CommandReply | InferenceRequest):
+        # A device answering a command, or a window decision asked for, over HTTP: handled after
+        # the batch (the reply applied with it, the request by the ML loop), no readings.
         return IngestAccepted(device_id=result.device_id, readings=0, written=0, duplicates=0)
     return IngestAccepted(
         device_id=result.device_id,
