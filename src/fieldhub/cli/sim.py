@@ -46,7 +46,8 @@ def sim(
     profile: Annotated[
         str,
         typer.Option(
-            help="native, readings, fastapi, iot-node, sensor, or mixed (cycles through all)"
+            help="native, readings, fastapi, iot-node, sensor, mixed (cycles through all), or "
+            "room (sensor nodes in simulated rooms whose window matters: src/fieldhub/sim/room.py)"
         ),
     ] = "native",
     duration: Annotated[
@@ -61,6 +62,30 @@ def sim(
         ),
     ] = None,
     token: TokenOption = None,
+    speedup: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            max=100_000.0,
+            help="room: simulated seconds of the room per wall second (360: an hour per 10 s)",
+        ),
+    ] = 1.0,
+    start_hour: Annotated[
+        float, typer.Option(min=0.0, max=24.0, help="room: the rooms' time of day at the start")
+    ] = 12.0,
+    period: Annotated[
+        float,
+        typer.Option(
+            min=0.1, max=3600.0, help="room: seconds between a node's reading cycles (firmware: 10)"
+        ),
+    ] = 10.0,
+    persons: Annotated[
+        bool,
+        typer.Option(
+            help="room: a person now and then moves the window, through fieldhub's API "
+            "(a manual set_window) with --url, else by hand (fieldhub does not see it)"
+        ),
+    ] = True,
     legacy_mqtt_url: Annotated[
         str | None,
         typer.Option(
@@ -74,10 +99,24 @@ def sim(
     from fieldhub.mqtt.endpoint import MqttUrlError, parse_mqtt_url
     from fieldhub.sim.fleet import NATIVE_ID_FORMAT, SIM_PROFILES, native_count, run_sim
 
+    if profile == "room":
+        _sim_rooms(
+            mqtt_url=legacy_mqtt_url or mqtt_url,
+            devices=devices,
+            duration=duration,
+            seed=seed,
+            period=period,
+            speedup=speedup,
+            start_hour=start_hour,
+            persons=persons,
+            url=url,
+            token=token,
+        )
+        return
     # The typed profile itself (not the str), so mypy knows it is one of SIM_PROFILES.
     kind = next((known for known in SIM_PROFILES if known == profile), None)
     if kind is None:
-        raise fail(f"--profile {profile!r}: choose one of {', '.join(SIM_PROFILES)}")
+        raise fail(f"--profile {profile!r}: choose one of {', '.join(SIM_PROFILES)}, room")
     try:
         endpoint = parse_mqtt_url(mqtt_url)
         legacy = parse_mqtt_url(legacy_mqtt_url) if legacy_mqtt_url else None
@@ -102,6 +141,50 @@ def sim(
             log=typer.echo,
             logins=logins,
             legacy_endpoint=legacy,
+        )
+    except KeyboardInterrupt:
+        stop.set()
+        return
+    typer.echo(f"sent {stats.sent}, acked {stats.acked}, failed {stats.failed}")
+
+
+def _sim_rooms(
+    *,
+    mqtt_url: str,
+    devices: int,
+    duration: float | None,
+    seed: int,
+    period: float,
+    speedup: float,
+    start_hour: float,
+    persons: bool,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """`--profile room`: window-control nodes in simulated rooms (fieldhub.sim.room). A room
+    node is the window-control stack's, so it goes to the legacy listener when one is given."""
+    from fieldhub.mqtt.endpoint import MqttUrlError, parse_mqtt_url
+    from fieldhub.sim.room import api_override, run_rooms
+
+    try:
+        endpoint = parse_mqtt_url(mqtt_url)
+    except MqttUrlError as exc:
+        raise fail(str(exc)) from None
+    configure_logging("info")
+    stop = threading.Event()
+    try:
+        stats, _nodes = run_rooms(
+            endpoint=endpoint,
+            devices=devices,
+            stop=stop,
+            duration_s=duration,
+            seed=seed,
+            period_s=period,
+            speedup=speedup,
+            start_hour=start_hour,
+            persons=persons,
+            override=api_override(url, token) if url is not None else None,
+            log_line=typer.echo,
         )
     except KeyboardInterrupt:
         stop.set()
