@@ -27,6 +27,9 @@ from fieldhub.store.types import (
     DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
+    MlDecisionRow,
+    MlDecisionStats,
+    MlDeviceRow,
     NotificationEntry,
     NotificationRow,
     PresenceEvent,
@@ -504,6 +507,59 @@ class Store(abc.ABC):
     ) -> list[NotificationRow]:
         """Log entries newest first (by seq); `before_seq` is the cursor (the previous page's
         last seq); `rule_id` and `alarm_id` match exactly."""
+
+    # -- the window-control ML loop (issue 17; store/ml_rows.py) -------------------------------
+    # Inputs, verdicts, requests, guard configurations and states are JSON values whose meaning
+    # is fieldhub.ml's; the store numbers decisions and counts them.
+
+    @abc.abstractmethod
+    async def append_ml_decision(self, decision: MlDecisionRow) -> int:
+        """Record a decision of the window loop; returns its seq (ascending, never reused;
+        `decision.seq` is ignored). A decision id already stored is a StoreError."""
+
+    @abc.abstractmethod
+    async def append_ml_decisions(self, decisions: Sequence[MlDecisionRow]) -> list[int]:
+        """Record several decisions in order in one transaction; returns their seqs."""
+
+    @abc.abstractmethod
+    async def list_ml_decisions(
+        self,
+        *,
+        device: str | None = None,
+        limit: int,
+        before_seq: int | None = None,
+        outcome: str | None = None,
+    ) -> list[MlDecisionRow]:
+        """Decisions newest first (by seq); `before_seq` is the cursor (the previous page's
+        last seq); `device` and `outcome` match exactly."""
+
+    @abc.abstractmethod
+    async def get_ml_decision(self, decision_id: str) -> MlDecisionRow | None:
+        """One decision by its id."""
+
+    @abc.abstractmethod
+    async def ml_decision_stats(
+        self, *, since_us: int, device: str | None = None
+    ) -> MlDecisionStats:
+        """What the ML page shows of the decisions at or after `since_us` (of one device):
+        the count per outcome (every outcome, 0 when none), a 10-bucket confidence histogram
+        and the latency p50/p99 (nearest rank), all counted by the database."""
+
+    @abc.abstractmethod
+    async def delete_ml_decisions_before(self, cutoff_us: int) -> int:
+        """Delete the decisions made before `cutoff_us`; returns how many (retention)."""
+
+    @abc.abstractmethod
+    async def put_ml_device(self, device: MlDeviceRow) -> None:
+        """Insert or replace a device's guard configuration and state."""
+
+    @abc.abstractmethod
+    async def get_ml_device(self, device_id: str) -> MlDeviceRow | None:
+        """A device's guard configuration and state (None: never stored)."""
+
+    @abc.abstractmethod
+    async def list_ml_devices(self) -> list[MlDeviceRow]:
+        """Every device's guard configuration and state, by device id (bytewise)."""
 
     # -- retention (store/retention.py) --------------------------------------------------------
 

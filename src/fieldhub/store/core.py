@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store import command_rows, reads, rule_rows, security_rows, writes
+from fieldhub.store import command_rows, ml_rows, reads, rule_rows, security_rows, writes
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Count, Query, Script
@@ -36,6 +36,9 @@ from fieldhub.store.types import (
     DeviceCredentialRow,
     DeviceRow,
     MetricSummary,
+    MlDecisionRow,
+    MlDecisionStats,
+    MlDeviceRow,
     NotificationEntry,
     NotificationRow,
     PresenceEvent,
@@ -522,6 +525,61 @@ class SqlStore(Store):
                 self.dialect, limit=limit, before_seq=before_seq, rule_id=rule_id, alarm_id=alarm_id
             )
         )
+
+    # -- the window-control ML loop (see the interface; scripts in ml_rows.py) -----------------
+
+    async def append_ml_decision(self, decision: MlDecisionRow) -> int:
+        """Record a decision; returns its seq."""
+        return await self._write(ml_rows.append_ml_decision(self.dialect, decision))
+
+    async def append_ml_decisions(self, decisions: Sequence[MlDecisionRow]) -> list[int]:
+        """Record several decisions in one transaction."""
+        if not decisions:
+            return []
+        return await self._write(ml_rows.append_ml_decisions(self.dialect, decisions))
+
+    async def list_ml_decisions(
+        self,
+        *,
+        device: str | None = None,
+        limit: int,
+        before_seq: int | None = None,
+        outcome: str | None = None,
+    ) -> list[MlDecisionRow]:
+        """Decisions newest first, filtered."""
+        return await self._read(
+            ml_rows.list_ml_decisions(
+                self.dialect, device=device, limit=limit, before_seq=before_seq, outcome=outcome
+            )
+        )
+
+    async def get_ml_decision(self, decision_id: str) -> MlDecisionRow | None:
+        """One decision."""
+        return await self._read(ml_rows.get_ml_decision(self.dialect, decision_id))
+
+    async def ml_decision_stats(
+        self, *, since_us: int, device: str | None = None
+    ) -> MlDecisionStats:
+        """Outcome counts, confidence histogram and latency percentiles since a time."""
+        return await self._read(
+            ml_rows.ml_decision_stats(self.dialect, since_us=since_us, device=device)
+        )
+
+    async def delete_ml_decisions_before(self, cutoff_us: int) -> int:
+        """Delete decisions older than a time."""
+        return await self._write(ml_rows.delete_ml_decisions_before(self.dialect, cutoff_us))
+
+    async def put_ml_device(self, device: MlDeviceRow) -> None:
+        """Upsert a device's guard configuration and state."""
+        await self._write(ml_rows.put_ml_device(self.dialect, device))
+
+    async def get_ml_device(self, device_id: str) -> MlDeviceRow | None:
+        """A device's guard configuration and state."""
+        return await self._read(ml_rows.get_ml_device(self.dialect, device_id))
+
+    async def list_ml_devices(self) -> list[MlDeviceRow]:
+        """Every device's guard configuration and state."""
+        return await self._read(ml_rows.list_ml_devices(self.dialect))
 
     # -- retention -----------------------------------------------------------------------------
 

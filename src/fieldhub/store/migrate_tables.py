@@ -20,9 +20,9 @@ class Table:
 
 
 # In dependency order (devices and metrics before what refers to them). JSON columns (attributes,
-# params, result, rule documents and states, details) are TEXT in SQLite and JSONB in
-# PostgreSQL: asyncpg's default jsonb codec takes the JSON text as is and PostgreSQL parses it,
-# so no Python round trip.
+# params, result, rule documents and states, details, the ML loop's inputs, verdicts, guard
+# configurations and states) are TEXT in SQLite and JSONB in PostgreSQL: asyncpg's default jsonb
+# codec takes the JSON text as is and PostgreSQL parses it, so no Python round trip.
 TABLES: tuple[Table, ...] = (
     Table("metrics", ("id", "name"), "id", serial="id"),
     Table(
@@ -197,6 +197,35 @@ TABLES: tuple[Table, ...] = (
         "seq",
         serial="seq",
     ),
+    # The window-control loop (issue 17): the decisions (their seqs continue past the copied
+    # ones) and each device's guard configuration and state, so a running manual override and
+    # the last move's time survive the move.
+    Table(
+        "ml_decisions",
+        (
+            "seq",
+            "decision_id",
+            "device_uid",
+            "at_us",
+            "trigger",
+            "reason",
+            "inputs",
+            "zscores",
+            "model_name",
+            "model_version",
+            "position",
+            "confidence",
+            "verdicts",
+            "outcome",
+            "target_position",
+            "command_id",
+            "latency_us",
+            "request",
+        ),
+        "seq",
+        serial="seq",
+    ),
+    Table("ml_devices", ("device_uid", "config", "state", "updated_us"), "device_uid"),
 )
 # Tables of either schema that are not data to copy. Sessions are browser sign-ins to the
 # server being replaced: short-lived, and a move to PostgreSQL is a restart, so people sign in

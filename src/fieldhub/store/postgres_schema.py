@@ -248,4 +248,39 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX notification_log_alarm ON notification_log (alarm_id, seq);
         """,
     ),
+    (
+        7,
+        "ml: the window loop's decisions, and its guard configuration and state per device",
+        # SQLite's migration 8 with PostgreSQL's types (the comments there say why).
+        """
+        CREATE TABLE ml_decisions (
+            seq BIGSERIAL PRIMARY KEY,
+            decision_id TEXT NOT NULL UNIQUE,
+            device_uid TEXT NOT NULL,
+            at_us BIGINT NOT NULL,
+            trigger TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            inputs JSONB NOT NULL,
+            zscores JSONB,
+            model_name TEXT,
+            model_version INTEGER,
+            position DOUBLE PRECISION,
+            confidence DOUBLE PRECISION,
+            verdicts JSONB NOT NULL,
+            outcome TEXT NOT NULL,
+            target_position INTEGER,
+            command_id TEXT,
+            latency_us BIGINT,
+            request JSONB
+        );
+        CREATE INDEX ml_decisions_device ON ml_decisions (device_uid, seq);
+        CREATE INDEX ml_decisions_at ON ml_decisions (at_us);
+        CREATE TABLE ml_devices (
+            device_uid TEXT PRIMARY KEY,
+            config JSONB NOT NULL,
+            state JSONB NOT NULL,
+            updated_us BIGINT NOT NULL
+        );
+        """,
+    ),
 ]

@@ -321,4 +321,46 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX notification_log_alarm ON notification_log (alarm_id, seq);
         """,
     ),
+    (
+        8,
+        "ml: the window loop's decisions, and its guard configuration and state per device",
+        """
+        -- The window-control loop (issue 17). No foreign keys, as elsewhere (migration 6 says
+        -- why); `device_uid` is the canonical device id as text (as in rule_state). JSON values
+        -- (inputs, zscores, verdicts, request, config, state) are text here, JSONB in PostgreSQL;
+        -- the nullable ones are SQL NULL when absent, never the JSON text `null`.
+        -- AUTOINCREMENT: a seq names one decision for good (the list's cursor), even after
+        -- retention deleted the newest rows.
+        CREATE TABLE ml_decisions (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            decision_id TEXT NOT NULL UNIQUE,
+            device_uid TEXT NOT NULL,
+            at_us INTEGER NOT NULL,
+            trigger TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            inputs TEXT NOT NULL,
+            zscores TEXT,
+            model_name TEXT,
+            model_version INTEGER,
+            position REAL,
+            confidence REAL,
+            verdicts TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            target_position INTEGER,
+            command_id TEXT,
+            latency_us INTEGER,
+            request TEXT
+        );
+        -- A device's decisions newest first, page by page (all of them: the primary key).
+        CREATE INDEX ml_decisions_device ON ml_decisions (device_uid, seq);
+        -- The statistics since a time, and retention by age.
+        CREATE INDEX ml_decisions_at ON ml_decisions (at_us);
+        CREATE TABLE ml_devices (
+            device_uid TEXT PRIMARY KEY,
+            config TEXT NOT NULL,
+            state TEXT NOT NULL,
+            updated_us INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]

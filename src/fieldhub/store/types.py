@@ -393,3 +393,75 @@ class NotificationRow(NotificationEntry):
     reused)."""
 
     seq: int
+
+
+# -- the window-control ML loop (issue 17): one row per decision, and per device the loop's guard
+# configuration and state. What the JSON values mean (features, verdicts, GuardConfig,
+# GuardState) is fieldhub.ml's business; the trigger and outcome words are spelled here because
+# the store filters and counts by them.
+
+MlTrigger = Literal["own", "request", "manual"]
+ML_TRIGGERS: tuple[MlTrigger, ...] = ("own", "request", "manual")
+MlOutcome = Literal["actuated", "held", "shadow", "refused", "fallback", "off", "error"]
+ML_OUTCOMES: tuple[MlOutcome, ...] = (
+    "actuated",
+    "held",
+    "shadow",
+    "refused",
+    "fallback",
+    "off",
+    "error",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MlDecisionRow:
+    """One decision of the window loop, as recorded. `seq` (ascending, never reused) is filled
+    by the store on read; what a row to append says of it is ignored."""
+
+    decision_id: str  # a UUID the caller draws; unique
+    device_id: str  # the canonical device id (text, as in device_credentials)
+    at_us: int  # when decided
+    trigger: MlTrigger  # the loop's own schedule, a device's MQTT request, a manual command
+    reason: str  # why now: "first_inference", "temperature_zscore,volume_zscore", "request"
+    inputs: dict[str, object]  # the raw feature values and their ages
+    verdicts: list[dict[str, object]]  # [{guard, ok, detail}] in the guards' order
+    outcome: MlOutcome
+    zscores: dict[str, object] | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    position: float | None = None  # the model's output
+    confidence: float | None = None
+    target_position: int | None = None  # what was sent (None: nothing was)
+    command_id: str | None = None
+    latency_us: int | None = None
+    request: dict[str, object] | None = None  # the MQTT request as received
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MlDecisionStats:
+    """What the ML page shows of the decisions since a time (of one device or all).
+
+    `outcomes` counts every outcome (0 for those that did not occur), `confidence` is a
+    histogram in 10 buckets [0, 0.1), [0.1, 0.2), ... [0.9, 1.0] of the decisions that had a
+    confidence (values below 0 fall in the first bucket, above 1 in the last), and the latency
+    percentiles are nearest-rank over the decisions that recorded one (None: none did)."""
+
+    total: int
+    outcomes: dict[str, int]
+    confidence: tuple[int, ...]
+    latency_p50_us: int | None
+    latency_p99_us: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MlDeviceRow:
+    """The window loop's guard configuration and guard state of one device, so a restart
+    resumes with the same limits, the last move's time and a running manual override
+    (fieldhub.ml.guards' GuardConfig and GuardState as JSON)."""
+
+    device_id: str
+    config: dict[str, object]
+    state: dict[str, object]
+    updated_us: int
