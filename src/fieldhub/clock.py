@@ -8,7 +8,10 @@ PostgreSQL); `now_us()` is the only place that reads the wall clock for them. Pa
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 US_PER_S = 1_000_000
@@ -69,3 +72,16 @@ class ManualClock:
             raise ValueError(f"a clock cannot go back ({seconds} s)")
         self._now_us += round(seconds * US_PER_S)
         self._monotonic_s += seconds
+
+
+async def run_every(
+    interval_s: float, step: Callable[[], Awaitable[object]], log: logging.Logger, what: str
+) -> None:
+    """Await `step` every `interval_s` until cancelled. A step that raises is logged and the
+    next one runs: a timer must not stop for good because of one bad tick."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed", what)

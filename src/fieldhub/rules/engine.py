@@ -50,7 +50,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import ValidationError
 
-from fieldhub.clock import SYSTEM_CLOCK, US_PER_S, Clock
+from fieldhub.clock import SYSTEM_CLOCK, US_PER_S, Clock, run_every
 from fieldhub.commands.service import CommandService, NewCommand
 from fieldhub.errors import FieldhubError, NotFound
 from fieldhub.events.bus import Committed, EventBus, Subscription
@@ -352,7 +352,9 @@ class RuleEngine:
         log.info("rules: %d enabled rules loaded", len(self._rules))
         self._tasks = [
             asyncio.create_task(self._consume(), name="rules.consumer"),
-            asyncio.create_task(self._tick_loop(), name="rules.tick"),
+            asyncio.create_task(
+                run_every(self.tick_s, self.tick, log, "rules: a tick"), name="rules.tick"
+            ),
             asyncio.create_task(self.notification_log.run(), name="rules.notification-log"),
         ]
 
@@ -699,14 +701,6 @@ class RuleEngine:
             await self._store.put_rule_states(list(rows.values()))
 
     # -- the timer -----------------------------------------------------------------------------
-
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_s)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("rules: a tick failed")
 
     async def tick(self) -> None:
         """One timer tick at the clock's time: time-based edges, then repeats and escalations.
