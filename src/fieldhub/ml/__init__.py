@@ -1,0 +1,1 @@
+"""The window-control model: features, synthetic policy, training, export, registry, runtime."""
