@@ -237,6 +237,27 @@ class Registry:
                 )
             return self._activate(name, stack[-2], by=by, action="rollback")
 
+    def install_first(self, name: str, source_dir: Path) -> int | None:
+        """Copies the version directory `source_dir` in as `name`'s first version, validates and
+        activates it; None (nothing done) when `name` already has any version directory."""
+        with self._lock:
+            directory = self.model_dir(name)
+            if directory.is_dir() and any(_is_version_dir(p) for p in directory.iterdir()):
+                return None
+            manifest = read_manifest(source_dir)
+            target = self.version_dir(name, manifest.version)
+            directory.mkdir(parents=True, exist_ok=True)
+            staging = directory / f".{target.name}.tmp-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(source_dir, staging)
+            os.replace(staging, target)
+            try:
+                self._activate(name, manifest.version, by="default", action="default")
+            except (Invalid, NotFound):
+                shutil.rmtree(target, ignore_errors=True)
+                raise
+            return manifest.version
+
     def load_active(self, name: str) -> WindowModel | None:
         """The active version, loaded (checksums checked); None when none is active."""
         version = self.active(name)
@@ -277,26 +298,11 @@ def install_default(
     registry: Registry, *, name: str = DEFAULT_MODEL_NAME, source: Path | None = None
 ) -> int | None:
     """At first start: when `registry` has no version directory of `name` at all, copies the
-    shipped default version into it, validates and activates it, and returns its version. Does
-    nothing (None) when any version directory exists, valid or not: the registry is not empty.
-    A copy that fails validation is removed again and the error raised."""
-    directory = registry.model_dir(name)
-    if directory.is_dir() and any(_is_version_dir(p) for p in directory.iterdir()):
-        return None
+    shipped default version into it, validates and activates it (`by`/`action` "default"), and
+    returns its version. Does nothing (None) when any version directory exists, valid or not:
+    the registry is not empty. A copy that fails validation is removed again and the error
+    raised. `source` replaces the shipped directory (tests)."""
     source_dir = (
         source if source is not None else DEFAULT_MODELS / name / str(DEFAULT_MODEL_VERSION)
     )
-    manifest = read_manifest(source_dir)
-    target = registry.version_dir(name, manifest.version)
-    directory.mkdir(parents=True, exist_ok=True)
-    staging = directory / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source_dir, staging)
-    os.replace(staging, target)
-    try:
-        with registry._lock:
-            registry._activate(name, manifest.version, by="default", action="default")
-    except (Invalid, NotFound):
-        shutil.rmtree(target, ignore_errors=True)
-        raise
-    return manifest.version
+    return registry.install_first(name, source_dir)

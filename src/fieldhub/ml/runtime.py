@@ -259,7 +259,7 @@ def parse_golden(data: bytes, *, where: str = GOLDEN_FILE) -> Golden:
 
 
 def session_options() -> ort.SessionOptions:
-    """One thread, sequential: a prediction is ~10 µs of work, and fieldhub's ingest and API
+    """One thread, sequential: a prediction is ~16 µs of graph work, and fieldhub's ingest and API
     share the machine's cores; a thread pool would only add wake-ups and contention."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
