@@ -194,6 +194,9 @@ def inference_run(k: int, calls: int) -> dict[str, Any]:
         "run": k,
         "model": f"{model.manifest.name} v{model.manifest.version}",
         "model_dir": str(model_dir),
+        # Which build of the model: the shipped default is retrained now and then.
+        "model_sha256": model.manifest.files.get("model.onnx"),
+        "model_created_us": model.manifest.created_us,
         "load_s": round(load_s, 3),
         "calls": len(timings_us),
         "latency_us": figures,

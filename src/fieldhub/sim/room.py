@@ -416,7 +416,10 @@ class RoomNode(WindowSensor):
             dt_s = dt_wall * self.speedup
             state = self.room.step(dt_s, self.window_position())
             self.history.append((state.t_s, state.temperature, state.window_pct))
-            wanted = None if self.person is None else self.person.decide(state, dt_s)
+            # The person sees where the window is heading: a window already opening is not
+            # pushed again (each push through the API would be one more manual command).
+            seen = replace(state, window_pct=self.window_target)
+            wanted = None if self.person is None else self.person.decide(seen, dt_s)
         if wanted is not None:
             self.overrides += 1
             log.info("sim: a person in %s moves the window to %d %%", self.device_id, wanted)
