@@ -27,6 +27,7 @@ from fieldhub.api.routes import (
     health,
     ingest,
     live,
+    ml,
     notifications,
     rules,
     system,
@@ -77,6 +78,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
     app.state.auth = platform.auth
     app.state.device_access = platform.device_access
     app.state.rules = platform.rules
+    app.state.ml = platform.ml
     install_error_handlers(app)
     for module in (
         health,
@@ -99,6 +101,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         rules,
         alarms,
         notifications,
+        ml,
     ):
         app.include_router(module.router)
     pages.mount(app)

@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     rules_tick_s: float = Field(
         1.0, gt=0, le=3600, description="How often the rule engine's timer runs, seconds"
     )
+    # The window loop (docs/ml.md): what a device without its own configuration may be told.
+    # Shadow by default: a model that moves physical things acts only where someone said so.
+    ml_mode: Literal["off", "shadow", "act"] = Field(
+        "shadow",
+        description="Window loop default: off, shadow (decide and record, never move) or act",
+    )
+    models_dir: Path | None = Field(
+        None, description="The model registry; default <data_dir>/models"
+    )
     smtp_host: str | None = Field(None, description="SMTP server for rule e-mails; unset: none")
     smtp_port: int = Field(587, ge=1, le=65535)
     smtp_starttls: bool = Field(True, description="Upgrade the SMTP connection before login")
@@ -251,6 +260,11 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         """The database URL, defaulting to a file in the data directory."""
         return self.db or f"sqlite:///{(self.data_dir / 'fieldhub.db').absolute()}"
+
+    @property
+    def model_registry(self) -> Path:
+        """Where the window loop's model versions live."""
+        return self.models_dir or self.data_dir / "models"
 
     @property
     def external_broker(self) -> MqttEndpoint | None:

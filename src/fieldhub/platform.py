@@ -25,6 +25,8 @@ from fieldhub.ingest.follower import Follower
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
+from fieldhub.ml.loop import WindowLoop
+from fieldhub.ml.registry import Registry
 from fieldhub.mqtt.endpoint import MqttEndpoint, parse_mqtt_url
 from fieldhub.mqtt.subscriber import MqttSubscriber
 from fieldhub.notify.email import EmailSender, SmtpSettings
@@ -182,6 +184,17 @@ class Platform:
             tick_s=settings.rules_tick_s,
             publish=self.commands.publish,
         )
+        # The window loop (docs/ml.md): decisions from the trigger and from the backbone's
+        # requests, through the active model and the guards, to tracked window commands.
+        self.ml = WindowLoop(
+            self.store,
+            self.bus,
+            self.commands,
+            Registry(settings.model_registry),
+            metrics=self.registry,
+            mode=settings.ml_mode,
+        )
+        self.ingest.request_listeners.append(self.ml.on_requests)
         self.retention = RetentionJob(
             store=self.store,
             policy=settings.retention,
@@ -291,6 +304,7 @@ class Platform:
         self._live = asyncio.create_task(self.live.run(), name="live.hub")
         await self.commands.start()
         await self.rules.start()
+        await self.ml.start()
         self._retention = asyncio.create_task(self.retention.run(), name="store.retention")
         # The subscriber connects in the background and retries forever: the API serves stored
         # data even while the broker is unreachable.
@@ -300,6 +314,7 @@ class Platform:
         """Flush what was received, disconnect, stop the writer, close the store and broker."""
         for callback in self.on_stop:
             callback()
+        await self.ml.stop()
         await self.rules.stop()
         await self.notify.close()
         # What closing the dispatcher dropped is logged too (the store is still open).

@@ -22,6 +22,7 @@ from fieldhub.commands.service import CommandService
 from fieldhub.errors import Invalid
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
+from fieldhub.ml.loop import WindowLoop
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.ids import (
     DEVICE_ID_PATTERN,
@@ -77,5 +78,6 @@ LiveDep = Annotated[LiveHub, Depends(_part("live"))]
 RegistryDep = Annotated[CollectorRegistry, Depends(_part("registry"))]
 DeviceAccessDep = Annotated[DeviceAccess, Depends(_part("device_access"))]
 RulesDep = Annotated[RuleEngine, Depends(_part("rules"))]
+WindowLoopDep = Annotated[WindowLoop, Depends(_part("ml"))]
 DeviceIdDep = Annotated[str, Depends(device_id_param)]
 NowDep = Annotated[int, Depends(now_us)]

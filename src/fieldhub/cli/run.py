@@ -129,6 +129,13 @@ def up(
             "the data dir's owner; root keeps root) [FIELDHUB_RUN_AS]"
         ),
     ] = None,
+    ml_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="The window loop for devices without their own setting: off, shadow (decide "
+            "and record, never move; the default) or act (docs/ml.md) [FIELDHUB_ML_MODE]"
+        ),
+    ] = None,
 ) -> None:
     """Run the platform: embedded broker (unless --mqtt-url), ingest, storage and the HTTP API.
 
@@ -141,6 +148,9 @@ def up(
         # The demo's simulated devices connect without credentials: demo mode is open, and the
         # settings refuse it on any address but loopback.
         auth = False
+    if demo and ml_mode is None and not os.environ.get("FIELDHUB_ML_MODE"):
+        # The demo's windows are simulated: the loop may move them, so it can be seen closing.
+        ml_mode = "act"
     settings = settings_from(
         data_dir=data_dir,
         db=db,
@@ -158,6 +168,7 @@ def up(
         log_level=log_level,
         ingest=ingest,
         run_as=run_as,
+        ml_mode=ml_mode,
     )
     configure_logging(settings.log_level)
     _refuse_placeholder_secrets(settings)
