@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     retention_raw_days: Days | None = 30.0
     retention_minute_days: Days | None = 365.0
     retention_hour_days: Days | None = None
+    retention_ml_decisions_days: Days | None = 90.0
     retention_rules: list[RetentionRuleSetting] = Field(default_factory=list)
     retention_interval_s: float = Field(3600.0, ge=1, le=7 * 86400)
     disk_budget_mb: float | None = Field(
@@ -279,6 +280,7 @@ class Settings(BaseSettings):
             minute_days=self.retention_minute_days,
             hour_days=self.retention_hour_days,
             overrides=tuple(rule.rule() for rule in self.retention_rules),
+            ml_decision_days=self.retention_ml_decisions_days,
         )
 
     @property

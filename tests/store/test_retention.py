@@ -14,7 +14,7 @@ from fieldhub.store.postgres import PostgresStore
 from fieldhub.store.postgres_partitions import month_start_us, partition_month
 from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule
 from fieldhub.store.rollups import HOUR_US
-from fieldhub.store.types import Selector
+from fieldhub.store.types import MlDecisionRow, Selector
 from support.store_rows import S, msg
 
 NOW = 1_790_000_000 * S - (1_790_000_000 * S) % HOUR_US  # "now", on an hour boundary
@@ -179,3 +179,33 @@ async def test_postgresql_keeps_partitions_when_a_rule_keeps_raw_longer(
     assert await partitions(backend_url) == before
     assert await ages_left(store, "dev-a", "temp", S) == [0, 10, 29]
     assert await ages_left(store, "dev-b", "temp", S) == [0, 10, 29, 31, 100]
+
+
+async def test_window_decisions_are_kept_90_days_by_default(store: Store) -> None:
+    def decision(n: int, age_days: float) -> MlDecisionRow:
+        return MlDecisionRow(
+            decision_id=f"00000000-0000-4000-8000-{n:012d}",
+            device_id="dev-a",
+            at_us=NOW - int(age_days * DAY),
+            trigger="own",
+            reason="first_inference",
+            inputs={},
+            verdicts=[],
+            outcome="shadow",
+        )
+
+    await store.append_ml_decisions([decision(n, age) for n, age in enumerate((1, 89, 91, 400))])
+    retention = job(store, RetentionPolicy())
+    await retention.run_once()
+    left = await store.list_ml_decisions(limit=10)
+    assert sorted(round((NOW - row.at_us) / DAY) for row in left) == [1, 89]
+    assert (
+        retention.registry.get_sample_value(
+            "fieldhub_retention_deleted_rows_total", {"tier": "ml_decisions"}
+        )
+        == 2
+    )
+    # None keeps them forever.
+    await store.append_ml_decisions([decision(9, 500)])
+    await job(store, RetentionPolicy(ml_decision_days=None)).run_once()
+    assert len(await store.list_ml_decisions(limit=10)) == 3

@@ -58,6 +58,9 @@ class RetentionPolicy:
     minute_days: float | None = 365.0
     hour_days: float | None = None
     overrides: tuple[Rule, ...] = ()
+    # The window loop's decision log (one row per decision; a backbone asking every minute for
+    # 1,000 devices writes 1.4 million a day): kept this long, None forever.
+    ml_decision_days: float | None = 90.0
 
     def rules(self) -> list[Rule]:
         default = Rule(
@@ -129,6 +132,11 @@ class RetentionJob:
                 sweep.tier, sweep.cutoff_us, selector=sweep.selector, keep=sweep.keep
             )
             deleted[sweep.tier] += count
+        decisions = 0
+        if self.policy.ml_decision_days is not None:
+            cutoff = now_us - int(self.policy.ml_decision_days * US_PER_DAY)
+            decisions = await self.store.delete_ml_decisions_before(cutoff)
+            self._deleted.labels("ml_decisions").inc(decisions)
         await self.store.maintain(now_us)
         for tier, count in deleted.items():
             self._deleted.labels(tier).inc(count)
@@ -137,11 +145,12 @@ class RetentionJob:
         size = await self.store.size_bytes()
         self._db_bytes.set(size)
         log.info(
-            "retention: deleted %d raw readings, %d minute and %d hour rollup rows in %.1f s; "
-            "database %.1f MiB",
+            "retention: deleted %d raw readings, %d minute and %d hour rollup rows and %d window "
+            "decisions in %.1f s; database %.1f MiB",
             deleted["raw"],
             deleted["minute"],
             deleted["hour"],
+            decisions,
             time.perf_counter() - started,
             size / 2**20,
         )
