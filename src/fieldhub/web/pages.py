@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fieldhub import clock
 from fieldhub.api.cursors import decode_cursor, encode_cursor
-from fieldhub.api.deps import DecoderDep, StatusDep, StoreDep
+from fieldhub.api.deps import DecoderDep, StatusDep, StoreDep, WindowLoopDep
 from fieldhub.errors import Invalid
 from fieldhub.protocol.ids import InvalidDeviceId, canonical_device_id
 from fieldhub.protocol.messages import RejectReason
@@ -135,9 +135,10 @@ async def fleet(
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 async def device(
-    request: Request, _viewer: ViewerPage, store: StoreDep, device_id: str
+    request: Request, _viewer: ViewerPage, store: StoreDep, loop: WindowLoopDep, device_id: str
 ) -> Response:
-    """Charts per metric (history, then live), attributes, presence timeline."""
+    """Charts per metric (history, then live), attributes, presence timeline; the window
+    loop's decisions for a device it decided for or was configured for (device.js)."""
     now = clock.now_us()
     canonical = _device_param(device_id, "device")
     row = await store.get_device(canonical, now_us=now) if canonical else None
@@ -154,6 +155,9 @@ async def device(
         "device": row,
         "metrics": await store.device_metrics(row.device_id),
         "alarms": _alarm_order(alarms),
+        # The "Window decisions" section: only where the loop decided or was told how to.
+        "window_loop": loop.is_configured(row.device_id)
+        or bool(await store.list_ml_decisions(device=row.device_id, limit=1)),
     }
     return templates.TemplateResponse(request, "device.html", context)
 
@@ -297,6 +301,20 @@ async def dead_letters(
         "first_page": cursor is None,
     }
     return templates.TemplateResponse(request, "dead_letters.html", context)
+
+
+@router.get("/ml", response_class=HTMLResponse)
+async def ml(
+    request: Request,
+    _viewer: ViewerPage,
+    device: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    """The window loop (docs/ml.md): decisions per device, the confidence histogram, latency,
+    accuracy against later manual commands, a device's window against the model, feature
+    correlations, recent decisions and the model versions (ml.js, refreshed from the API;
+    admins activate and roll back there)."""
+    context = {"page": "ml", "device": _device_param(device, "device") or ""}
+    return templates.TemplateResponse(request, "ml.html", context)
 
 
 @router.get("/system", response_class=HTMLResponse)

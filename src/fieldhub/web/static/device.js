@@ -1,6 +1,7 @@
 // The device page (templates/device.html): charts drawn from the API's history, then grown by
 // live readings; presence badge and timeline; attributes; the command panel (commands.js); the
-// device's open alarms (alarm_rows.js), live from `alarm` frames.
+// device's open alarms (alarm_rows.js), live from `alarm` frames; the window loop's decisions
+// for a device it decides for (window_decisions.js).
 
 import { AlarmRows } from "./alarm_rows.js";
 import { CommandPanel } from "./commands.js";
@@ -11,6 +12,7 @@ import { Live } from "./live.js";
 import { refreshStale, setBadge } from "./presence.js";
 import { addPoint, fitView, inView, loadRaw, loadSeries, slide } from "./series.js";
 import { Timeline } from "./timeline.js";
+import { WindowDecisions } from "./window_decisions.js";
 
 const head = document.getElementById("device");
 const deviceId = head.dataset.device;
@@ -201,6 +203,8 @@ const live = new Live(
 );
 live.subscribe({ devices: [deviceId], events: ["readings", "presence", "devices", "commands", "alarms"] });
 commands.start();
+const windowSection = document.getElementById("window-decisions");
+if (windowSection) new WindowDecisions(windowSection, deviceId).start();
 rangeForm.addEventListener("click", onRangeClick);
 setInterval(tick, 1000);
 await load();
