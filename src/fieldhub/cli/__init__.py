@@ -11,7 +11,19 @@ import os
 import typer
 
 from fieldhub import __version__
-from fieldhub.cli import alarms, certs, commands, devices, export, migrate, rules, run, sim, users
+from fieldhub.cli import (
+    alarms,
+    certs,
+    commands,
+    devices,
+    export,
+    migrate,
+    ml,
+    rules,
+    run,
+    sim,
+    users,
+)
 
 app = typer.Typer(
     name="fieldhub",
@@ -43,6 +55,7 @@ app.add_typer(devices.app)
 app.add_typer(users.app)
 app.add_typer(rules.app)
 app.add_typer(alarms.app)
+app.add_typer(ml.app)
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from fieldhub.ml.guards import GuardConfig, GuardState, Judgement, after_manual,
 from fieldhub.ml.registry import DEFAULT_MODEL_NAME, Registry, install_default
 from fieldhub.ml.runtime import WindowModel
 from fieldhub.ml.trigger import FEATURES, TriggerParams, evaluate
+from fieldhub.ml.windows import WindowMeans, window_means
 from fieldhub.protocol.messages import InferenceRequest
 from fieldhub.store.base import Store
 from fieldhub.store.types import MlDecisionRow, MlDeviceRow, MlTrigger
@@ -70,8 +71,6 @@ TICK_S = 5.0
 STDS_TTL_S = 3600.0
 # The baseline's bucket: minute means from the rollups (docs/ml.md: why not raw readings).
 BASELINE_BUCKET_US = 60 * US_PER_S
-# Readings read for one device's current window.
-WINDOW_READINGS = 10_000
 # The loop's own command ids start with this; any other set_window is a manual override.
 COMMAND_PREFIX = "ml-"
 # Command ids of other set_window commands already taken as a manual override.
@@ -109,12 +108,6 @@ class _Device:
     stds: dict[str, float | None] = field(default_factory=dict)
     stds_us: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-@dataclass(frozen=True, slots=True)
-class _Inputs:
-    values: dict[str, float | None]
-    ages_s: dict[str, float | None]
 
 
 class WindowLoop:
@@ -310,7 +303,7 @@ class WindowLoop:
         try:
             now = self._clock.now_us()
             age = None if request.at_us is None else max(0.0, (now - request.at_us) / US_PER_S)
-            inputs = _Inputs(dict(request.features), dict.fromkeys(FEATURES, age))
+            inputs = WindowMeans(dict(request.features), dict.fromkeys(FEATURES, age))
             await self.decide(
                 request.device_id,
                 trigger="request",
@@ -390,7 +383,7 @@ class WindowLoop:
         device = self._device(device_id)
         params = device.config.trigger
         now = self._clock.now_us()
-        current = await self._window(device_id, now, params)
+        current = await window_means(self._store, device_id, now, params.window_s)
         stds = await self._stds(device_id, device, now, params)
         verdict = evaluate(current.values, device.last_means, stds, params)
         if not verdict.fire:
@@ -408,7 +401,9 @@ class WindowLoop:
         """A decision now from the device's current window means, whatever its trigger says
         (an operator's request; the guards still apply)."""
         device = self._device(device_id)
-        current = await self._window(device_id, self._clock.now_us(), device.config.trigger)
+        current = await window_means(
+            self._store, device_id, self._clock.now_us(), device.config.trigger.window_s
+        )
         return await self.decide(
             device_id,
             trigger="own",
@@ -416,29 +411,6 @@ class WindowLoop:
             inputs=current.values,
             ages_s=current.ages_s,
         )
-
-    async def _window(self, device_id: str, now_us: int, params: TriggerParams) -> _Inputs:
-        start = now_us - round(params.window_s * US_PER_S)
-        rows = await self._store.query_readings(
-            device_id,
-            metrics=list(FEATURES),
-            start_us=start,
-            end_us=now_us + 1,
-            limit=WINDOW_READINGS,
-            after=None,
-            descending=False,
-        )
-        sums: dict[str, list[float]] = {name: [] for name in FEATURES}
-        newest: dict[str, int] = {}
-        for row in rows:
-            sums[row.metric].append(row.value)
-            newest[row.metric] = max(newest.get(row.metric, row.ts_us), row.ts_us)
-        values = {name: (sum(v) / len(v) if v else None) for name, v in sums.items()}
-        ages = {
-            name: (now_us - newest[name]) / US_PER_S if name in newest else None
-            for name in FEATURES
-        }
-        return _Inputs(values, ages)
 
     async def _stds(
         self, device_id: str, device: _Device, now_us: int, params: TriggerParams
