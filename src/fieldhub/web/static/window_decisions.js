@@ -49,31 +49,40 @@ function deviceLink(id) {
   return a;
 }
 
-// One table row of `decision`; `columns` picks among time, device, trigger, reason, outcome,
-// position, confidence, target, guard (in that order).
+// One table row of `decision` with `columns` in that order, among time, device, trigger,
+// reason, outcome, position, confidence, target, guard.
 export function decisionRow(decision, columns) {
   const tr = document.createElement("tr");
   tr.dataset.decision = decision.id;
   tr.dataset.device = decision.device_id;
   tr.dataset.outcome = decision.outcome;
-  const want = new Set(columns);
-  if (want.has("time")) cell(tr, "at", "Time", timeOf(decision.at));
-  if (want.has("device")) cell(tr, "device", "Device", deviceLink(decision.device_id));
-  if (want.has("trigger")) cell(tr, "trigger", "Trigger", decision.trigger);
-  if (want.has("reason")) cell(tr, "reason", "Reason", decision.reason);
-  if (want.has("outcome")) {
-    const tag = document.createElement("span");
-    tag.className = "tag outcome-tag";
-    tag.dataset.outcome = decision.outcome;
-    tag.textContent = decision.outcome;
-    cell(tr, "outcome", "Outcome", tag);
+  for (const column of columns) {
+    const [name, label, content] = COLUMNS[column](decision);
+    cell(tr, name, label, content);
   }
-  if (want.has("position")) cell(tr, "position", "Position", text(decision.position));
-  if (want.has("confidence")) cell(tr, "confidence", "Confidence", text(decision.confidence));
-  if (want.has("target")) cell(tr, "target", "Target", text(decision.target_position));
-  if (want.has("guard")) cell(tr, "guard", "First failing guard", firstFailing(decision));
   return tr;
 }
+
+function outcomeTag(outcome) {
+  const tag = document.createElement("span");
+  tag.className = "tag outcome-tag";
+  tag.dataset.outcome = outcome;
+  tag.textContent = outcome;
+  return tag;
+}
+
+// Each column: [class, label, content] of a decision.
+const COLUMNS = {
+  time: (d) => ["at", "Time", timeOf(d.at)],
+  device: (d) => ["device", "Device", deviceLink(d.device_id)],
+  trigger: (d) => ["trigger", "Trigger", d.trigger],
+  reason: (d) => ["reason", "Reason", d.reason],
+  outcome: (d) => ["outcome", "Outcome", outcomeTag(d.outcome)],
+  position: (d) => ["position", "Position", text(d.position)],
+  confidence: (d) => ["confidence", "Confidence", text(d.confidence)],
+  target: (d) => ["target", "Target", text(d.target_position)],
+  guard: (d) => ["guard", "First failing guard", firstFailing(d)],
+};
 
 // The API's error message of a refused request.
 export async function errorOf(response) {
