@@ -6,14 +6,17 @@ the admin gives it its own guards (shadow: decide, never move) through the API, 
 decision (`POST .../decide`) and a backbone asks on `ml/inference/request/{id}`. A viewer sees
 those decisions on /ml with the histogram and latency panels saying what /api/v1/ml/stats says,
 and no buttons; the admin activates version 1 from the page (and sees a refused roll back's
-error); an operator on the device page sees its decisions and adds one with "Decide now".
+error); an operator on the device page sees its decisions and adds one with "Decide now", and an
+admin changes a guard there. A second device configured to act gets a decision that moves its
+window, then a manual set_window 20 points away: the accuracy panel says 20 points.
 
 The pages are read through their DOM contract: `#decisions tr[data-decision]` with
 `data-device`; `#histogram [data-bucket] .count`; `#ml-total`, `#latency-p50`, `#latency-p99`;
 `#per-device tr[data-device] .count`; `#models tr[data-version]` with `data-active` and
 `button.activate`; `#rollback`, `#models-error`, `#models-history`; on the device page
 `#window-decisions`, `#window-decisions-table tr[data-decision]`, `#decide-now`,
-`#window-guards`; `window.fieldhub` (stats, decisions, models, correlation, ready).
+`#window-guards`; `#accuracy-summary`, `#accuracy`; `window.fieldhub` (stats, decisions,
+models, correlation, ready).
 """
 
 from __future__ import annotations
@@ -336,6 +339,12 @@ def test_device_page_lists_decisions_and_decides_now(
         page.locator(f'#window-decisions-table tr[data-decision="{newest["id"]}"]')
     ).to_be_visible(timeout=PAGE_MS)
     expect(rows.first).to_have_attribute("data-decision", newest["id"])
+    # Each cell under its heading.
+    headings = page.locator("#window-decisions-table thead th").all_inner_texts()
+    cells = rows.first.locator("td").all_inner_texts()
+    shown = dict(zip([h.strip().lower() for h in headings], cells, strict=True))
+    assert shown["outcome"] == newest["outcome"]
+    assert shown["reason"] == "on_demand"
     expect(page.locator("#window-error")).to_be_hidden()
     shoot(page, "device-window-decisions")
 
@@ -368,3 +377,47 @@ def test_device_page_lists_decisions_and_decides_now(
     assert guards["deadband"] == 7
     assert guards["shadow"] is True
     assert guards["min_confidence"] == 0.0
+
+
+def test_accuracy_against_a_manual_correction(
+    page: Page,
+    live_fieldhub: FieldhubProcess,
+    admin_api: httpx.Client,
+    passwords: dict[str, str],
+    shoot: Shoot,
+) -> None:
+    """A decision that moved the window, then a person's set_window 20 points away within the
+    override time: the accuracy panel says 20 points."""
+    mqtt_url = live_fieldhub.mqtt_url
+    assert mqtt_url is not None
+    device_id = f"e2e-act-{uuid.uuid4().hex[:6]}"
+    # Configured before its first reading, so the loop's first decision acts.
+    acting = {**GUARDS, "shadow": False}
+    answer = admin_api.put(f"/api/v1/ml/devices/{device_id}", json={"guards": acting})
+    assert answer.status_code == 200, answer.text
+    publish(mqtt_url, room_readings(device_id))
+
+    def actuated() -> dict[str, Any] | None:
+        found = [d for d in decisions_of(admin_api, device_id) if d["outcome"] == "actuated"]
+        return found[0] if found else None
+
+    decision = wait_until(actuated, what="a decision that moves the window")
+    target = decision["target_position"]
+    manual = target + 20 if target <= 80 else target - 20
+    sent = admin_api.post(
+        f"/api/v1/devices/{device_id}/commands",
+        json={"name": "set_window", "params": {"position": manual}},
+    )
+    assert sent.status_code == 201, sent.text
+
+    log_in(page, f"/ml?device={device_id}", VIEWER, passwords[VIEWER])
+    ml_page_ready(page)
+    page.wait_for_function("d => window.fieldhub.device === d", arg=device_id, timeout=PAGE_MS)
+    expect(page.locator("#accuracy-summary")).to_contain_text(
+        "1 corrected decisions: mean error 20.0 points, 0 % within 10"
+    )
+    row = page.locator("#accuracy tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator("td").nth(1)).to_have_text(str(target))
+    expect(row.locator("td").nth(2)).to_have_text(str(manual))
+    shoot(page, "ml-accuracy")
