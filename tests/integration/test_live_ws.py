@@ -478,7 +478,7 @@ def test_dashboard_pages_render(fh: FieldhubProcess, mosquitto: MosquittoProcess
     assert device_id in fleet.text
     assert "21.25" in fleet.text
 
-    for path in ("/", "/dead-letters", "/system", f"/devices/{device_id}"):
+    for path in ("/", "/dead-letters", "/system", "/ml", f"/devices/{device_id}"):
         response = fh.get(path)
         assert response.status_code == 200, (path, response.text[:500])
         assert is_html(response), path
