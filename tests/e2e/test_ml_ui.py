@@ -221,6 +221,13 @@ def admin_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[
     context.close()
 
 
+@pytest.fixture
+def viewer_context(browser: Browser, live_fieldhub: FieldhubProcess) -> Iterator[BrowserContext]:
+    context = browser.new_context(base_url=live_fieldhub.base_url, viewport=DESKTOP)
+    yield context
+    context.close()
+
+
 def test_ml_page_shows_decisions_stats_and_models(
     page: Page,
     admin_context: BrowserContext,
@@ -312,6 +319,7 @@ def test_ml_page_shows_decisions_stats_and_models(
 def test_device_page_lists_decisions_and_decides_now(
     page: Page,
     admin_context: BrowserContext,
+    viewer_context: BrowserContext,
     live_fieldhub: FieldhubProcess,
     admin_api: httpx.Client,
     passwords: dict[str, str],
@@ -361,6 +369,15 @@ def test_device_page_lists_decisions_and_decides_now(
     page.goto(f"/devices/{other}")
     expect(page.locator("#device")).to_be_visible()
     expect(page.locator("#window-decisions")).to_have_count(0)
+
+    # A viewer sees the decisions, without the button or the form.
+    viewer = viewer_context.new_page()
+    log_in(viewer, f"/devices/{room}", VIEWER, passwords[VIEWER])
+    expect(
+        viewer.locator(f'#window-decisions-table tr[data-decision="{newest["id"]}"]')
+    ).to_be_visible(timeout=PAGE_MS)
+    expect(viewer.locator("#window-decisions button")).to_have_count(0)
+    expect(viewer.locator("#window-guards")).to_have_count(0)
 
     # The admin sets a guard from the form; the API has it.
     admin_password = live_fieldhub.admin_password
