@@ -7,7 +7,7 @@ evening is chosen on purpose: outside cools from ~29 °C to ~19 °C while a clos
 the day and its people, stays near 28-30 °C; opening the window is what brings it towards the
 comfort band (`fieldhub.ml.policy`, 20-24 °C), and the policy opens above 24 °C.
 
-Time: the room runs `SPEEDUP` times faster than the wall clock (4.5 hours in 36 s). The loop's
+Time: the room runs `SPEEDUP` times faster than the wall clock (4 hours in 32 s). The loop's
 own clock is not accelerated: its trigger runs every `interval_s` wall seconds (1 s here, the
 smallest it accepts), its timer looks every 5 s, and a device's decisions are at least
 `DEDUPE_S` (10 s) apart, so a room sees a decision every ~75 room minutes at most.
@@ -48,7 +48,7 @@ START_HOUR = 18.0
 START_C = 27.0
 # One reading cycle per wall second (the firmware's is 10 s: the room's time is accelerated).
 PERIOD_S = 1.0
-RUN_S = 36.0
+RUN_S = 32.0
 SHADOW_RUN_S = 10.0
 ROOMS = 2
 # Guards open enough for a fast test: no wait between moves, any confidence; the rest default.
@@ -125,13 +125,25 @@ def room_node(
     )
 
 
-def drive(nodes: Sequence[RoomNode], seconds: float, closing: ExitStack) -> None:
-    """Start the nodes and run their reading cycles every PERIOD_S for `seconds`."""
+def start(nodes: Sequence[RoomNode], closing: ExitStack) -> None:
+    """Connect the nodes (closed with `closing`) and wait for their control subscriptions."""
     for node in nodes:
         node.start()
         closing.callback(node.close)
     for node in nodes:
         assert node.wait_subscribed(10.0), f"{node.device_id} did not subscribe"
+
+
+def drive(
+    nodes: Sequence[RoomNode],
+    seconds: float,
+    closing: ExitStack,
+    *,
+    started: Sequence[RoomNode] = (),
+) -> None:
+    """Start the nodes (but those already `started`) and run every node's reading cycles every
+    PERIOD_S for `seconds`."""
+    start([node for node in nodes if node not in started], closing)
     end = time.monotonic() + seconds
     next_cycle = time.monotonic()
     while time.monotonic() < end:
@@ -139,6 +151,31 @@ def drive(nodes: Sequence[RoomNode], seconds: float, closing: ExitStack) -> None
             node.publish_cycle()
         next_cycle += PERIOD_S
         time.sleep(max(0.0, next_cycle - time.monotonic()))
+
+
+def manual_first(fh: FieldhubProcess, node: RoomNode, closing: ExitStack) -> None:
+    """The person's room, in order: the loop off for it, the room reports once (fieldhub
+    knows it), the person opens the window through the API (a manual command), then the loop
+    on: its first decision for the room comes after the manual one, whatever the phase of its
+    5 s timer."""
+    configure(fh, node.device_id, {"guards": {"enabled": False}, "trigger": FAST_TRIGGER})
+    start([node], closing)
+    node.publish_cycle()  # the first cycle: no time has passed, the person sits
+    wait_until(
+        lambda: fh.get(f"/api/v1/devices/{node.device_id}").status_code == 200,
+        what=f"{node.device_id} to be known",
+    )
+    time.sleep(PERIOD_S)
+    node.publish_cycle()  # warmer than they like: they open the window through the API
+
+    def manual() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = fh.get(f"/api/v1/devices/{node.device_id}/commands").json()[
+            "data"
+        ]
+        return rows
+
+    wait_until(manual, what="the person's set_window")
+    configure(fh, node.device_id, {"guards": ACT_GUARDS, "trigger": FAST_TRIGGER})
 
 
 def test_the_loop_keeps_rooms_closer_to_the_comfort_band_than_a_closed_window(
@@ -156,11 +193,11 @@ def test_the_loop_keeps_rooms_closer_to_the_comfort_band_than_a_closed_window(
     loop_nodes = [room_node(mosquitto, loop_id, seed) for loop_id, _, seed in pairs]
     shut_nodes = [room_node(mosquitto, shut_id, seed) for _, shut_id, seed in pairs]
     person_id = f"{prefix}-person"
-    configure(act_fieldhub, person_id, {"guards": ACT_GUARDS, "trigger": FAST_TRIGGER})
     person_node = room_node(mosquitto, person_id, 300, person_via=act_fieldhub.base_url)
     with ExitStack() as closing:
         wire = recorder(mosquitto.url, "window/+/control", closing)
-        drive([*loop_nodes, *shut_nodes, person_node], RUN_S, closing)
+        manual_first(act_fieldhub, person_node, closing)
+        drive([*loop_nodes, *shut_nodes, person_node], RUN_S, closing, started=[person_node])
         shut_topics = {f"window/{node.device_id}/control" for node in shut_nodes}
         sent_to_shut = [topic for topic, _ in wire.messages() if topic in shut_topics]
         assert sent_to_shut == [], "a window the loop is off for was sent a control message"
