@@ -13,10 +13,10 @@ request to the `window/{id}/control` answer p99 <= 20 ms at 100 requests/s from 
 
 (b) and (c), one fresh ``fieldhub up --ml-mode act`` per run: ``--devices`` window-control devices
 get their loop configuration through ``PUT /api/v1/ml/devices/{id}`` (guards open: any confidence,
-no wait between moves, deadband 0; their own trigger once a day, so that only requests start
-decisions: an own ``first_inference`` decision as soon as a device's first reading is in would make
-its next request within ``DEDUPE_S`` a refusal), the loop's timer is given one tick to look at them
-while they have no readings, then each is made known by one ``sensor/{id}/temperature`` reading;
+no wait between moves, deadband 0; their own trigger off, as where a backbone still asks, so that
+only requests start decisions: an own ``first_inference`` decision as soon as a device's first
+reading is in would make its next request within ``DEDUPE_S`` a refusal), then each is made known
+by one ``sensor/{id}/temperature`` reading;
 then a client process (``python -m bench.ml client``: one publisher, one subscriber, one clock)
 sends the backbone's requests (``{"device_id", "timestamp" RFC 3339, "temperature", "humidity",
 "sound_volume"}`` on ``ml/inference/request/{id}``, QoS 1), each device every ``--period`` s,
@@ -101,10 +101,10 @@ HOT = {"temperature": 29.5, "humidity": 50.0, "sound_volume": -45.0}
 COOL = {"temperature": 18.0, "humidity": 50.0, "sound_volume": -45.0}
 # Guards that let every answer through: the bench is about time, not the guards.
 OPEN_GUARDS = {"min_confidence": 0.0, "deadband": 0, "min_interval_s": 0, "max_step": 100}
-# The devices' own trigger once a day: the bench times the request path, and an own decision
+# The devices' own trigger off: the bench times the request path, and an own decision
 # (first_inference, as soon as a device's first reading is in) would make the next request
 # within DEDUPE_S a refusal. Configured before the devices are known (module docstring).
-LOOP_CONFIG = {"guards": OPEN_GUARDS, "trigger": {"interval_s": 86_400}}
+LOOP_CONFIG = {"guards": OPEN_GUARDS, "trigger": {"enabled": False}}
 # The known reading each device sends first, and how long fieldhub may take to register them.
 KNOWN_READING = b"21.0"
 REGISTER_TIMEOUT_S = 60.0
@@ -460,11 +460,6 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         for device in ids:
             _api(base, "PUT", f"/api/v1/ml/devices/{device}", LOOP_CONFIG)
         run["configure_s"] = round(time.monotonic() - t0, 2)
-        # Let the loop's timer look at every device once while it has no readings, so their own
-        # trigger's next look is a day away (module docstring).
-        from fieldhub.ml.loop import TICK_S
-
-        time.sleep(TICK_S + 1.0)
         announce(mqtt_port, ids)
         run["register_s"] = round(wait_registered(base, len(ids)), 2)
         say(

@@ -31,6 +31,8 @@ from support.mqtt import connected_publisher, publish_all
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
 # Guards that let every answer through: the test is about the protocol, not the guards.
 OPEN_GUARDS = {"min_confidence": 0.0, "deadband": 0, "min_interval_s": 0, "max_step": 100}
+# The backbone still runs and asks: fieldhub's own trigger is off for its devices.
+ANSWER_ONLY = {"guards": OPEN_GUARDS, "trigger": {"enabled": False}}
 
 
 def go_decode(payload: bytes) -> dict[str, Any]:
@@ -79,6 +81,11 @@ def sensor_device(mosquitto: MosquittoProcess, fh: FieldhubProcess) -> str:
     """A window-control stack node that has reported once (so fieldhub knows how to reach it),
     with guards open so every decision moves the window."""
     device_id = f"esp32_{uuid.uuid4().hex[:6]}"
+    answer = httpx.put(
+        f"{fh.base_url}/api/v1/ml/devices/{device_id}", json=ANSWER_ONLY, timeout=10.0
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["configured"] is True
     publisher = connected_publisher(mosquitto.url)
     try:
         publish_all(
@@ -96,13 +103,6 @@ def sensor_device(mosquitto: MosquittoProcess, fh: FieldhubProcess) -> str:
         return found.status_code == 200 and found.json()["presence"] == "online"
 
     wait_until(known, what=f"{device_id} to be online")
-    answer = httpx.put(
-        f"{fh.base_url}/api/v1/ml/devices/{device_id}",
-        json={"guards": OPEN_GUARDS},
-        timeout=10.0,
-    )
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["configured"] is True
     return device_id
 
 

@@ -34,7 +34,7 @@ from fieldhub.ml.trigger import TriggerParams
 from fieldhub.mqtt.endpoint import parse_mqtt_url
 from fieldhub.protocol.messages import Decoded, InferenceRequest, Reading
 from fieldhub.store import Store, open_store
-from fieldhub.store.types import WriteBatch
+from fieldhub.store.types import MlDecisionRow, WriteBatch
 from support.commands import TopicRecorder, recorder
 
 S = US_PER_S
@@ -56,14 +56,16 @@ class Room:
         self.models = tmp_path / "models"
         self.commands = commands
         self.loops: list[WindowLoop] = []
+        self.metrics = CollectorRegistry()
 
     async def loop(self, mode: str = "act") -> WindowLoop:
+        self.metrics = CollectorRegistry()  # the latest loop's
         loop = WindowLoop(
             self.store,
             self.bus,
             self.commands,
             Registry(self.models),
-            metrics=CollectorRegistry(),
+            metrics=self.metrics,
             mode=mode,  # type: ignore[arg-type]
             clock=self.clock,
             tick_s=3600,
@@ -168,38 +170,42 @@ def device() -> str:
     return f"esp32_{uuid.uuid4().hex[:6]}"
 
 
-async def test_the_own_trigger_decides_first_then_only_past_the_threshold(room: Room) -> None:
+async def decisions(room: Room, node: str) -> list[MlDecisionRow]:
+    """The device's decisions, oldest first, once the loop is done with what it was given."""
+    for loop in room.loops:
+        await loop.wait_idle()
+    return list(reversed(await room.store.list_ml_decisions(device=node, limit=100)))
+
+
+async def test_a_reading_runs_the_own_trigger_first_then_only_past_the_threshold(
+    room: Room,
+) -> None:
     loop = await room.loop("shadow")
     node = device()
-    await room.history(node)
-    first = await loop.check(node)
-    assert first is not None
+    await room.history(node)  # committed: the device is new, its trigger is due
+    [first] = await decisions(room, node)
     assert (first.trigger, first.reason, first.outcome) == ("own", "first_inference", "shadow")
     assert first.model_name == "window"
     assert first.position is not None
     assert 0 <= first.position <= 100
     assert first.command_id is None  # shadow: decided and recorded, never sent
-    # A minute later, the same room: nothing to decide.
+    # A minute later, the same room: the trigger runs and decides nothing.
     room.clock.advance(60)
-    await room.commit(node, [("temperature", room.clock.now_us(), 24.5)])
-    assert await loop.check(node) is None
+    await room.reading(node)
+    assert len(await decisions(room, node)) == 1
     # Two minutes of a much warmer room: the 120 s mean moves far past 1.5 deviations.
     room.clock.advance(120)
     now = room.clock.now_us()
-    await room.commit(
-        node, [(m, now - k * 10 * S, v) for k in range(12) for m, v in (("temperature", 29.0),)]
-    )
-    second = await loop.check(node)
-    assert second is not None
+    await room.commit(node, [("temperature", now - k * 10 * S, 29.0) for k in range(12)])
+    [_, second] = await decisions(room, node)
     assert second.reason == "temperature_zscore"
     assert second.zscores is not None
-    assert second.zscores["temperature"] is not None
-    assert abs(float(second.zscores["temperature"])) >= 1.5  # type: ignore[arg-type]
-    [stored_second, stored_first] = await room.store.list_ml_decisions(device=node, limit=10)
-    assert (stored_first.decision_id, stored_second.decision_id) == (
-        first.decision_id,
-        second.decision_id,
-    )
+    z = second.zscores["temperature"]
+    assert isinstance(z, float)
+    assert z >= 1.5
+    # Between readings the timer finds nothing due: the trigger already ran for this reading.
+    await loop.tick()
+    assert len(await decisions(room, node)) == 2
 
 
 async def test_act_moves_the_window_with_a_tracked_command_in_the_stacks_format(
@@ -207,10 +213,9 @@ async def test_act_moves_the_window_with_a_tracked_command_in_the_stacks_format(
 ) -> None:
     loop = await room.loop("act")
     node = device()
-    await room.history(node)
     await loop.configure(node, LoopConfig(guards=OPEN))
-    decision = await loop.check(node)
-    assert decision is not None
+    await room.history(node)
+    [decision] = await decisions(room, node)
     assert decision.outcome == "actuated"
     assert decision.command_id is not None
     assert decision.command_id.startswith("ml-")
@@ -228,10 +233,10 @@ async def test_act_moves_the_window_with_a_tracked_command_in_the_stacks_format(
 async def test_a_manual_command_pauses_automatic_control_for_its_time(room: Room) -> None:
     loop = await room.loop("act")
     node = device()
-    await room.history(node)
     await loop.configure(
         node, LoopConfig(guards=OPEN.model_copy(update={"manual_override_s": 600}))
     )
+    await room.history(node)
     found = await room.store.get_device(node, now_us=room.clock.now_us())
     assert found is not None
     await room.commands.submit(found, NewCommand(name="set_window", params={"position": 20}))
@@ -239,7 +244,7 @@ async def test_a_manual_command_pauses_automatic_control_for_its_time(room: Room
         lambda: (s := loop.state_of(node)) is not None and s.manual_until_us is not None,
         what="the loop to see the manual command",
     )
-    await asyncio.sleep(0)
+    room.clock.advance(DEDUPE_S + 1)
     held = await loop.decide_now(node)
     assert held.outcome == "held"
     assert held.verdicts[1]["guard"] == "manual_override"
@@ -255,8 +260,9 @@ async def test_a_manual_command_pauses_automatic_control_for_its_time(room: Room
 async def test_one_decision_per_device_at_a_time(room: Room) -> None:
     loop = await room.loop("act")
     node = device()
-    await room.history(node)
     await loop.configure(node, LoopConfig(guards=OPEN))
+    await room.history(node)
+    room.clock.advance(DEDUPE_S + 1)
     request = InferenceRequest(
         device_id=node,
         profile="sensor",
@@ -265,14 +271,14 @@ async def test_one_decision_per_device_at_a_time(room: Room) -> None:
         features={"temperature": 27.0, "humidity": 60.0, "sound_volume": -40.0},
         raw={"device_id": node},
     )
-    own = asyncio.create_task(loop.check(node))
+    # A backbone's request and an operator's decision for the same moment.
+    on_demand = asyncio.create_task(loop.decide_now(node))
     loop.on_requests([request])
-    await own
-    await asyncio.sleep(0.05)
-    rows = await room.store.list_ml_decisions(device=node, limit=10)
-    outcomes = sorted(row.outcome for row in rows)
-    assert outcomes == ["actuated", "refused"], rows
-    refused = next(row for row in rows if row.outcome == "refused")
+    await on_demand
+    [_, one, other] = await decisions(room, node)
+    outcomes = sorted((one.outcome == "refused", other.outcome == "refused"))
+    assert outcomes == [False, True], (one, other)
+    refused = one if one.outcome == "refused" else other
     assert refused.verdicts[0]["guard"] == "one_at_a_time"
     # After DEDUPE_S the next one decides again.
     room.clock.advance(DEDUPE_S + 1)
@@ -283,12 +289,11 @@ async def test_one_decision_per_device_at_a_time(room: Room) -> None:
 async def test_a_restart_keeps_the_guard_state_and_the_last_decisions_means(room: Room) -> None:
     loop = await room.loop("act")
     node = device()
-    await room.history(node)
     await loop.configure(
         node, LoopConfig(guards=OPEN, trigger=TriggerParams(z_threshold=2.0, interval_s=30))
     )
-    decision = await loop.check(node)
-    assert decision is not None
+    await room.history(node)
+    [decision] = await decisions(room, node)
     assert decision.outcome == "actuated"
     before = loop.state_of(node)
     await room.stop(loop)
@@ -317,13 +322,15 @@ async def test_a_version_that_cannot_be_activated_leaves_the_served_one(room: Ro
 async def test_inputs_that_are_stale_fall_back_and_are_counted(room: Room) -> None:
     loop = await room.loop("act")
     node = device()
-    await room.history(node)
     await loop.configure(
         node, LoopConfig(guards=OPEN.model_copy(update={"stale_after_s": 5, "fallback": 30}))
     )
-    room.clock.advance(60)  # the newest reading is a minute old, the window still has data
-    decision = await loop.decide_now(node)
-    # The 120 s window reaches back past the last reading; its newest is 60 s old: stale.
+    await room.history(node)  # its newest reading is 10 s old when the trigger runs: stale
+    [decision] = await decisions(room, node)
     assert decision.outcome == "fallback"
     assert decision.target_position == 30
     assert "stale" in next(v for v in decision.verdicts if v["guard"] == "inputs")["detail"]
+    counted = room.metrics.get_sample_value(
+        "fieldhub_ml_refused_inputs_total", {"reason": "stale:temperature"}
+    )
+    assert counted == 1

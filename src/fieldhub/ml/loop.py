@@ -37,9 +37,9 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,9 +67,12 @@ MlMode = Literal["off", "shadow", "act"]
 DEDUPE_S = 10.0
 # How often the timer looks for devices whose own trigger is due.
 TICK_S = 5.0
-# A device's baseline deviations are read again after this long (from the minute rollups).
-STDS_TTL_S = 3600.0
-# The baseline's bucket: minute means from the rollups (docs/ml.md: why not raw readings).
+# A device's baseline deviations are read again after this long (from the minute rollups). Only
+# a full set is kept: a device with a deviation of 0 or none (a new one, a minute of data) is
+# read again at its next check, as the backbone reads them at every check.
+STDS_TTL_S = 600.0
+# The baseline's bucket: minute means from the rollups (docs/ml.md: why not raw readings), or
+# for a baseline shorter than an hour a 60th of it (at least a second), so it has a spread.
 BASELINE_BUCKET_US = 60 * US_PER_S
 # The loop's own command ids start with this; any other set_window is a manual override.
 COMMAND_PREFIX = "ml-"
@@ -105,6 +108,7 @@ class _Device:
     last_means: dict[str, float | None] | None = None
     last_decision_us: int | None = None
     next_check_us: int = 0
+    checking: bool = False  # its own trigger is running (a reading or the timer started it)
     stds: dict[str, float | None] = field(default_factory=dict)
     stds_us: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -203,6 +207,11 @@ class WindowLoop:
             self._subscription.close()
             self._subscription = None
 
+    async def wait_idle(self) -> None:
+        """Wait until the decisions under way (triggered by readings, requests) are done."""
+        while self._pending:
+            await asyncio.wait(list(self._pending))
+
     async def reload_model(self) -> None:
         """Load the registry's active version (after an activation or a rollback). A version
         that does not load leaves the one already loaded serving."""
@@ -295,9 +304,7 @@ class WindowLoop:
     def on_requests(self, requests: list[InferenceRequest]) -> None:
         """Ingest's request listener (on the event loop, after the batch committed)."""
         for request in requests:
-            task = asyncio.create_task(self._answer(request), name="ml.request")
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._spawn(self._answer(request), "ml.request")
 
     async def _answer(self, request: InferenceRequest) -> None:
         try:
@@ -329,15 +336,31 @@ class WindowLoop:
                 log.exception("ml: handling a bus event failed")
 
     def _on_committed(self, event: Committed) -> None:
+        """A device's features committed: its own trigger runs now if it is due (so a decision
+        follows the reading that made it, not the next timer tick)."""
         now = self._clock.now_us()
         for decoded in event.decoded:
-            if decoded.device_id in self._devices:
-                self._devices.move_to_end(decoded.device_id)
+            if not any(reading.metric in FEATURES for reading in decoded.readings):
                 continue
-            metrics = {reading.metric for reading in decoded.readings}
-            if metrics & set(FEATURES):
-                device = self._device(decoded.device_id)
-                device.next_check_us = now
+            device = self._device(decoded.device_id)
+            config = device.config
+            due = device.next_check_us <= now and not device.checking
+            if config.guards.enabled and config.trigger.enabled and due:
+                device.checking = True
+                self._spawn(self._checked(decoded.device_id), "ml.check")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _checked(self, device_id: str) -> None:
+        try:
+            await self.check(device_id)
+        except Exception:
+            log.exception("ml: the trigger of %s failed", device_id)
+        finally:
+            self._device(device_id).checking = False
 
     async def _on_command(self, event: CommandChanged) -> None:
         row = event.command
@@ -368,22 +391,30 @@ class WindowLoop:
     # -- the timer: the own trigger ------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Run the own trigger of every device that is due (tests call it with a manual
-        clock)."""
+        """Run the own trigger of every device that is due and sent nothing since (a reading
+        runs it at once: `_on_committed`); tests call it with a manual clock."""
         now = self._clock.now_us()
         for device_id, device in list(self._devices.items()):
-            if not device.config.guards.enabled or device.next_check_us > now:
+            config = device.config
+            if not (config.guards.enabled and config.trigger.enabled) or device.next_check_us > now:
                 continue
-            params = device.config.trigger
-            device.next_check_us = now + round(params.interval_s * US_PER_S)
-            await self.check(device_id)
+            if not device.checking:
+                device.checking = True
+                await self._checked(device_id)
 
     async def check(self, device_id: str) -> MlDecisionRow | None:
-        """The backbone's check for one device now: decide when its trigger says so."""
+        """The backbone's check for one device now: decide when its trigger says so. The next
+        check is due `interval_s` later, or at the next reading while the window lacks a
+        feature."""
         device = self._device(device_id)
         params = device.config.trigger
         now = self._clock.now_us()
         current = await window_means(self._store, device_id, now, params.window_s)
+        if any(value is None for value in current.values.values()):
+            # Not all three features in the window yet (they come as separate messages): a
+            # decision now could only refuse its inputs; the backbone's poll would come later.
+            return None
+        device.next_check_us = now + round(params.interval_s * US_PER_S)
         stds = await self._stds(device_id, device, now, params)
         verdict = evaluate(current.values, device.last_means, stds, params)
         if not verdict.fire:
@@ -425,12 +456,15 @@ class WindowLoop:
                 name,
                 start_us=start,
                 end_us=now_us,
-                interval_us=BASELINE_BUCKET_US,
+                interval_us=min(
+                    BASELINE_BUCKET_US, max(US_PER_S, round(params.baseline_s * US_PER_S / 60))
+                ),
                 agg="avg",
             )
             values = [point.value for point in points]
             stds[name] = _pstdev(values)
-        device.stds, device.stds_us = stds, now_us
+        device.stds = stds
+        device.stds_us = now_us if all(stds.values()) else None
         return stds
 
     # -- a decision ----------------------------------------------------------------------------

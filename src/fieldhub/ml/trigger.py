@@ -43,6 +43,8 @@ class TriggerParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Off where a backbone of the old stack still asks (its requests are still answered).
+    enabled: bool = True
     interval_s: float = Field(default=60.0, ge=1, le=86_400)
     window_s: float = Field(default=120.0, ge=1, le=86_400)
     baseline_s: float = Field(default=7 * 86_400.0, ge=60, le=90 * 86_400)
