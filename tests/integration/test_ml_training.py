@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,11 @@ def decide(fh: FieldhubProcess, device_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fh(tmp_path: Path, mosquitto: MosquittoProcess) -> FieldhubProcess:
-    return FieldhubProcess(data_dir=tmp_path / "fh", mqtt_url=mosquitto.url)
+def fh(tmp_path: Path, mosquitto: MosquittoProcess) -> Iterator[FieldhubProcess]:
+    process = FieldhubProcess(data_dir=tmp_path / "fh", mqtt_url=mosquitto.url)
+    yield process
+    if process.proc is not None and process.proc.poll() is None:
+        process.stop()  # the test failed while it ran
 
 
 def test_manual_commands_teach_the_next_version_and_rollback_restores_the_previous(
