@@ -334,3 +334,20 @@ async def test_inputs_that_are_stale_fall_back_and_are_counted(room: Room) -> No
         "fieldhub_ml_refused_inputs_total", {"reason": "stale:temperature"}
     )
     assert counted == 1
+
+
+async def test_a_device_that_never_sent_all_three_features_costs_no_check(room: Room) -> None:
+    """Most devices send no sound level: their readings must not each run a window query."""
+    await room.loop("act")
+    node = device()
+    start = room.clock.now_us() - 50 * S
+    for k in range(50):
+        ts = start + k * S
+        await room.commit(node, [("temperature", ts, 22.0), ("humidity", ts, 50.0)])
+    assert room.metrics.get_sample_value("fieldhub_ml_trigger_checks_total") == 0
+    assert await decisions(room, node) == []
+    # Its first sound level completes the set: the trigger runs, and decides.
+    await room.commit(node, [("sound_volume", room.clock.now_us(), -45.0)])
+    assert room.metrics.get_sample_value("fieldhub_ml_trigger_checks_total") == 1
+    [first] = await decisions(room, node)
+    assert first.reason == "first_inference"

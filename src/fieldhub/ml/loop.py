@@ -65,6 +65,9 @@ log = logging.getLogger("fieldhub.ml")
 MlMode = Literal["off", "shadow", "act"]
 # A second decision for a device within this of its last one moves nothing (one at a time).
 DEDUPE_S = 10.0
+# A check whose window lacked a feature is due again after this (or interval_s if shorter).
+RETRY_S = 10.0
+FEATURE_SET = frozenset(FEATURES)
 # How often the timer looks for devices whose own trigger is due.
 TICK_S = 5.0
 # A device's baseline deviations are read again after this long (from the minute rollups). Only
@@ -109,6 +112,9 @@ class _Device:
     last_decision_us: int | None = None
     next_check_us: int = 0
     checking: bool = False  # its own trigger is running (a reading or the timer started it)
+    # The features it has sent since the loop started (its trigger waits for all three: most
+    # devices never send a sound level, and a check of theirs could never decide).
+    seen: set[str] = field(default_factory=set)
     stds: dict[str, float | None] = field(default_factory=dict)
     stds_us: int | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -154,6 +160,11 @@ class WindowLoop:
             "fieldhub_ml_refused_inputs",
             "Decisions whose inputs were missing, not finite, out of range or stale",
             ["reason"],
+            registry=metrics,
+        )
+        self.checks = Counter(
+            "fieldhub_ml_trigger_checks",
+            "Own-trigger checks run (a device's window means against its last decision's)",
             registry=metrics,
         )
         self.inference_seconds = Histogram(
@@ -340,9 +351,15 @@ class WindowLoop:
         follows the reading that made it, not the next timer tick)."""
         now = self._clock.now_us()
         for decoded in event.decoded:
-            if not any(reading.metric in FEATURES for reading in decoded.readings):
+            features = {r.metric for r in decoded.readings if r.metric in FEATURE_SET}
+            if not features:
                 continue
-            device = self._device(decoded.device_id)
+            device = self._devices.get(decoded.device_id)
+            if device is None or len(device.seen) < len(FEATURES):
+                device = self._device(decoded.device_id)
+                device.seen |= features
+                if len(device.seen) < len(FEATURES):
+                    continue
             config = device.config
             due = device.next_check_us <= now and not device.checking
             if config.guards.enabled and config.trigger.enabled and due:
@@ -398,7 +415,7 @@ class WindowLoop:
             config = device.config
             if not (config.guards.enabled and config.trigger.enabled) or device.next_check_us > now:
                 continue
-            if not device.checking:
+            if len(device.seen) == len(FEATURES) and not device.checking:
                 device.checking = True
                 await self._checked(device_id)
 
@@ -409,10 +426,12 @@ class WindowLoop:
         device = self._device(device_id)
         params = device.config.trigger
         now = self._clock.now_us()
+        self.checks.inc()
         current = await window_means(self._store, device_id, now, params.window_s)
         if any(value is None for value in current.values.values()):
-            # Not all three features in the window yet (they come as separate messages): a
-            # decision now could only refuse its inputs; the backbone's poll would come later.
+            # Not all three features in this window (they come as separate messages, one may be
+            # late): a decision now could only refuse its inputs. Looked at again soon.
+            device.next_check_us = now + round(min(params.interval_s, RETRY_S) * US_PER_S)
             return None
         device.next_check_us = now + round(params.interval_s * US_PER_S)
         stds = await self._stds(device_id, device, now, params)
