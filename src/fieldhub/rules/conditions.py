@@ -351,7 +351,9 @@ def _threshold_sample(params: ThresholdParams, state: ConditionState, sample: Sa
         return state, ()
     ts, value = sample.ts_us, sample.value
     for_us = seconds_us(params.for_s)
-    state = replace(_seen(state, ts), last_us=ts)
+    # One replace (this runs for every reading of every device in scope): `_seen` and last_us.
+    seen = ts if state.seen_us is None or state.seen_us < ts else state.seen_us
+    state = replace(state, last_us=ts, seen_us=seen)
     edges: list[Edge] = []
     # The run beyond the trigger held, by the previous reading, until this one: if it passed
     # for_s before now, the alarm fired then, whatever this reading says.

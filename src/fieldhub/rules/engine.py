@@ -263,6 +263,9 @@ class RuleEngine:
         # scope for every device of every batch cost ~40 ms a batch at 1,000 rules. Emptied when
         # a rule changes; a device's entry goes when its profile or attributes change.
         self._in_scope: dict[str, list[_Loaded]] = {}
+        # The metrics some rule reads (None: a rule reads every metric); the others of a batch
+        # are not even collected (at 10,000 messages/s that was 5 % of a core).
+        self._watched: frozenset[str] | None = frozenset()
         self._lock = asyncio.Lock()
         # States whose progress changed since it was last stored (rule id, device id).
         self._unsaved: set[tuple[str, str]] = set()
@@ -317,6 +320,7 @@ class RuleEngine:
             self.edges.labels(edge)
         for by in ("reading", "tick"):
             self.evaluations.labels(by)
+        self._reading_evaluations = self.evaluations.labels("reading")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -335,7 +339,7 @@ class RuleEngine:
             rule = self._parse(row)
             if rule is not None:
                 self._rules[rule.id] = self._loaded(row, rule)
-        self._in_scope.clear()
+        self._rules_changed()
         for state_row in await self._store.load_rule_states():
             loaded = self._rules.get(state_row.rule_id)
             if loaded is None or not isinstance(state_row.state, Mapping):
@@ -414,7 +418,7 @@ class RuleEngine:
             if not await self._store.delete_rule(rule_id, self._clock.now_us()):
                 raise NotFound(f"no rule {rule_id}", code="rule_not_found")
             self._rules.pop(rule_id, None)
-            self._in_scope.clear()
+            self._rules_changed()
             await self._store.delete_rule_states(rule_id)
             await self.alarm_book.clear_rule(rule_id, actor=actor, comment="rule deleted")
 
@@ -456,7 +460,7 @@ class RuleEngine:
 
     async def _install(self, row: RuleVersionRow, rule: Rule, *, actor: str) -> None:
         previous = self._rules.pop(rule.id, None)
-        self._in_scope.clear()
+        self._rules_changed()
         if not rule.enabled:
             await self._store.delete_rule_states(rule.id)
             await self.alarm_book.clear_rule(rule.id, actor=actor, comment="rule disabled")
@@ -475,6 +479,7 @@ class RuleEngine:
             await self._store.delete_rule_states(rule.id)
             await self.alarm_book.clear_rule(rule.id, actor=actor, comment="rule changed")
         self._rules[rule.id] = loaded
+        self._rules_changed()
         now = self._clock.now_us()
         added = self._watch_devices(loaded, now)
         await self._persist([(rule.id, device) for device in added])
@@ -554,10 +559,14 @@ class RuleEngine:
                 known[1].update(decoded.attributes)
                 self._devices[decoded.device_id] = (decoded.profile, known[1])
                 self._in_scope.pop(decoded.device_id, None)
-            if decoded.readings:
-                readings.setdefault(decoded.device_id, []).extend(
-                    (reading.ts_us, reading.metric, reading.value) for reading in decoded.readings
-                )
+            watched = self._watched
+            taken = [
+                (reading.ts_us, reading.metric, reading.value)
+                for reading in decoded.readings
+                if watched is None or reading.metric in watched
+            ]
+            if taken:
+                readings.setdefault(decoded.device_id, []).extend(taken)
         edges: list[_EdgeAt] = []
         touched: list[tuple[str, str]] = []
         for device_id, device_readings in readings.items():
@@ -574,6 +583,17 @@ class RuleEngine:
             and loaded.scope.matches(device_id, profile, attributes)
         ):
             loaded.states[device_id] = initial(loaded.condition(device_id), start_us=now_us)
+
+    def _rules_changed(self) -> None:
+        """Forget what was derived from the rules: who is in scope, which metrics matter."""
+        self._in_scope.clear()
+        watched: set[str] = set()
+        for loaded in self._rules.values():
+            if loaded.metrics is None:
+                self._watched = None
+                return
+            watched |= loaded.metrics
+        self._watched = frozenset(watched)
 
     def _rules_for(self, device_id: str) -> list[_Loaded]:
         """The rules a reading of the device is fed to (a schedule alone has none: ticks only)."""
@@ -614,7 +634,7 @@ class RuleEngine:
                     touched.append((loaded.rule.id, device_id))
                 else:
                     self._unsaved.add((loaded.rule.id, device_id))
-                self.evaluations.labels("reading").inc(fed)
+                self._reading_evaluations.inc(fed)
 
     async def _catch_up(self, lost: int) -> None:
         """After bus drops: the readings newer than each state's newest, from the store."""
