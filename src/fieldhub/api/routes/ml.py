@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from fieldhub.api.auth import VIEWER, AdminDep, OperatorDep, audit_request
 from fieldhub.api.cursors import decode_cursor, encode_cursor
 from fieldhub.api.deps import DeviceIdDep, NowDep, StoreDep, WindowLoopDep
-from fieldhub.api.errors import BODY_RESPONSES, ERROR_RESPONSES
+from fieldhub.api.errors import BODY_RESPONSES, ERROR_RESPONSES, ErrorResponse
 from fieldhub.api.params import parse_time
 from fieldhub.api.routing import AllMethodsRoute
 from fieldhub.clock import US_PER_S
@@ -254,7 +254,11 @@ async def activate_model(
     return await _models(loop)
 
 
-@router.post("/models/rollback", response_model=ModelsPublic)
+@router.post(
+    "/models/rollback",
+    response_model=ModelsPublic,
+    responses={409: {"model": ErrorResponse, "description": "No earlier version to go back to"}},
+)
 async def rollback_model(principal: AdminDep, request: Request, loop: LoopDep) -> ModelsPublic:
     """Serve the version that was active before the active one."""
     target = f"model:{loop.model_name}"
