@@ -26,7 +26,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,8 +35,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from fieldhub.broker import MosquittoProcess
-from support.auth import ADMIN_USERNAME, new_password
+from support.auth import ADMIN_USERNAME
 from support.browser import DESKTOP, Shoot
+from support.e2e_fieldhub import add_users, admin_client, authed_fieldhub
 from support.fieldhub_process import FieldhubProcess, wait_until
 from support.mqtt import connected_publisher, publish_all
 
@@ -60,43 +60,20 @@ NO_VALUE = "\u2013"
 def live_fieldhub(
     tmp_path_factory: pytest.TempPathFactory, mosquitto: MosquittoProcess
 ) -> Iterator[FieldhubProcess]:
-    """`fieldhub up` with authentication on, on the session's Mosquitto (devices and the
-    backbone publish anonymously there)."""
-    fh = FieldhubProcess(
-        data_dir=tmp_path_factory.mktemp("e2e-ml"), auth=True, mqtt_url=mosquitto.url
-    )
-    # Started from another thread: asyncio.run() refuses this thread while Playwright's sync
-    # API is alive (see conftest.py).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(fh.start).result()
-    yield fh
-    fh.stop()
+    with authed_fieldhub(tmp_path_factory.mktemp("e2e-ml"), mosquitto.url) as fh:
+        yield fh
 
 
 @pytest.fixture(scope="module")
 def admin_api(live_fieldhub: FieldhubProcess) -> Iterator[httpx.Client]:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        token = pool.submit(lambda: live_fieldhub.admin_token).result()
-    with httpx.Client(
-        base_url=live_fieldhub.base_url,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10.0,
-    ) as client:
+    with admin_client(live_fieldhub) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def passwords(admin_api: httpx.Client) -> dict[str, str]:
     """An operator and a viewer, added by the admin through the API."""
-    made = {}
-    for username, role in ((OPERATOR, "operator"), (VIEWER, "viewer")):
-        password = new_password()
-        answer = admin_api.post(
-            "/api/v1/users", json={"username": username, "password": password, "role": role}
-        )
-        assert answer.status_code in (200, 201), answer.text
-        made[username] = password
-    return made
+    return add_users(admin_api, {OPERATOR: "operator", VIEWER: "viewer"})
 
 
 def publish(mqtt_url: str, messages: list[tuple[str, bytes]]) -> None:

@@ -31,6 +31,7 @@ PATH_VALUES = {
     "rule_id": "some-rule",
     "version": "1",
     "alarm_id": "0b0e2f7c-5a3f-4c1e-9d5e-000000000000",
+    "decision_id": "0b0e2f7c-5a3f-4c1e-9d5e-000000000001",
 }
 
 

@@ -60,8 +60,10 @@ def train(
     from fieldhub.ml.history import manual_examples, summary
     from fieldhub.ml.policy import synthetic_dataset
     from fieldhub.ml.registry import DEFAULT_MODEL_NAME, Registry
+    from fieldhub.security.files import restrict_new_files
     from fieldhub.store.open import open_store
 
+    restrict_new_files()  # the new version's files are fieldhub's alone, as the data dir's are
     settings = settings_from(data_dir=data_dir, db=db)
     registry = Registry(settings.model_registry)
     name = DEFAULT_MODEL_NAME

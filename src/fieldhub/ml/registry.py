@@ -35,6 +35,7 @@ from typing import Literal
 from fieldhub.clock import Clock, SystemClock
 from fieldhub.errors import Conflict, Invalid, NotFound
 from fieldhub.ml.runtime import MODEL_NAME_PATTERN, Manifest, WindowModel, read_manifest
+from fieldhub.security.files import secure_tree
 
 log = logging.getLogger("fieldhub.ml")
 
@@ -250,6 +251,8 @@ class Registry:
             staging = directory / f".{target.name}.tmp-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             shutil.copytree(source_dir, staging)
+            # copytree copies the package's modes (0644, 0755): the data dir is fieldhub's alone.
+            secure_tree(staging)
             os.replace(staging, target)
             try:
                 self._activate(name, manifest.version, by="default", action="default")
