@@ -24,8 +24,10 @@ from support.mqtt import connected_publisher, publish_all
 from support.sim_devices import SimDevice
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-# Enough examples per operation to hit boundaries and garbage; the run takes ~20-40 s.
-EXAMPLES_PER_OPERATION = 50
+# Enough examples per operation to hit boundaries and garbage (the coverage phase adds its own
+# boundary cases). 50 made each of the two runs ~80 s at 76 operations; 30 keeps the suite under
+# 15 minutes.
+EXAMPLES_PER_OPERATION = 30
 # `POST .../commands?wait_s=` may rightly hold a response up to 30 s (a command to a device that
 # never answers, until its timeout); schemathesis's default limit is 10 s.
 MAX_RESPONSE_S = 35
