@@ -351,3 +351,28 @@ async def test_a_device_that_never_sent_all_three_features_costs_no_check(room: 
     assert room.metrics.get_sample_value("fieldhub_ml_trigger_checks_total") == 1
     [first] = await decisions(room, node)
     assert first.reason == "first_inference"
+
+
+async def test_a_flood_of_requests_is_bounded_and_counted(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More requests under way than MAX_PENDING: the rest are dropped and counted, not queued."""
+    import fieldhub.ml.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "MAX_PENDING", 3)
+    loop = await room.loop("shadow")
+    node = device()
+    request = InferenceRequest(
+        device_id=node,
+        profile="sensor",
+        received_us=room.clock.now_us(),
+        at_us=room.clock.now_us(),
+        features={"temperature": 27.0, "humidity": 60.0, "sound_volume": -40.0},
+        raw={"device_id": node},
+    )
+    loop.on_requests([request] * 10)
+    dropped = room.metrics.get_sample_value("fieldhub_ml_dropped_total", {"what": "request"})
+    assert dropped == 7
+    rows = await decisions(room, node)
+    assert len(rows) == 3  # one decided, two refused (one at a time), none of the dropped
+    assert sorted(r.outcome for r in rows).count("refused") == 2

@@ -84,6 +84,9 @@ MAX_SEEN_COMMANDS = 10_000
 # Devices the loop keeps in memory; past this, the one silent longest is forgotten (its stored
 # configuration and state stay).
 MAX_DEVICES = 100_000
+# Decisions started (requests, reading-driven checks) and not yet done; past this a new one is
+# dropped, counted: a flood of requests must not grow the event loop's tasks without bound.
+MAX_PENDING = 10_000
 WINDOW_FORMATS = ("sensor", "native")
 
 
@@ -162,6 +165,15 @@ class WindowLoop:
             ["reason"],
             registry=metrics,
         )
+        self.dropped = Counter(
+            "fieldhub_ml_dropped",
+            "Requests and checks dropped because MAX_PENDING decisions were under way, and "
+            "devices forgotten past MAX_DEVICES",
+            ["what"],
+            registry=metrics,
+        )
+        for what in ("request", "check", "device"):
+            self.dropped.labels(what)
         self.checks = Counter(
             "fieldhub_ml_trigger_checks",
             "Own-trigger checks run (a device's window means against its last decision's)",
@@ -272,6 +284,7 @@ class WindowLoop:
             )
             while len(self._devices) > MAX_DEVICES:
                 self._devices.popitem(last=False)
+                self.dropped.labels("device").inc()
         else:
             self._devices.move_to_end(device_id)
         return device
@@ -363,13 +376,18 @@ class WindowLoop:
             config = device.config
             due = device.next_check_us <= now and not device.checking
             if config.guards.enabled and config.trigger.enabled and due:
-                device.checking = True
-                self._spawn(self._checked(decoded.device_id), "ml.check")
+                device.checking = self._spawn(self._checked(decoded.device_id), "ml.check")
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> bool:
+        if len(self._pending) >= MAX_PENDING:
+            coro.close()
+            self.dropped.labels("request" if name == "ml.request" else "check").inc()
+            log.warning("ml: %d decisions under way; %s dropped", len(self._pending), name)
+            return False
         task = asyncio.create_task(coro, name=name)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return True
 
     async def _checked(self, device_id: str) -> None:
         try:
