@@ -3,14 +3,15 @@ session's Mosquitto, window-control nodes in `fieldhub.sim.room` rooms on accele
 
 Each room the loop controls has a twin (same seed, same start, same street) for which the loop
 is switched off, so the only difference between the two is what the loop did to the window. The
-evening is chosen on purpose: outside cools from ~29 °C to ~19 °C while a closed room, warmed by
-the day and its people, stays near 28-30 °C; opening the window is what brings it towards the
-comfort band (`fieldhub.ml.policy`, 20-24 °C), and the policy opens above 24 °C.
+early afternoon is chosen on purpose: outside is ~21 °C and a closed room, warmed by its people
+and the sun, climbs out of the comfort band (`fieldhub.ml.policy`, 20-24 °C) towards ~27 °C;
+the loop must keep its room inside the band for the whole run.
 
-Time: the room runs `SPEEDUP` times faster than the wall clock (4 hours in 32 s). The loop's
-own clock is not accelerated: its trigger runs every `interval_s` wall seconds (1 s here, the
-smallest it accepts), its timer looks every 5 s, and a device's decisions are at least
-`DEDUPE_S` (10 s) apart, so a room sees a decision every ~75 room minutes at most.
+Time: the room runs `SPEEDUP` times faster than the wall clock (75 room minutes in 50 s). The
+loop's own clock is not accelerated: its trigger runs every `interval_s` wall seconds (1 s here,
+the smallest it accepts) and a device's decisions are at least `DEDUPE_S` (10 s) apart, so a
+room sees a decision every 15 room minutes at most: the pace `tests/sim/test_room.py` shows
+keeping a whole day in the band (there with the policy itself, here with the shipped model).
 """
 
 from __future__ import annotations
@@ -41,22 +42,24 @@ from fieldhub.sim.room import (
 from support.commands import recorder
 from support.fieldhub_process import FieldhubProcess, wait_until
 
-# Room seconds per wall second: RUN_S of wall time is RUN_S * SPEEDUP / 3600 hours of evening.
-SPEEDUP = 450.0
-START_HOUR = 18.0
-# An overheated room at the end of a warm afternoon.
-START_C = 27.0
+# Room seconds per wall second: RUN_S of wall time is RUN_S * SPEEDUP / 3600 hours.
+SPEEDUP = 90.0
+START_HOUR = 12.5
+# A room near the top of the band, heating up.
+START_C = 23.5
 # One reading cycle per wall second (the firmware's is 10 s: the room's time is accelerated).
 PERIOD_S = 1.0
-RUN_S = 32.0
+RUN_S = 50.0
 SHADOW_RUN_S = 10.0
 ROOMS = 2
 # Guards open enough for a fast test: no wait between moves, any confidence; the rest default.
 ACT_GUARDS = {"min_confidence": 0.0, "min_interval_s": 0, "deadband": 3}
-# The loop's own trigger as fast as it goes (the brief's accelerated time).
-FAST_TRIGGER = {"interval_s": 1, "window_s": 5, "baseline_s": 60}
-# The loop's rooms must be this much closer (°C, mean distance outside the band) than their twins.
-MARGIN_C = 0.5
+# The loop's own trigger as fast as it goes (the brief's accelerated time), and more sensitive
+# than the backbone's 1.5 standard deviations: a room held near its balance moves little.
+FAST_TRIGGER = {"interval_s": 1, "window_s": 5, "baseline_s": 60, "z_threshold": 0.5}
+# The closed twins must spend at most this share of the run inside the band (so the loop's
+# 100 % is the window's doing, not a day that needed no window).
+SHUT_IN_BAND_AT_MOST = 0.6
 
 
 @pytest.fixture
@@ -178,11 +181,12 @@ def manual_first(fh: FieldhubProcess, node: RoomNode, closing: ExitStack) -> Non
     configure(fh, node.device_id, {"guards": ACT_GUARDS, "trigger": FAST_TRIGGER})
 
 
-def test_the_loop_keeps_rooms_closer_to_the_comfort_band_than_a_closed_window(
+def test_the_loop_keeps_rooms_inside_the_comfort_band_where_a_closed_window_leaves_it(
     mosquitto: MosquittoProcess, act_fieldhub: FieldhubProcess
 ) -> None:
     """Twins: the loop acts in one room of each pair, is off in the other; both see the same
-    evening. The loop's rooms end nearer the band, and only their windows moved. A third kind of
+    afternoon. Every reading of the loop's rooms is inside the band; their closed twins leave
+    it, and only the loop's windows moved. A third kind of
     room has a person who opens the window through the API: a manual command, which the loop
     leaves alone (it holds, it does not move the window back)."""
     prefix = f"room-{uuid.uuid4().hex[:6]}"
@@ -224,9 +228,8 @@ def test_the_loop_keeps_rooms_closer_to_the_comfort_band_than_a_closed_window(
         assert shut.controls_applied == 0
         assert all(w == 0 for *_, w in shut.history)
         assert {r["outcome"] for r in decisions(act_fieldhub, shut.device_id)} <= {"off"}
-        loop_excess = band_excess([t for _, t, _ in loop.history])
-        shut_excess = band_excess([t for _, t, _ in shut.history])
-        assert loop_excess < shut_excess - MARGIN_C, detail
+        assert in_band_fraction([t for _, t, _ in loop.history]) == 1.0, detail
+        assert in_band_fraction([t for _, t, _ in shut.history]) <= SHUT_IN_BAND_AT_MOST, detail
     # The person's command is a manual one: it moved the window, and the loop held from then on.
     commands = act_fieldhub.get(f"/api/v1/devices/{person_id}/commands").json()["data"]
     manual = [c for c in commands if not c["id"].startswith("ml-")]

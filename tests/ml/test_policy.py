@@ -15,6 +15,7 @@ from fieldhub.ml.policy import (
     FULL_OPEN_C,
     LOUD_CLOSE_FRACTION,
     LOUD_DBFS,
+    OPEN_FROM_C,
     QUIET_DBFS,
     comfort_position,
     synthetic_dataset,
@@ -25,8 +26,11 @@ SOUNDS = (-120.0, -40.0, -25.0, 0.0)
 
 
 def test_comfort_band_constants() -> None:
-    """The band the loop's tests rely on: 20-24 °C, fully open from 30 °C."""
-    assert (COMFORT_LOW_C, COMFORT_HIGH_C, FULL_OPEN_C) == (20.0, 24.0, 30.0)
+    """The band the loop's tests rely on: 20-24 °C, opening from its middle (22 °C), fully
+    open from 28 °C."""
+    assert (COMFORT_LOW_C, COMFORT_HIGH_C) == (20.0, 24.0)
+    assert (OPEN_FROM_C, FULL_OPEN_C) == (22.0, 28.0)
+    assert COMFORT_LOW_C < OPEN_FROM_C < COMFORT_HIGH_C < FULL_OPEN_C
 
 
 @pytest.mark.parametrize("temperature", [-50.0, 0.0, 15.0, 19.9])
@@ -45,18 +49,22 @@ def test_open_when_hot_and_quiet(temperature: float) -> None:
 
 
 def test_opens_with_heat() -> None:
-    """Above the band the opening grows with temperature (never shrinks)."""
+    """From the band's middle up the opening grows with temperature (never shrinks)."""
     positions = [comfort_position(20.0 + 0.5 * i, 50.0, -40.0) for i in range(25)]
     assert positions == sorted(positions)
-    assert comfort_position(COMFORT_HIGH_C, 50.0, -40.0) == 0.0
-    assert comfort_position(27.0, 50.0, -40.0) == pytest.approx(50.0)
+    assert comfort_position(OPEN_FROM_C, 50.0, -40.0) == 0.0
+    assert comfort_position(COMFORT_HIGH_C, 50.0, -40.0) == pytest.approx(100 / 3)
+    assert comfort_position(25.0, 50.0, -40.0) == pytest.approx(50.0)
 
 
 def test_humidity_airs_inside_the_band() -> None:
-    """Inside the band only humidity opens the window, up to AIRING_MAX_PCT."""
-    assert comfort_position(22.0, 50.0, -40.0) == 0.0
-    assert 0.0 < comfort_position(22.0, 75.0, -40.0) < comfort_position(22.0, 90.0, -40.0)
-    assert comfort_position(COMFORT_HIGH_C, 90.0, -40.0) == pytest.approx(AIRING_MAX_PCT)
+    """Below the heat ramp only humidity opens the window, up to AIRING_MAX_PCT at the band's
+    top; on the ramp it adds to the heat's opening."""
+    assert comfort_position(21.0, 50.0, -40.0) == 0.0
+    assert 0.0 < comfort_position(21.0, 75.0, -40.0) < comfort_position(21.0, 90.0, -40.0)
+    assert comfort_position(OPEN_FROM_C, 90.0, -40.0) == pytest.approx(AIRING_MAX_PCT / 2)
+    dry = comfort_position(COMFORT_HIGH_C, 50.0, -40.0)
+    assert comfort_position(COMFORT_HIGH_C, 90.0, -40.0) == pytest.approx(dry + AIRING_MAX_PCT)
 
 
 @pytest.mark.parametrize("temperature", [23.0, 26.0, 28.0, 35.0])

@@ -107,9 +107,9 @@ def test_incremental_training_moves_toward_new_examples(tmp_path: Path) -> None:
     records its parent and keeps the parent's scaler."""
     root = tmp_path / "window"
     shutil.copytree(SHIPPED_DEFAULT, root / "1")
-    # A household that wants the window wide open at 27 °C where the policy says half.
-    new = [(27.0 + 0.1 * i, 50.0 + i, -32.0 + 0.2 * i, 95.0) for i in range(12)]
-    probe = {"temperature": 27.5, "humidity": 55.0, "sound_volume": -31.0}
+    # A household that wants the window wide open at 24.5 °C where the policy says a third.
+    new = [(24.0 + 0.1 * i, 50.0 + i, -32.0 + 0.2 * i, 95.0) for i in range(12)]
+    probe = {"temperature": 24.5, "humidity": 55.0, "sound_volume": -31.0}
     before, _ = WindowModel.load(root / "1").predict(probe)
     manifest = train(
         new,

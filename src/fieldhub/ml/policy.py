@@ -5,11 +5,14 @@ documented policy; a deployment's own history (labels from people moving windows
 through incremental training. The policy, in words (docs/ml-model.md draws it):
 
 * Below the comfort band (`COMFORT_LOW_C`, 20 °C) the window stays closed, whatever else.
-* Inside the band (20-24 °C) it opens only to air out humidity: up to `AIRING_MAX_PCT` (30)
-  points as relative humidity rises from `HUMID_START_PCT` (60 %) to `HUMID_FULL_PCT` (85 %),
-  weighted by how far into the band the temperature is (none at 20 °C, all of it at 24 °C).
-* Above the band it opens with heat: linearly from 0 at `COMFORT_HIGH_C` (24 °C) to fully open at
-  `FULL_OPEN_C` (30 °C), plus the humidity airing, capped at 100.
+* It opens with heat from the band's middle: linearly from 0 at `OPEN_FROM_C` (22 °C) to fully
+  open at `FULL_OPEN_C` (28 °C). From the middle, not from the band's top (24 °C): a room under
+  a heat load settles where the opening balances the load, which is always above where the
+  opening starts; starting at the middle keeps that balance inside the band (sim/room.py's
+  warm day, `tests/sim/test_room.py`), starting at the top would keep it above.
+* Humidity airs the room: up to `AIRING_MAX_PCT` (30) more points as relative humidity rises
+  from `HUMID_START_PCT` (60 %) to `HUMID_FULL_PCT` (85 %), weighted by how far into the band
+  the temperature is (none at 20 °C, all of it from 24 °C); the opening is capped at 100.
 * Noise closes it again: the opening is multiplied by `1 - LOUD_CLOSE_FRACTION * loudness`, where
   loudness rises linearly from 0 at `QUIET_DBFS` (-35 dBFS) to 1 at `LOUD_DBFS` (-15 dBFS). A
   loud street keeps at most 30 % of the opening.
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 import random
 
-# The comfort band: closed below it, opening with heat above it.
+# The comfort band the loop keeps a room in: closed below it.
 COMFORT_LOW_C = 20.0
 COMFORT_HIGH_C = 24.0
-# Fully open (on a quiet, dry day) from this temperature up.
-FULL_OPEN_C = 30.0
+# Opening with heat from the band's middle (the module docstring says why not its top) ...
+OPEN_FROM_C = 22.0
+# ... to fully open (on a quiet, dry day) from this temperature up.
+FULL_OPEN_C = 28.0
 # Humidity airing: from this relative humidity up, up to AIRING_MAX_PCT at HUMID_FULL_PCT.
 HUMID_START_PCT = 60.0
 HUMID_FULL_PCT = 85.0
@@ -76,7 +81,7 @@ def comfort_position(temperature: float, humidity: float, sound_volume: float) -
     if temperature < COMFORT_LOW_C:
         return 0.0
     warmth = _ramp(temperature, COMFORT_LOW_C, COMFORT_HIGH_C)
-    heat = _ramp(temperature, COMFORT_HIGH_C, FULL_OPEN_C)
+    heat = _ramp(temperature, OPEN_FROM_C, FULL_OPEN_C)
     damp = _ramp(humidity, HUMID_START_PCT, HUMID_FULL_PCT)
     opening = min(100.0, 100.0 * heat + AIRING_MAX_PCT * damp * warmth)
     loudness = _ramp(sound_volume, QUIET_DBFS, LOUD_DBFS)
