@@ -2,16 +2,17 @@
 
 Issue 17's bars: (a) one decision's inference p99 <= 2 ms in-process; (b) an MQTT inference
 request to the `window/{id}/control` answer p99 <= 20 ms at 100 requests/s from 1,000 devices;
-(c) a committed message to its control command on the wire p99 <= 50 ms. Run
-``./scripts/bench ml`` (``--quick`` to smoke-test the bench); the result goes to
-``bench/results/ml.json``; bench/README.md, "ML", has the method and the figures.
+(c) a committed reading to its control command on the wire p99 <= 50 ms, 1,000 devices whose
+own trigger fires every ~10 s. Run ``./scripts/bench ml`` (``--quick`` to smoke-test the bench);
+the result goes to ``bench/results/ml.json``; bench/README.md, "ML", has the method and the
+figures.
 
 (a) ``WindowModel.predict`` on the shipped default model
 (``src/fieldhub/ml/default_models/window/1/``, loaded as the loop loads it), ``--calls`` calls
 (10,000) per run on inputs drawn from the synthetic policy's distributions, each timed with
 ``perf_counter_ns``; median over ``--runs`` runs of each run's percentiles.
 
-(b) and (c), one fresh ``fieldhub up --ml-mode act`` per run: ``--devices`` window-control devices
+(b), one fresh ``fieldhub up --ml-mode act`` per run: ``--devices`` window-control devices
 get their loop configuration through ``PUT /api/v1/ml/devices/{id}`` (guards open: any confidence,
 no wait between moves, deadband 0; their own trigger off, as where a backbone still asks, so that
 only requests start decisions: an own ``first_inference`` decision as soon as a device's first
@@ -23,10 +24,20 @@ sends the backbone's requests (``{"device_id", "timestamp" RFC 3339, "temperatur
 alternating a hot and a cool room so every answer moves the window, and notes when each
 ``window/{id}/control`` answer arrives. Every answer is matched to its device's latest request; (b)
 is request published -> answer received. For (c) each decision row (``GET /api/v1/ml/decisions``)
-is matched to its request by the request's own timestamp: the row's ``at`` is when the decision
-started, right after the request's batch committed (the loop's request listener runs after the
-commit); decision start -> answer received is (c), and request published -> decision start is the
-ingest part of (b).
+is matched to its request by the request's own timestamp: the row's ``committed`` is when the
+request's batch committed, and committed -> answer received is the loop's share of (b).
+
+(c), the loop's own trigger (``--part own``), one fresh ``fieldhub up --ml-mode act`` per run:
+``--devices`` fieldhub-firmware (native profile) devices get open guards and the backbone's rule
+at a faster pace (``interval_s`` 10, ``window_s`` 5: the latest reading, ``baseline_s`` 60), each
+is made known by one ``devices/{id}/telemetry`` reading of temperature alone, then the client
+publishes each device's temperature, humidity and sound level in one telemetry message every
+``--period`` s, alternating the hot and the cool room: the first complete reading decides at
+once (``first_inference``), every later one moves its window mean two of the baseline's standard
+deviations (the trigger's 1.5 fires), so every reading decides and moves the window. The client
+notes when each ``set_window`` arrives on ``devices/{id}/commands``; each is matched to its
+decision row by the command id, whose ``committed`` is when the reading that ran the trigger
+committed: committed -> command received is (c).
 
 Why ``--period`` is 10.5 s and not 10: the loop refuses a device's decision within
 ``DEDUPE_S`` (10 s) of its previous one; requests exactly 10 s apart would be refused whenever
@@ -89,6 +100,7 @@ BAR_RATE = 95.0  # requests/s: 1,000 devices every 10.5 s (module docstring)
 BAR_REQUEST_P99_MS = 20.0
 BAR_COMMITTED_P99_MS = 50.0
 BAR_RUNS = 3
+MODES = ("request", "own")
 
 # --- the load ----------------------------------------------------------------------------------
 
@@ -105,8 +117,18 @@ OPEN_GUARDS = {"min_confidence": 0.0, "deadband": 0, "min_interval_s": 0, "max_s
 # (first_inference, as soon as a device's first reading is in) would make the next request
 # within DEDUPE_S a refusal. Configured before the devices are known (module docstring).
 LOOP_CONFIG = {"guards": OPEN_GUARDS, "trigger": {"enabled": False}}
-# The known reading each device sends first, and how long fieldhub may take to register them.
+# (c): the own trigger every 10 s on the latest reading, a minute's baseline (module docstring).
+OWN_LOOP_CONFIG = {
+    "guards": OPEN_GUARDS,
+    "trigger": {"interval_s": 10, "window_s": 5, "baseline_s": 60},
+}
+# The rooms of (c) differ a little in humidity and sound too, so that every feature has a
+# spread and the loop can keep the baseline deviations (it re-reads a zero one every check).
+OWN_HOT = {**HOT, "humidity": 51.0, "sound_volume": -44.0}
+# The known reading each device sends first, and how long fieldhub may take to register them;
+# for (c) a reading of one feature (the trigger waits for all three).
 KNOWN_READING = b"21.0"
+KNOWN_TELEMETRY = b'{"temperature": 21.0}'
 REGISTER_TIMEOUT_S = 60.0
 # After the last request: wait this long for the last answers.
 DRAIN_S = 3.0
@@ -121,14 +143,14 @@ DEVICE_PREFIX = "mlb"
 QUICK = {"devices": 100, "duration": 22.0, "runs": 1, "calls": 1000}
 
 MEDIAN_KEYS = (
-    "request_ms.p50_ms",
-    "request_ms.p99_ms",
-    "request_ms.max_ms",
+    "answer_ms.p50_ms",
+    "answer_ms.p99_ms",
+    "answer_ms.max_ms",
     "committed_ms.p50_ms",
     "committed_ms.p99_ms",
     "committed_ms.max_ms",
-    "publish_to_decision_ms.p50_ms",
-    "publish_to_decision_ms.p99_ms",
+    "publish_to_commit_ms.p50_ms",
+    "publish_to_commit_ms.p99_ms",
     "decision_latency_ms.p50_ms",
     "decision_latency_ms.p99_ms",
     "answered_fraction",
@@ -143,13 +165,14 @@ METHODS = {
     "inference": "WindowModel.load(default_models/window/1) then predict() on --calls inputs "
     "drawn by fieldhub.ml.policy.synthetic_dataset (seeded), each call timed with "
     "perf_counter_ns after a warm-up; percentiles are nearest-rank over every call",
-    "request": "request published (client's wall clock) -> window/{id}/control received by the "
-    "client's subscriber (same process, same clock); each answer matched to its device's latest "
-    "request",
-    "committed": "decision start (the ml_decisions row's `at`, taken when the loop's request "
-    "listener runs after the request's batch committed) -> the answer received; matched to the "
-    "decision by the request's own timestamp, which the row keeps. Both clocks are this machine's "
-    "wall clock",
+    "answer": "request or reading published (client's wall clock) -> window/{id}/control "
+    "(requests) or devices/{id}/commands (own trigger) received by the client's subscriber (same "
+    "process, same clock); each answer matched to its device's latest request or reading",
+    "committed": "the ml_decisions row's `committed` (when the batch of the request, or of the "
+    "reading that ran the own trigger, committed) -> the answer received; a request's row matched "
+    "by the request's own timestamp, which the row keeps, an own decision's by its command id. "
+    "Both clocks are this machine's wall clock",
+    "publish_to_commit": "published -> the row's `committed`: ingest's share",
     "decision_latency": "the row's latency_ms: decision start -> command handed to the command "
     "service (what fieldhub records itself)",
 }
@@ -230,7 +253,9 @@ def client_main(argv: list[str]) -> int:
     p.add_argument("--period", type=float, required=True)
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=MODES, default="request")
     a = p.parse_args(argv)
+    own = a.mode == "own"
     ids = device_ids(a.devices)
     lock = threading.Lock()
     answers: list[tuple[str, int, Any, Any]] = []
@@ -243,8 +268,13 @@ def client_main(argv: list[str]) -> int:
             body = json.loads(message.payload)
         except ValueError:
             body = {}
+        if own:  # a set_window command: {"id", "name", "params": {"position"}}
+            params = body.get("params") if isinstance(body.get("params"), dict) else {}
+            key, position = body.get("id"), params.get("position")
+        else:  # the backbone's control message
+            key, position = body.get("timestamp"), body.get("position")
         with lock:
-            answers.append((device, received_ns, body.get("timestamp"), body.get("position")))
+            answers.append((device, received_ns, key, position))
 
     def on_publish(*_: Any) -> None:
         nonlocal acked
@@ -256,7 +286,7 @@ def client_main(argv: list[str]) -> int:
     sub.on_message = on_message
     sub.on_subscribe = lambda *_: subscribed.set()
     sub.connect("127.0.0.1", a.port, keepalive=60)
-    sub.subscribe("window/+/control", qos=1)
+    sub.subscribe("devices/+/commands" if own else "window/+/control", qos=1)
     sub.loop_start()
     if not subscribed.wait(10):
         raise SystemExit("the answers' subscription was not granted within 10 s")
@@ -280,9 +310,13 @@ def client_main(argv: list[str]) -> int:
         behind_max = max(behind_max, time.monotonic() - t0 - due_s)
         now_ns = time.time_ns()
         stamp = _rfc3339(now_ns)
-        features = HOT if k % 2 == 0 else COOL
-        body = {"device_id": ids[i], "timestamp": stamp, **features}
-        pub.publish(f"ml/inference/request/{ids[i]}", json.dumps(body), qos=1)
+        body: dict[str, Any]
+        if own:
+            body = OWN_HOT if k % 2 == 0 else COOL
+            pub.publish(f"devices/{ids[i]}/telemetry", json.dumps(body), qos=1)
+        else:
+            body = {"device_id": ids[i], "timestamp": stamp, **(HOT if k % 2 == 0 else COOL)}
+            pub.publish(f"ml/inference/request/{ids[i]}", json.dumps(body), qos=1)
         sent.append((ids[i], k, now_ns, stamp))
     time.sleep(DRAIN_S)
     pub.disconnect()
@@ -321,8 +355,10 @@ def _api(base: str, method: str, path: str, body: Any = None) -> Any:
         raise BenchError(f"{method} {path}: {exc.code} {exc.read()[:300]!r}") from None
 
 
-def announce(port: int, ids: list[str]) -> None:
-    """One `sensor/{id}/temperature` reading per device, so fieldhub knows how to reach it."""
+def announce(port: int, ids: list[str], mode: str) -> None:
+    """One reading per device, so fieldhub knows how to reach it: `sensor/{id}/temperature`
+    (the window-control stack's node) for requests, `devices/{id}/telemetry` of temperature
+    alone (fieldhub firmware) for the own trigger."""
     import paho.mqtt.client as mqtt
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ml-announce")
@@ -330,7 +366,12 @@ def announce(port: int, ids: list[str]) -> None:
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()
     try:
-        infos = [client.publish(f"sensor/{d}/temperature", KNOWN_READING, qos=1) for d in ids]
+        infos = [
+            client.publish(f"devices/{d}/telemetry", KNOWN_TELEMETRY, qos=1)
+            if mode == "own"
+            else client.publish(f"sensor/{d}/temperature", KNOWN_READING, qos=1)
+            for d in ids
+        ]
         for info in infos:
             info.wait_for_publish(timeout=30)
     finally:
@@ -366,53 +407,61 @@ def _epoch_ns(text: str) -> int:
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
-def figures_of(load: dict[str, Any], decisions: list[dict[str, Any]]) -> dict[str, Any]:
-    """Match answers to requests and decisions (module docstring) and compute the latencies."""
+def figures_of(load: dict[str, Any], decisions: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """Match answers to what was sent and to decisions (module docstring); the latencies."""
     by_device: dict[str, list[tuple[int, str]]] = {}
     for device, _k, sent_ns, stamp in load["sent"]:
         by_device.setdefault(device, []).append((sent_ns, stamp))
-    decision_at: dict[tuple[str, str], dict[str, Any]] = {}
+    # Requests: a row by its request's own timestamp; the own trigger: by its command id.
+    row_of: dict[tuple[str, str], dict[str, Any]] = {}
     for row in decisions:
         request = row.get("request") or {}
-        if isinstance(request.get("timestamp"), str):
-            decision_at[(row["device_id"], request["timestamp"])] = row
-    request_ms: list[float] = []
+        if mode == "request" and isinstance(request.get("timestamp"), str):
+            row_of[(row["device_id"], request["timestamp"])] = row
+        elif mode == "own" and row.get("command_id"):
+            row_of[(row["device_id"], row["command_id"])] = row
+    answer_ms: list[float] = []
     committed_ms: list[float] = []
     ingest_ms: list[float] = []
     unmatched = 0
     answered: set[tuple[str, str]] = set()
-    for device, received_ns, _stamp, _position in load["answers"]:
+    for device, received_ns, key, _position in load["answers"]:
         sends = [s for s in by_device.get(device, []) if s[0] <= received_ns]
         if not sends:
             unmatched += 1
             continue
         sent_ns, stamp = sends[-1]
         if (device, stamp) in answered:
-            unmatched += 1  # a second answer to one request
+            unmatched += 1  # a second answer to one request or reading
             continue
         answered.add((device, stamp))
-        request_ms.append((received_ns - sent_ns) / 1e6)
-        row = decision_at.get((device, stamp))
-        if row is not None:
-            at_ns = _epoch_ns(row["at"])
-            committed_ms.append((received_ns - at_ns) / 1e6)
-            ingest_ms.append((at_ns - sent_ns) / 1e6)
+        answer_ms.append((received_ns - sent_ns) / 1e6)
+        matched = row_of.get((device, key if mode == "own" else stamp))
+        if matched is not None and matched.get("committed"):
+            committed_ns = _epoch_ns(matched["committed"])
+            committed_ms.append((received_ns - committed_ns) / 1e6)
+            ingest_ms.append((committed_ns - sent_ns) / 1e6)
     outcomes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
     for row in decisions:
         outcomes[row["outcome"]] = outcomes.get(row["outcome"], 0) + 1
+        reason = row["reason"].split(",")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
     latencies = [r["latency_ms"] for r in decisions if isinstance(r.get("latency_ms"), float)]
     sent = len(load["sent"])
     return {
-        "requests_sent": sent,
-        "requests_acked": load["acked"],
+        "sent": sent,
+        "sent_acked": load["acked"],
         "answers": len(load["answers"]),
         "answered_fraction": round(len(answered) / sent, 4) if sent else None,
         "unmatched_answers": unmatched,
+        "matched_to_decision": len(committed_ms),
         "decisions": len(decisions),
         "outcomes": outcomes,
-        "request_ms": dist(request_ms),
+        "reasons": reasons,
+        "answer_ms": dist(answer_ms),
         "committed_ms": dist(committed_ms),
-        "publish_to_decision_ms": dist(ingest_ms),
+        "publish_to_commit_ms": dist(ingest_ms),
         "decision_latency_ms": dist(latencies),
     }
 
@@ -422,10 +471,10 @@ def _histogram_p99(before: str, after: str, name: str) -> dict[str, Any] | None:
     return histogram_quantile(delta, 0.99) if delta else None
 
 
-def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measured_run(k: int, args: argparse.Namespace, workdir: Path, mode: str) -> dict[str, Any]:
     """One fresh `fieldhub up --ml-mode act`, the devices made known and opened, the load."""
-    tag = f"run {k}/{args.runs}"
-    rundir = workdir / f"run-{k}"
+    tag = f"{mode} run {k}/{args.runs}"
+    rundir = workdir / f"{mode}-{k}"
     data_dir = rundir / "data"
     data_dir.mkdir(parents=True)
     for d in (workdir, rundir, data_dir):
@@ -434,6 +483,7 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
     fh_log, out, client_log = rundir / "fieldhub.log", rundir / "client.json", rundir / "client.log"
     run: dict[str, Any] = {
         "run": k,
+        "mode": mode,
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
         "errors": [],
         "notes": [],
@@ -458,9 +508,14 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
         mosq_pids = [p.pid for p in descendants(root) if is_mosquitto(p)]
         t0 = time.monotonic()
         for device in ids:
-            _api(base, "PUT", f"/api/v1/ml/devices/{device}", LOOP_CONFIG)
+            _api(
+                base,
+                "PUT",
+                f"/api/v1/ml/devices/{device}",
+                OWN_LOOP_CONFIG if mode == "own" else LOOP_CONFIG,
+            )
         run["configure_s"] = round(time.monotonic() - t0, 2)
-        announce(mqtt_port, ids)
+        announce(mqtt_port, ids, mode)
         run["register_s"] = round(wait_registered(base, len(ids)), 2)
         say(
             f"  {tag}: guards opened in {run['configure_s']} s, {len(ids)} devices known in "
@@ -488,6 +543,8 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
             str(args.duration),
             "--out",
             str(out),
+            "--mode",
+            mode,
         ]
         with open(client_log, "wb") as f:
             client = subprocess.Popen(
@@ -535,7 +592,7 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
     run["shutdown"] = stop_fieldhub(proc, mosq_pids)
     run["errors"] += run["shutdown"].pop("errors")
     run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    run.update(figures_of(load, decisions))
+    run.update(figures_of(load, decisions, mode))
     run.update(
         offered_rate=load["offered_rate"],
         client={k: load[k] for k in ("acked", "behind_schedule_max_s", "cpu_s")},
@@ -551,17 +608,18 @@ def measured_run(k: int, args: argparse.Namespace, workdir: Path) -> dict[str, A
     )
     if run["answered_fraction"] is not None and run["answered_fraction"] < 0.99:
         run["notes"].append(
-            f"only {run['answered_fraction']:.1%} of the requests were answered; outcomes "
+            f"only {run['answered_fraction']:.1%} of what was sent was answered; outcomes "
             f"{run['outcomes']}"
         )
     others = run["cpu"].get("others_cpu_mean_percent")
     if others is not None and others > 10:
         run["notes"].append(f"other processes used {others}% of a core during the load")
-    r, c = run["request_ms"], run["committed_ms"]
+    r, c = run["answer_ms"], run["committed_ms"]
+    sent_what = "readings" if mode == "own" else "requests"
     say(
-        f"  {tag}: {run['answers']} answers to {run['requests_sent']} requests "
-        f"({run['offered_rate']}/s); request -> answer p50 {r['p50_ms']} p99 {r['p99_ms']} ms; "
-        f"decision start -> answer p50 {c['p50_ms']} p99 {c['p99_ms']} ms"
+        f"  {tag}: {run['answers']} answers to {run['sent']} {sent_what} "
+        f"({run['offered_rate']}/s); published -> answer p50 {r['p50_ms']} p99 {r['p99_ms']} ms; "
+        f"committed -> answer p50 {c['p50_ms']} p99 {c['p99_ms']} ms"
     )
     if not run["errors"] and not args.keep:
         shutil.rmtree(rundir, ignore_errors=True)
@@ -578,10 +636,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--calls", type=int, default=BAR_CALLS, help="predictions per run (10000)")
     p.add_argument("--devices", type=int, default=BAR_DEVICES, help="devices (1000)")
-    p.add_argument("--period", type=float, default=PERIOD_S, help="s between a device's requests")
-    p.add_argument("--duration", type=float, default=DURATION_S, help="s of requests per run")
+    p.add_argument(
+        "--period", type=float, default=PERIOD_S, help="s between a device's requests/readings"
+    )
+    p.add_argument("--duration", type=float, default=DURATION_S, help="s of load per run")
     p.add_argument("--runs", type=int, default=BAR_RUNS, help="runs of each part (3)")
-    p.add_argument("--part", choices=("inference", "mqtt", "both"), default="both")
+    p.add_argument(
+        "--part",
+        choices=("inference", "request", "own", "all"),
+        default="all",
+        help="(a) inference, (b) requests, (c) the own trigger, or all three",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 100 devices, 1 short run")
     p.add_argument(
         "--fieldhub",
@@ -618,38 +683,52 @@ def main(argv: list[str] | None = None) -> int:
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
     rate = args.devices / args.period
     say(
-        f"ml bench: inference {args.calls:,} calls x {args.runs}; requests from {args.devices} "
-        f"devices every {args.period:g} s ({rate:.1f}/s) x {args.duration:g} s x {args.runs}"
-        f"{' (quick)' if args.quick else ''}; load average {loadavg_start}"
+        f"ml bench: inference {args.calls:,} calls x {args.runs}; requests, then own-trigger "
+        f"readings, from {args.devices} devices every {args.period:g} s ({rate:.1f}/s) x "
+        f"{args.duration:g} s x {args.runs}{' (quick)' if args.quick else ''}; "
+        f"load average {loadavg_start}"
     )
     errors: list[str] = []
     inference_runs: list[dict[str, Any]] = []
-    mqtt_runs: list[dict[str, Any]] = []
+    mqtt_runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     try:
-        if args.part in ("inference", "both"):
+        if args.part in ("inference", "all"):
             for k in range(1, args.runs + 1):
                 try:
                     inference_runs.append(inference_run(k, args.calls))
                 except Exception as exc:  # a missing model or runtime: say so in the result
                     inference_runs.append({"run": k, "errors": [f"{type(exc).__name__}: {exc}"]})
                     say(f"  inference run {k} failed: {type(exc).__name__}: {exc}")
-        if args.part in ("mqtt", "both"):
+        for mode in MODES:
+            if args.part not in (mode, "all"):
+                continue
             for k in range(1, args.runs + 1):
-                say(f"request -> answer: run {k}/{args.runs}")
-                mqtt_runs.append(measured_run(k, args, bench.workdir))
+                what = "request -> answer" if mode == "request" else "reading -> command"
+                say(f"{what}: run {k}/{args.runs}")
+                mqtt_runs[mode].append(measured_run(k, args, bench.workdir, mode))
     except KeyboardInterrupt:
         errors.append("interrupted")
         say("interrupted: writing what we have")
 
     inference = _median_inference(inference_runs)
-    good_mqtt = [r for r in mqtt_runs if not r["errors"]]
-    mqtt_median = median_of(good_mqtt, MEDIAN_KEYS) if good_mqtt else None
+    medians: dict[str, dict[str, Any] | None] = {}
+    all_good: dict[str, bool] = {}
+    for mode, runs in mqtt_runs.items():
+        good = [r for r in runs if not r["errors"]]
+        medians[mode] = median_of(good, MEDIAN_KEYS) if good else None
+        all_good[mode] = bool(runs) and len(good) == len(runs)
+
+    def figure(mode: str, key: str) -> Any:
+        median = medians[mode]
+        return None if median is None else median[key]
+
     inf_p99_ms = None if inference is None else inference["p99_us"] / 1000
-    req_p99 = None if mqtt_median is None else mqtt_median["request_ms.p99_ms"]
-    com_p99 = None if mqtt_median is None else mqtt_median["committed_ms.p99_ms"]
+    req_p99 = figure("request", "answer_ms.p99_ms")
+    com_p99 = figure("own", "committed_ms.p99_ms")
     bar_inference = args.calls >= BAR_CALLS and args.runs >= BAR_RUNS
     bar_mqtt = args.devices >= BAR_DEVICES and rate >= BAR_RATE and args.runs >= BAR_RUNS
-    answered = None if mqtt_median is None else mqtt_median["answered_fraction"]
+    answered = figure("request", "answered_fraction")
+    own_answered = figure("own", "answered_fraction")
     checks = {
         "inference_p99_le_2ms": {
             "ok": bar_inference and inf_p99_ms is not None and inf_p99_ms <= BAR_INFERENCE_P99_MS,
@@ -662,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
             and req_p99 is not None
             and req_p99 <= BAR_REQUEST_P99_MS
             and (answered or 0) >= 0.99
-            and len(good_mqtt) == len(mqtt_runs),
+            and all_good["request"],
             "value_ms": req_p99,
             "answered_fraction": answered,
             "how": "median over runs of each run's p99 of request published -> control received",
@@ -672,13 +751,16 @@ def main(argv: list[str] | None = None) -> int:
             "ok": bar_mqtt
             and com_p99 is not None
             and com_p99 <= BAR_COMMITTED_P99_MS
-            and len(good_mqtt) == len(mqtt_runs),
+            and (own_answered or 0) >= 0.99
+            and all_good["own"],
             "value_ms": com_p99,
-            "how": "median over runs of each run's p99 of decision start (after the request's "
-            "commit) -> control received",
+            "answered_fraction": own_answered,
+            "how": "median over runs of each run's p99 of a reading's batch committed -> the "
+            "set_window command its own-trigger decision sent, received on the wire",
             "config_meets_bar": bar_mqtt,
         },
     }
+    every = [(mode, run) for mode, runs in mqtt_runs.items() for run in runs]
     result: dict[str, Any] = {
         "bench": "ml",
         "started_at": bench.started.isoformat(timespec="seconds"),
@@ -693,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "runs": args.runs,
             "guards": OPEN_GUARDS,
-            "features": {"hot": HOT, "cool": COOL},
+            "own_trigger": OWN_LOOP_CONFIG["trigger"],
+            "features": {"hot": HOT, "cool": COOL, "own_hot": OWN_HOT},
             "fieldhub": args.fieldhub,
             "fieldhub_args": ["--ml-mode", "act", *args.fieldhub_arg],
             "machine": {**machine_info(), "background_busy_percent": bench.background_percent},
@@ -701,19 +784,20 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks,
         "passed": all(c["ok"] for c in checks.values()),
         "inference": inference,
-        "mqtt": mqtt_median,
+        "request": medians["request"],
+        "own": medians["own"],
         "load_average": {
             "start": loadavg_start,
             "end": [round(x, 2) for x in os.getloadavg()],
             "note": "os.getloadavg() (1, 5, 15 min); each MQTT run has loadavg_before/after. "
             "The bench's own processes count in it",
         },
-        "runs": {"inference": inference_runs, "mqtt": mqtt_runs},
+        "runs": {"inference": inference_runs, **mqtt_runs},
         "methods": METHODS,
-        "notes": bench.notes + [f"run {r['run']}: {n}" for r in mqtt_runs for n in r["notes"]],
+        "notes": bench.notes + [f"{m} run {r['run']}: {n}" for m, r in every for n in r["notes"]],
         "errors": errors
         + [f"inference run {r['run']}: {e}" for r in inference_runs for e in r.get("errors", [])]
-        + [f"mqtt run {r['run']}: {e}" for r in mqtt_runs for e in r["errors"]],
+        + [f"{m} run {r['run']}: {e}" for m, r in every for e in r["errors"]],
     }
     if args.output is None:
         path = write_result("ml", result)

@@ -185,6 +185,7 @@ async def test_a_reading_runs_the_own_trigger_first_then_only_past_the_threshold
     await room.history(node)  # committed: the device is new, its trigger is due
     [first] = await decisions(room, node)
     assert (first.trigger, first.reason, first.outcome) == ("own", "first_inference", "shadow")
+    assert first.committed_us == room.clock.now_us()  # the reading's batch started it
     assert first.model_name == "window"
     assert first.position is not None
     assert 0 <= first.position <= 100
@@ -273,17 +274,69 @@ async def test_one_decision_per_device_at_a_time(room: Room) -> None:
     )
     # A backbone's request and an operator's decision for the same moment.
     on_demand = asyncio.create_task(loop.decide_now(node))
-    loop.on_requests([request])
+    loop.on_requests([request], room.clock.now_us())
     await on_demand
     [_, one, other] = await decisions(room, node)
     outcomes = sorted((one.outcome == "refused", other.outcome == "refused"))
     assert outcomes == [False, True], (one, other)
     refused = one if one.outcome == "refused" else other
     assert refused.verdicts[0]["guard"] == "one_at_a_time"
+    by_trigger = {row.reason: row.committed_us for row in (one, other)}
+    assert by_trigger == {"request": room.clock.now_us(), "on_demand": None}
     # After DEDUPE_S the next one decides again.
     room.clock.advance(DEDUPE_S + 1)
     later = await loop.decide_now(node)
     assert later.outcome != "refused"
+
+
+async def test_an_own_trigger_faster_than_one_at_a_time_waits_instead_of_being_refused(
+    room: Room,
+) -> None:
+    """With `interval_s` below DEDUPE_S, a firing trigger right after a decision could only be
+    refused: it is not checked until DEDUPE_S has passed, then it decides."""
+    loop = await room.loop("shadow")
+    node = device()
+    await loop.configure(node, LoopConfig(trigger=TriggerParams(interval_s=1, z_threshold=0.5)))
+    await room.history(node)
+    [first] = await decisions(room, node)
+    checks = room.metrics.get_sample_value("fieldhub_ml_trigger_checks_total")
+    for _ in range(int(DEDUPE_S) - 1):
+        room.clock.advance(1)
+        now = room.clock.now_us()
+        await room.commit(node, [("temperature", now, 29.0)])
+    assert await decisions(room, node) == [first]  # nothing decided, nothing refused
+    assert room.metrics.get_sample_value("fieldhub_ml_trigger_checks_total") == checks
+    room.clock.advance(1.5)
+    await room.commit(node, [("temperature", room.clock.now_us(), 29.0)])
+    [_, second] = await decisions(room, node)
+    assert second.outcome != "refused"  # a decision (the guards' default interval holds it)
+    assert second.reason.startswith("temperature_zscore")
+
+
+async def test_a_timer_check_of_an_empty_window_does_not_delay_the_reading_after_it(
+    room: Room,
+) -> None:
+    """The timer may look just before a device's next reading and find its window empty; the
+    reading that then arrives checks at once instead of waiting for the next interval."""
+    loop = await room.loop("shadow")
+    node = device()
+    trigger = TriggerParams(interval_s=10, window_s=5)
+    await loop.configure(node, LoopConfig(trigger=trigger))
+    await room.history(node)  # its last reading 10 s ago: the 5 s window is empty
+    assert await decisions(room, node) == []
+    await room.reading(node)  # what the check lacked: checked again at once
+    [first] = await decisions(room, node)
+    room.clock.advance(10)
+    await loop.tick()  # the window (5 s) holds no reading: nothing to decide
+    assert await decisions(room, node) == [first]
+    room.clock.advance(0.5)
+    now = room.clock.now_us()
+    await room.commit(
+        node, [("temperature", now, 29.0), ("humidity", now, 55.0), ("sound_volume", now, -45.0)]
+    )
+    [_, second] = await decisions(room, node)
+    assert second.reason == "temperature_zscore"
+    assert second.committed_us == now
 
 
 async def test_a_restart_keeps_the_guard_state_and_the_last_decisions_means(room: Room) -> None:
@@ -370,7 +423,7 @@ async def test_a_flood_of_requests_is_bounded_and_counted(
         features={"temperature": 27.0, "humidity": 60.0, "sound_volume": -40.0},
         raw={"device_id": node},
     )
-    loop.on_requests([request] * 10)
+    loop.on_requests([request] * 10, room.clock.now_us())
     dropped = room.metrics.get_sample_value("fieldhub_ml_dropped_total", {"what": "request"})
     assert dropped == 7
     rows = await decisions(room, node)

@@ -78,6 +78,7 @@ def decision(
         command_id=uuid(1000 + n),
         latency_us=latency_us,
         request={"v": 1, "id": f"req-{n}", "reason": "request", "nested": [1, 2.5, None]},
+        committed_us=T0 + n * S - 3_250,
     )
 
 
@@ -94,6 +95,7 @@ def bare(n: int, **kw: Any) -> MlDecisionRow:
         command_id=None,
         latency_us=None,
         request=None,
+        committed_us=None,
     )
 
 
@@ -305,8 +307,8 @@ def test_the_migration_numbers_per_engine() -> None:
     def number(migrations: list[tuple[int, str, str]]) -> list[int]:
         return [v for v, description, _ in migrations if description.startswith("ml:")]
 
-    assert number(SQLITE_MIGRATIONS) == [8]
-    assert number(POSTGRES_MIGRATIONS) == [7]
+    assert number(SQLITE_MIGRATIONS) == [8, 9]
+    assert number(POSTGRES_MIGRATIONS) == [7, 8]
 
 
 @pytest.mark.parametrize("table", ML_TABLES)

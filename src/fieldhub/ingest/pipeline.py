@@ -43,7 +43,8 @@ Acker = Callable[[Sequence[AckToken]], None]
 # Called after each commit and ack with the batch, what it did and the commit time (epoch us).
 CommitListener = Callable[[WriteBatch, WriteResult, int], None]
 # Given a batch's inference requests after it committed (and before they are acknowledged).
-RequestListener = Callable[[list[InferenceRequest]], None]
+# The requests of a batch just committed, and when it was.
+RequestListener = Callable[[list[InferenceRequest], int], None]
 
 
 class BatchWriter(Protocol):
@@ -295,7 +296,7 @@ class Ingest:
         if requests:
             for request_listener in self.request_listeners:
                 try:
-                    request_listener(requests)
+                    request_listener(requests, committed_us)
                 except Exception:
                     log.exception("request listener %r failed; ingest goes on", request_listener)
         tokens = [work.token for work in works if work.token is not None]

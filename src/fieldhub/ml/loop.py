@@ -13,7 +13,8 @@ Three things start a decision for a device:
 
 One decision per device at a time (a lock per device), and a decision within `DEDUPE_S` of the
 device's previous one is recorded as `refused` (`one_at_a_time`) and moves nothing: an external
-request and the own trigger for the same moment do not move the window twice.
+request and the own trigger for the same moment do not move the window twice. The own trigger
+is not even checked within `DEDUPE_S` of a decision (with an `interval_s` below it, it waits).
 
 A decision: the features checked (`features.check`, and their age against `stale_after_s`),
 the model's proposal and confidence, every guard's verdict (`guards.judge`), then, when the
@@ -114,6 +115,10 @@ class _Device:
     last_means: dict[str, float | None] | None = None
     last_decision_us: int | None = None
     next_check_us: int = 0
+    # The features its last check found missing from the window: a reading that brings one
+    # checks again at once, whenever the timer's next check is due (the timer may have looked
+    # just before the reading arrived).
+    missing: frozenset[str] = frozenset()
     checking: bool = False  # its own trigger is running (a reading or the timer started it)
     # The features it has sent since the loop started (its trigger waits for all three: most
     # devices never send a sound level, and a check of theirs could never decide).
@@ -325,12 +330,12 @@ class WindowLoop:
 
     # -- what comes in -------------------------------------------------------------------------
 
-    def on_requests(self, requests: list[InferenceRequest]) -> None:
+    def on_requests(self, requests: list[InferenceRequest], committed_us: int) -> None:
         """Ingest's request listener (on the event loop, after the batch committed)."""
         for request in requests:
-            self._spawn(self._answer(request), "ml.request")
+            self._spawn(self._answer(request, committed_us), "ml.request")
 
-    async def _answer(self, request: InferenceRequest) -> None:
+    async def _answer(self, request: InferenceRequest, committed_us: int) -> None:
         try:
             now = self._clock.now_us()
             age = None if request.at_us is None else max(0.0, (now - request.at_us) / US_PER_S)
@@ -342,6 +347,7 @@ class WindowLoop:
                 inputs=inputs.values,
                 ages_s=inputs.ages_s,
                 request=dict(request.raw),
+                committed_us=committed_us,
             )
         except Exception:
             log.exception("ml: answering %s's request failed", request.device_id)
@@ -374,9 +380,12 @@ class WindowLoop:
                 if len(device.seen) < len(FEATURES):
                     continue
             config = device.config
-            due = device.next_check_us <= now and not device.checking
+            early = bool(device.missing & features)  # brings what the last check lacked
+            due = (device.next_check_us <= now or early) and not device.checking
             if config.guards.enabled and config.trigger.enabled and due:
-                device.checking = self._spawn(self._checked(decoded.device_id), "ml.check")
+                device.checking = self._spawn(
+                    self._checked(decoded.device_id, event.committed_us), "ml.check"
+                )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> bool:
         if len(self._pending) >= MAX_PENDING:
@@ -389,9 +398,9 @@ class WindowLoop:
         task.add_done_callback(self._pending.discard)
         return True
 
-    async def _checked(self, device_id: str) -> None:
+    async def _checked(self, device_id: str, committed_us: int | None = None) -> None:
         try:
-            await self.check(device_id)
+            await self.check(device_id, committed_us=committed_us)
         except Exception:
             log.exception("ml: the trigger of %s failed", device_id)
         finally:
@@ -437,18 +446,32 @@ class WindowLoop:
                 device.checking = True
                 await self._checked(device_id)
 
-    async def check(self, device_id: str) -> MlDecisionRow | None:
+    async def check(
+        self, device_id: str, *, committed_us: int | None = None
+    ) -> MlDecisionRow | None:
         """The backbone's check for one device now: decide when its trigger says so. The next
         check is due `interval_s` later, or at the next reading while the window lacks a
-        feature."""
+        feature. `committed_us`: when the reading that ran it was committed (None: the
+        timer)."""
         device = self._device(device_id)
         params = device.config.trigger
         now = self._clock.now_us()
+        if device.last_decision_us is not None:
+            # Within DEDUPE_S of its last decision a firing trigger could only be refused (one
+            # at a time): the check waits until it could decide, rather than fill the decision
+            # log with refusals when `interval_s` is shorter (an external request is still
+            # recorded as refused: it came from outside).
+            allowed_us = device.last_decision_us + round(DEDUPE_S * US_PER_S)
+            if now < allowed_us:
+                device.next_check_us = allowed_us
+                return None
         self.checks.inc()
         current = await window_means(self._store, device_id, now, params.window_s)
-        if any(value is None for value in current.values.values()):
+        device.missing = frozenset(name for name, value in current.values.items() if value is None)
+        if device.missing:
             # Not all three features in this window (they come as separate messages, one may be
-            # late): a decision now could only refuse its inputs. Looked at again soon.
+            # late): a decision now could only refuse its inputs. Looked at again by the next
+            # reading that brings a missing one, or by the timer.
             device.next_check_us = now + round(min(params.interval_s, RETRY_S) * US_PER_S)
             return None
         device.next_check_us = now + round(params.interval_s * US_PER_S)
@@ -463,6 +486,7 @@ class WindowLoop:
             inputs=current.values,
             ages_s=current.ages_s,
             zscores=verdict.zscores,
+            committed_us=committed_us,
         )
 
     async def decide_now(self, device_id: str) -> MlDecisionRow:
@@ -516,8 +540,10 @@ class WindowLoop:
         ages_s: Mapping[str, float | None],
         zscores: Mapping[str, float | None] | None = None,
         request: dict[str, object] | None = None,
+        committed_us: int | None = None,
     ) -> MlDecisionRow:
-        """One decision, recorded; see the module docstring."""
+        """One decision, recorded; see the module docstring. `committed_us`: when the data
+        that started it was committed (a reading's or a request's batch)."""
         started = time.perf_counter()
         device = self._device(device_id)
         async with device.lock:
@@ -534,6 +560,7 @@ class WindowLoop:
                 outcome="error",
                 zscores=dict(zscores) if zscores is not None else None,
                 request=request,
+                committed_us=committed_us,
             )
             if device.last_decision_us is not None and now - device.last_decision_us < round(
                 DEDUPE_S * US_PER_S

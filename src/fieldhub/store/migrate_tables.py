@@ -221,6 +221,7 @@ TABLES: tuple[Table, ...] = (
             "command_id",
             "latency_us",
             "request",
+            "committed_us",
         ),
         "seq",
         serial="seq",

@@ -22,7 +22,7 @@ from fieldhub.store.types import ML_OUTCOMES, MlDecisionRow, MlDecisionStats, Ml
 DECISION_COLUMNS = (
     "seq, decision_id, device_uid, at_us, trigger, reason, inputs, zscores, model_name, "
     "model_version, position, confidence, verdicts, outcome, target_position, command_id, "
-    "latency_us, request"
+    "latency_us, request, committed_us"
 )
 # The confidence histogram's buckets: [0, 0.1), [0.1, 0.2), ... [0.9, 1.0]. A CASE ladder, not
 # floor(confidence * 10): SQLite has no floor() unless built with its math functions, and
@@ -65,6 +65,7 @@ def _decision(row: Row, d: Dialect) -> MlDecisionRow:
         command_id=row[15],
         latency_us=row[16],
         request=_loads_or_none(d, row[17]),
+        committed_us=row[18],
     )
 
 
@@ -75,13 +76,13 @@ def append_ml_decision(d: Dialect, row: MlDecisionRow) -> Script[int]:
     ((seq,),) = yield Query(
         "INSERT INTO ml_decisions (decision_id, device_uid, at_us, trigger, reason, inputs, "
         "zscores, model_name, model_version, position, confidence, verdicts, outcome, "
-        "target_position, command_id, latency_us, request) VALUES ("
+        "target_position, command_id, latency_us, request, committed_us) VALUES ("
         f"{p(row.decision_id)}, {p(row.device_id)}, {p(row.at_us)}, {p(row.trigger)}, "
         f"{p(row.reason)}, {p(d.json_param(row.inputs))}, {p(_json_or_null(d, row.zscores))}, "
         f"{p(row.model_name)}, {p(row.model_version)}, {p(row.position)}, "
         f"{p(row.confidence)}, {p(d.json_param(row.verdicts))}, {p(row.outcome)}, "
         f"{p(row.target_position)}, {p(row.command_id)}, {p(row.latency_us)}, "
-        f"{p(_json_or_null(d, row.request))}) RETURNING seq",
+        f"{p(_json_or_null(d, row.request))}, {p(row.committed_us)}) RETURNING seq",
         p.values,
     )
     return int(seq)

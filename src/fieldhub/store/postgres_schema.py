@@ -283,4 +283,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        8,
+        "ml: when the data that started a decision was committed",
+        """
+        ALTER TABLE ml_decisions ADD COLUMN committed_us BIGINT;
+        """,
+    ),
 ]

@@ -363,4 +363,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        9,
+        "ml: when the data that started a decision was committed",
+        """
+        -- The reading's (own trigger) or the MQTT request's batch; NULL for the timer's and an
+        -- operator's decisions, and for decisions recorded before this migration.
+        ALTER TABLE ml_decisions ADD COLUMN committed_us INTEGER;
+        """,
+    ),
 ]

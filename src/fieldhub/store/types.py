@@ -436,6 +436,10 @@ class MlDecisionRow:
     command_id: str | None = None
     latency_us: int | None = None
     request: dict[str, object] | None = None  # the MQTT request as received
+    # When the data that started it was committed: the batch of the reading that ran the own
+    # trigger, or of the MQTT request (None: the timer, an operator's decide). The loop's
+    # reaction time is a command's publication minus this (`./scripts/bench ml`).
+    committed_us: int | None = None
     seq: int = 0
 
 

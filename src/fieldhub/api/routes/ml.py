@@ -61,6 +61,10 @@ class DecisionPublic(BaseModel):
     command_id: str | None
     latency_ms: float | None
     request: dict[str, Any] | None
+    committed: Time | None = Field(
+        description="When the reading (own trigger) or the request that started it was "
+        "committed; null for the timer's and on-demand decisions"
+    )
 
     @classmethod
     def of(cls, row: MlDecisionRow) -> DecisionPublic:
@@ -83,6 +87,7 @@ class DecisionPublic(BaseModel):
             command_id=row.command_id,
             latency_ms=None if row.latency_us is None else row.latency_us / 1000,
             request=row.request,
+            committed=None if row.committed_us is None else format_us(row.committed_us),
         )
 
 
