@@ -36,6 +36,7 @@ from fieldhub.commands.tracking import (
     DeadlineKind,
 )
 from fieldhub.events.bus import EventBus
+from fieldhub.logs import about
 from fieldhub.mqtt.endpoint import MqttEndpoint
 from fieldhub.protocol.command_states import CommandState
 from fieldhub.store.base import Store
@@ -119,7 +120,12 @@ class CommandService:
         for row in await self.store.active_commands():
             fmt = FORMATS.get(row.format)
             if fmt is None:  # a format this version no longer has: it can only time out
-                log.warning("command %s has unknown format %r", row.command_id, row.format)
+                log.warning(
+                    "command %s has unknown format %r",
+                    row.command_id,
+                    row.format,
+                    extra=about(device_id=row.device_id, command_id=row.command_id),
+                )
                 continue
             state = await self._state_before(row, fmt)
             active = ActiveCommand(row, fmt, fmt.expectation(row.name, row.params, state))

@@ -22,6 +22,7 @@ from fieldhub.commands.tasks import Tasks
 from fieldhub.commands.waiters import Waiters
 from fieldhub.errors import Conflict, NotFound
 from fieldhub.events.bus import CommandChanged, EventBus
+from fieldhub.logs import about
 from fieldhub.protocol.command_states import FINAL, CommandState
 from fieldhub.protocol.messages import CommandReply, Decoded
 from fieldhub.store.base import Store
@@ -234,5 +235,14 @@ class CommandTracker:
         )
 
     def _changed(self, row: CommandRow) -> None:
+        # Debug: rules and the window loop may send many a second; the command's history in the
+        # store is its record, this line ties it to the log's other lines about it.
+        log.debug(
+            "command %s of %s: %s",
+            row.command_id,
+            row.device_id,
+            row.state.value,
+            extra=about(device_id=row.device_id, command_id=row.command_id),
+        )
         self._metrics.stored(row)
         self._bus.publish(CommandChanged(row))

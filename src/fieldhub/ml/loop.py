@@ -49,6 +49,7 @@ from fieldhub.clock import SYSTEM_CLOCK, US_PER_S, Clock, run_every
 from fieldhub.commands.service import CommandService, NewCommand
 from fieldhub.errors import FieldhubError
 from fieldhub.events.bus import CommandChanged, Committed, EventBus, Subscription
+from fieldhub.logs import about
 from fieldhub.ml.features import check
 from fieldhub.ml.guards import GuardConfig, GuardState, Judgement, after_manual, after_move, judge
 from fieldhub.ml.registry import DEFAULT_MODEL_NAME, Registry, install_default
@@ -298,7 +299,11 @@ class WindowLoop:
         try:
             config = LoopConfig.model_validate(row.config)
         except ValueError:
-            log.error("ml: device %s has an unreadable configuration; using the default", row)
+            log.error(
+                "ml: device %s has an unreadable configuration; using the default",
+                row,
+                extra=about(device_id=row.device_id),
+            )
             config = default_config(self.mode)
         state_json = dict(row.state)
         last_means = state_json.pop("last_means", None)
@@ -350,7 +355,11 @@ class WindowLoop:
                 committed_us=committed_us,
             )
         except Exception:
-            log.exception("ml: answering %s's request failed", request.device_id)
+            log.exception(
+                "ml: answering %s's request failed",
+                request.device_id,
+                extra=about(device_id=request.device_id),
+            )
 
     async def _consume(self) -> None:
         assert self._subscription is not None
@@ -402,7 +411,9 @@ class WindowLoop:
         try:
             await self.check(device_id, committed_us=committed_us)
         except Exception:
-            log.exception("ml: the trigger of %s failed", device_id)
+            log.exception(
+                "ml: the trigger of %s failed", device_id, extra=about(device_id=device_id)
+            )
         finally:
             self._device(device_id).checking = False
 
@@ -430,6 +441,7 @@ class WindowLoop:
             "ml: a manual set_window for %s pauses automatic control for %g s",
             row.device_id,
             device.config.guards.manual_override_s,
+            extra=about(device_id=row.device_id, command_id=row.command_id),
         )
 
     # -- the timer: the own trigger ------------------------------------------------------------
@@ -671,7 +683,11 @@ class WindowLoop:
         try:
             seq = await self._store.append_ml_decision(row)
         except Exception:
-            log.exception("ml: could not store a decision for %s", row.device_id)
+            log.exception(
+                "ml: could not store a decision for %s",
+                row.device_id,
+                extra=about(device_id=row.device_id),
+            )
             return row
         return replace(row, seq=seq)
 

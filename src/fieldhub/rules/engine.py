@@ -54,6 +54,7 @@ from fieldhub.clock import SYSTEM_CLOCK, US_PER_S, Clock, run_every
 from fieldhub.commands.service import CommandService, NewCommand
 from fieldhub.errors import FieldhubError, NotFound
 from fieldhub.events.bus import Committed, EventBus, Subscription
+from fieldhub.logs import about
 from fieldhub.notify.message import Delivery, Kind, Notification, redact_url
 from fieldhub.notify.queue import Dispatcher
 from fieldhub.protocol.messages import AttributeValue
@@ -347,7 +348,12 @@ class RuleEngine:
             try:
                 state = ConditionState.from_json(state_row.state)
             except (KeyError, TypeError, ValueError):
-                log.warning("rule %s: unreadable state for %s", loaded.rule.id, state_row.device_id)
+                log.warning(
+                    "rule %s: unreadable state for %s",
+                    loaded.rule.id,
+                    state_row.device_id,
+                    extra=about(device_id=state_row.device_id),
+                )
                 continue
             if state.kind == initial(loaded.condition(state_row.device_id)).kind:
                 loaded.states[state_row.device_id] = state
@@ -840,7 +846,11 @@ class RuleEngine:
             try:
                 await self._command(params, context)
             except Exception:
-                log.exception("rules: rule %s: a command action failed", context.rule.id)
+                log.exception(
+                    "rules: rule %s: a command action failed",
+                    context.rule.id,
+                    extra=about(device_id=context.device_id),
+                )
                 self.actions.labels("command", "error").inc()
 
     def _hand_on(self, action: Notify, context: _Context) -> int:
@@ -855,7 +865,10 @@ class RuleEngine:
                 return self._mqtt(params, context)
         except Exception:
             log.exception(
-                "rules: rule %s: a %s action failed", context.rule.id, action_kind(action)
+                "rules: rule %s: a %s action failed",
+                context.rule.id,
+                action_kind(action),
+                extra=about(device_id=context.device_id),
             )
             self.actions.labels(action_kind(action), "error").inc()
         return 0
