@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fieldhub.protocol.ids import MAX_DEVICE_ID_CHARS, InvalidDeviceId, canonical_device_id, is_mac
+from fieldhub.protocol.decode import MessageDecoder
+from fieldhub.protocol.ids import (
+    DEVICE_ID_PATTERN,
+    MAX_DEVICE_ID_CHARS,
+    InvalidDeviceId,
+    canonical_device_id,
+    is_mac,
+)
+from fieldhub.protocol.messages import Rejected, RejectReason
+from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
 
 CANONICAL = "3C:E9:0E:72:12:4C"
 
@@ -77,28 +88,66 @@ def test_too_long_id_is_rejected_with_the_limit() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "rule"),
     [
-        "+",
-        "#",
-        "node+1",
-        "node#",
-        "a b",
-        " node",
-        "node\t",
-        "a/b",
-        "node\n",
-        "ab\n",
-        "n\u00e9",
-        '"q"',
-        "a,b",
-        "a\x00",
+        ("+", "'\\+' at position 0: an MQTT wildcard"),
+        ("#", "'#' at position 0: an MQTT wildcard"),
+        ("node+1", "at position 4: an MQTT wildcard"),
+        ("node#", "at position 4: an MQTT wildcard"),
+        ("a/b", "'/' at position 1: a topic level separator"),
+        ("a b", "' ' at position 1: white space"),
+        (" node", "at position 0: white space"),
+        ("node\t", "at position 4: a control character"),
+        ("node\n", "at position 4: a control character"),
+        ("ab\n", "a control character"),
+        ("a\x00", "'\\\\x00' at position 1: a control character"),
+        ("\x1b[31m", "a control character"),
+        ("a\x7f", "a control character"),
+        ("n\u00e9", "outside letters, digits and _ . : @ ~ -"),
+        ('"q"', "outside letters"),
+        ("a,b", "outside letters"),
     ],
 )
-def test_ids_with_wildcards_space_slash_or_controls_are_rejected(raw: str) -> None:
-    """Wildcards, whitespace (a trailing newline included), slashes and non-ASCII are refused."""
-    with pytest.raises(InvalidDeviceId, match="characters outside"):
+def test_each_refused_character_names_the_rule_it_breaks(raw: str, rule: str) -> None:
+    """Wildcards, slashes, white space, control characters and anything else outside the id
+    alphabet are refused, and the message names the character, where it is and which rule."""
+    with pytest.raises(InvalidDeviceId, match=rule):
         canonical_device_id(raw)
+
+
+@pytest.mark.parametrize("raw", [".", "..", "...", "." * MAX_DEVICE_ID_CHARS])
+def test_ids_of_dots_alone_are_refused(raw: str) -> None:
+    """`.` and `..` are path segments URLs and file paths resolve away: no device is named so."""
+    with pytest.raises(InvalidDeviceId, match="only dots"):
+        canonical_device_id(raw)
+    assert not re.match(DEVICE_ID_PATTERN, raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # The four stacks' real ids (docs/protocol.md): MACs with and without separators, the
+        # window-control stack's `esp32_xxxx`, the FastAPI stack's client id, iot-node's numbered
+        # and named nodes, fieldhub's simulators and ids with dots inside.
+        "3C:E9:0E:72:12:4C",
+        "3CE90E72124C",
+        "esp32_ab12",
+        "ESP32-3C:E9:0E:72:12:4C",
+        "01",
+        "42",
+        "node_01",
+        "sim-0001",
+        "window-01",
+        "tenant.site.node-042",
+        ".hidden",
+        "v1.",
+        "a..b",
+    ],
+)
+def test_real_ids_pass_the_rules_and_the_api_pattern(raw: str) -> None:
+    """Every id the stacks use passes, and the API's OpenAPI pattern agrees with the check."""
+    assert canonical_device_id(raw)
+    assert re.match(DEVICE_ID_PATTERN, raw)
 
 
 def test_mac_with_trailing_newline_is_not_a_mac() -> None:
@@ -140,3 +189,55 @@ def test_canonical_device_id_is_idempotent(raw: str) -> None:
         return
     assert canonical_device_id(once) == once
     assert 1 <= len(once) <= MAX_DEVICE_ID_CHARS
+    assert once.strip(".")
+    # The API's pattern accepts exactly what the check accepts (a MAC in any spelling included).
+    assert re.match(DEVICE_ID_PATTERN, raw)
+
+
+@given(_id_text)
+def test_the_api_pattern_refuses_what_the_check_refuses(raw: str) -> None:
+    """An id the OpenAPI pattern lets through is one canonical_device_id accepts (the pattern's
+    `$` also matches before a final newline, which the check then refuses: 422 either way)."""
+    pattern_passes = re.match(DEVICE_ID_PATTERN, raw) and len(raw) <= MAX_DEVICE_ID_CHARS
+    if pattern_passes and not raw.endswith("\n"):
+        assert canonical_device_id(raw)
+
+
+_EVERY_PROFILE = MessageDecoder(select_profiles(DEFAULT_PROFILES))
+# One data route of each profile, `{}` where the id goes.
+_ID_TOPICS = [
+    "devices/{}/telemetry",
+    "devices/{}/data",
+    "devices/{}/status",
+    "devices/{}/commands/ack",
+    "/readings/gateway/{}",
+    "iot/node/{}/telemetry",
+    "iot/node/{}/status",
+    "sensor/{}/temperature",
+    "sensor/{}/audio",
+    "window/{}/control",
+    "ml/inference/request/{}",
+]
+
+
+@pytest.mark.parametrize("topic", _ID_TOPICS)
+@pytest.mark.parametrize(
+    ("raw", "rule"),
+    [
+        ("..", "only dots"),
+        (".", "only dots"),
+        ("a\x00b", "a control character"),
+        ("node\x1b", "a control character"),
+        ("n" * (MAX_DEVICE_ID_CHARS + 1), f"the limit is {MAX_DEVICE_ID_CHARS}"),
+        ("a b", "white space"),
+        ("", "empty"),
+    ],
+)
+def test_every_profile_refuses_a_bad_id_as_bad_device_id(topic: str, raw: str, rule: str) -> None:
+    """The same id rules on every route of every profile: a dead letter bad_device_id whose
+    detail names the rule broken, before the payload is looked at."""
+    result = _EVERY_PROFILE.decode(topic.format(raw), b'{"t": 1}', 1_795_442_400_000_000)
+    assert isinstance(result, Rejected), result
+    assert result.reason is RejectReason.BAD_DEVICE_ID
+    assert rule in result.detail
+    assert result.profile is not None
