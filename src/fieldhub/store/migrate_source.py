@@ -1,12 +1,13 @@
 """The SQLite side of `fieldhub migrate`: a read-only snapshot of the source file, checked to be
-an up-to-date fieldhub database, and the reads the copy and its verification make of it."""
+an up-to-date fieldhub database, and the reads the copy makes of it (the verification reads it
+through migrate_verify.SqliteSide)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from fieldhub.store.migrate_outcome import MigrationRefused, SeriesStats
+from fieldhub.store.migrate_outcome import MigrationRefused
 from fieldhub.store.migrate_tables import NOT_COPIED, TABLES, check_known
 from fieldhub.store.postgres_partitions import month_index, month_start_us
 from fieldhub.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
@@ -109,28 +110,6 @@ class SqliteSource:
                 months.add(month)
                 at_us = month_start_us(month + 1)
         return months
-
-    def sample_series(self, n: int) -> tuple[list[tuple[int, int, str, str]], int]:
-        """Up to `n` series spread evenly over all of them, as (device pk, metric pk, device,
-        metric), and how many series there are."""
-        rows = self.conn.execute(
-            "SELECT dm.device_id, dm.metric_id, d.uid, m.name FROM device_metrics dm "
-            "JOIN devices d ON d.id = dm.device_id JOIN metrics m ON m.id = dm.metric_id "
-            "ORDER BY dm.device_id, dm.metric_id"
-        ).fetchall()
-        if len(rows) <= n:
-            return rows, len(rows)
-        step = len(rows) / n
-        return [rows[int(i * step)] for i in range(n)], len(rows)
-
-    def series_stats(self, device_pk: int, metric_pk: int) -> tuple[SeriesStats, float]:
-        """One series' count, min, max and sum, and the sum of its absolute values."""
-        count, low, high, total, magnitude = self.conn.execute(
-            "SELECT count(*), min(value), max(value), sum(value), sum(abs(value)) FROM readings "
-            "WHERE device_id = ? AND metric_id = ?",
-            (device_pk, metric_pk),
-        ).fetchone()
-        return SeriesStats(count, low, high, total), float(magnitude or 0.0)
 
     def finish(self) -> bool:
         """End the snapshot; True when another connection committed to the file meanwhile."""
