@@ -12,6 +12,7 @@ from fieldhub.broker.legacy import LEGACY_POLICIES, select_legacy_policies
 from fieldhub.mqtt.endpoint import MqttEndpoint, MqttUrlError, parse_mqtt_url
 from fieldhub.net import is_loopback
 from fieldhub.protocol.ids import canonical_device_id
+from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
 from fieldhub.store.open import sqlite_path
 from fieldhub.store.retention import RetentionPolicy, Rule
@@ -105,10 +106,41 @@ class Settings(BaseSettings):
     retention_minute_days: Days | None = 365.0
     retention_hour_days: Days | None = None
     retention_ml_decisions_days: Days | None = 90.0
+    # Dead letters (docs/limits.md): hostile input must not fill the disk through them.
+    dead_letter_days: Days | None = Field(
+        30.0,
+        description="Days to keep dead letters (unset: forever) unless their reason has a rule",
+    )
+    dead_letter_reason_days: dict[str, Days | None] = Field(
+        default_factory=dict,
+        description='Days per reason, e.g. {"store_rejected": 90} (null: forever)',
+    )
+    dead_letter_max_mb: float | None = Field(
+        100.0,
+        gt=0,
+        description="Most the dead letters may take, oldest deleted first (unset: no bound)",
+    )
     retention_rules: list[RetentionRuleSetting] = Field(default_factory=list)
     retention_interval_s: float = Field(3600.0, ge=1, le=7 * 86400)
     disk_budget_mb: float | None = Field(
         None, gt=0, description="Warn (log, metric) when the database reaches 90 % of this"
+    )
+    # The scheduled backup inside `fieldhub up` (fieldhub/backup/, docs/backups.md): off unless
+    # a directory is given; the first one is made one interval after the start.
+    backup_dir: Path | None = Field(
+        None, description="Make scheduled backups in this directory; unset: none"
+    )
+    backup_every_h: float = Field(24.0, gt=0, le=24 * 365, description="Hours between backups")
+    backup_keep: int = Field(
+        7, ge=1, le=10_000, description="Scheduled backups kept; older ones are deleted"
+    )
+    # A full disk or a lost database makes /healthz `degraded` at once (messages wait on the
+    # broker, nothing is lost); past this it answers 503, so an orchestrator acts on it.
+    store_unwritable_503_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="/healthz answers 503 once database writes have failed this long (seconds)",
     )
     # Security (docs/security.md). Off is demo mode: no credential anywhere, so it is refused on
     # any address but loopback (the validator below).
@@ -175,6 +207,18 @@ class Settings(BaseSettings):
                 parse_mqtt_url(value)
             except MqttUrlError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("dead_letter_reason_days")
+    @classmethod
+    def _check_dead_letter_reasons(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        known = {reason.value for reason in RejectReason}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(
+                f"no dead-letter reason {', '.join(unknown)}; "
+                f"the reasons: {', '.join(sorted(known))}"
+            )
         return value
 
     @field_validator("profiles")
@@ -281,6 +325,11 @@ class Settings(BaseSettings):
             hour_days=self.retention_hour_days,
             overrides=tuple(rule.rule() for rule in self.retention_rules),
             ml_decision_days=self.retention_ml_decisions_days,
+            dead_letter_days=self.dead_letter_days,
+            dead_letter_reason_days=tuple(sorted(self.dead_letter_reason_days.items())),
+            dead_letter_max_bytes=None
+            if self.dead_letter_max_mb is None
+            else int(self.dead_letter_max_mb * 2**20),
         )
 
     @property

@@ -12,6 +12,8 @@ from dataclasses import replace
 from prometheus_client import CollectorRegistry
 
 from fieldhub import clock
+from fieldhub.backup.in_use import hold_running
+from fieldhub.backup.schedule import BackupJob
 from fieldhub.broker.access import BrokerAccess, InternalClient, fastapi_firmware_login
 from fieldhub.broker.access import Role as BrokerRole
 from fieldhub.broker.config import LegacyListener, TlsListener
@@ -148,6 +150,8 @@ class Platform:
             mqtt_url=self.mqtt_endpoint.url,
             mqtt_connected=lambda: self.subscriber.connected,
             mqtt_problem=lambda: self.subscriber.problem,
+            store_unwritable_503_s=settings.store_unwritable_503_s,
+            retention=settings.retention,
         )
         self.live = LiveHub(self.bus, self.registry, stats=self._stats_frame)
         self.status.live = self.live
@@ -195,6 +199,8 @@ class Platform:
             mode=settings.ml_mode,
         )
         self.ingest.request_listeners.append(self.ml.on_requests)
+        # Scheduled backups (docs/backups.md), when a directory is set.
+        self.backups = BackupJob(settings, registry=self.registry) if settings.backup_dir else None
         self.retention = RetentionJob(
             store=self.store,
             policy=settings.retention,
@@ -210,6 +216,8 @@ class Platform:
         )
         self._sessions: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._size_watch: asyncio.Task[None] | None = None
+        self.ingest.listeners.append(self.retention.on_commit)
         self._writer: asyncio.Task[None] | None = None
         self._live: asyncio.Task[None] | None = None
         self.on_stop: list[Callable[[], None]] = []
@@ -289,6 +297,8 @@ class Platform:
     async def start(self) -> None:
         """Store, broker (if embedded), ingest writer, then the MQTT subscription."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Marks the data dir in use (a restore refuses it) until this process ends.
+        self._in_use = hold_running(self.settings.data_dir)
         await self.store.open()
         if self.broker is not None:
             # The broker's password and ACL files come from the store: open it first.
@@ -306,14 +316,19 @@ class Platform:
         await self.rules.start()
         await self.ml.start()
         self._retention = asyncio.create_task(self.retention.run(), name="store.retention")
+        self._size_watch = asyncio.create_task(self.retention.watch(), name="store.size_watch")
         # The subscriber connects in the background and retries forever: the API serves stored
         # data even while the broker is unreachable.
         self.subscriber.start()
+        if self.backups is not None:
+            self.backups.start()
 
     async def stop(self) -> None:
         """Flush what was received, disconnect, stop the writer, close the store and broker."""
         for callback in self.on_stop:
             callback()
+        if self.backups is not None:
+            await self.backups.stop()
         await self.ml.stop()
         await self.rules.stop()
         await self.notify.close()
@@ -325,7 +340,7 @@ class Platform:
         await self.ingest.drain()
         await asyncio.to_thread(self.subscriber.stop)
         await self.ingest.drain()
-        for task in (self._writer, self._live, self._retention, self._sessions):
+        for task in (self._writer, self._live, self._retention, self._size_watch, self._sessions):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])

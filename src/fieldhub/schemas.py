@@ -197,7 +197,13 @@ class Health(BaseModel):
     """Liveness and the state of each part."""
 
     status: Literal["ok", "degraded"]
-    store: Literal["ok", "error"]
+    store: Literal["ok", "unwritable", "error"] = Field(
+        description="`unwritable`: it answers, but ingest's writes fail (disk full, read-only, "
+        "locked); `error`: it does not answer"
+    )
+    store_writes_failing_s: float = Field(
+        0.0, description="How long ingest's database writes have been failing (0: they succeed)"
+    )
     mqtt_connected: bool
     mqtt_url: str
     broker: Literal["embedded", "external"]

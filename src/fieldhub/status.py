@@ -21,6 +21,12 @@ from fieldhub.events.bus import EventBus
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
 from fieldhub.store.base import Store
+from fieldhub.store.plan import (
+    DEAD_LETTER_DETAIL_MAX_CHARS,
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_TOPIC_MAX_CHARS,
+)
+from fieldhub.store.retention import RetentionPolicy
 
 # Snapshots closer together than this reuse the previous rates: a rate over a few milliseconds
 # is noise, and several viewers and API calls ask within the same second.
@@ -67,6 +73,27 @@ class BrokerStatus(BaseModel):
     )
 
 
+class DeadLetterLimits(BaseModel):
+    days: dict[str, float | None] = Field(
+        description="Days kept per reason (`*`: every reason without days of its own; null: "
+        "forever)"
+    )
+    max_bytes: int | None = Field(description="Most they may take, oldest deleted first")
+    bytes: int = Field(description="What they take now, as that budget counts it")
+    payload_max_bytes: int = Field(description="Of a payload, this much is kept")
+    topic_max_chars: int = Field(description="Of a topic (and a device id), this much is kept")
+    detail_max_chars: int
+
+
+class Limits(BaseModel):
+    """What bounds hostile or unlucky input (docs/limits.md); each bites with a counter."""
+
+    dead_letters: DeadLetterLimits
+    store_unwritable_503_s: float = Field(
+        description="/healthz answers 503 once database writes have failed this long"
+    )
+
+
 class SystemStatus(BaseModel):
     """One snapshot of the platform's state."""
 
@@ -76,6 +103,7 @@ class SystemStatus(BaseModel):
     ingest: IngestStatus
     live: LiveStatus
     broker: BrokerStatus
+    limits: Limits
 
 
 @dataclass(slots=True)
@@ -102,8 +130,12 @@ class StatusReporter:
         mqtt_url: str,
         mqtt_connected: Callable[[], bool],
         mqtt_problem: Callable[[], str | None] = lambda: None,
+        store_unwritable_503_s: float = 60.0,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         self.store = store
+        self.store_unwritable_503_s = store_unwritable_503_s
+        self.retention = retention or RetentionPolicy()
         self.registry = registry
         self.ingest = ingest
         self.bus = bus
@@ -203,4 +235,20 @@ class StatusReporter:
                 bus_backlog=live.bus_backlog if live is not None else 0,
             ),
             broker=self.broker_status(),
+            limits=self.limits(),
+        )
+
+    def limits(self) -> Limits:
+        """The bounds in force (settings and constants) and where they stand."""
+        policy = self.retention
+        return Limits(
+            dead_letters=DeadLetterLimits(
+                days=policy.dead_letter_rules(),
+                max_bytes=policy.dead_letter_max_bytes,
+                bytes=int(self._sample("fieldhub_dead_letter_bytes")),
+                payload_max_bytes=DEAD_LETTER_MAX_BYTES,
+                topic_max_chars=DEAD_LETTER_TOPIC_MAX_CHARS,
+                detail_max_chars=DEAD_LETTER_DETAIL_MAX_CHARS,
+            ),
+            store_unwritable_503_s=self.store_unwritable_503_s,
         )

@@ -352,7 +352,12 @@ def test_get_system_returns_the_documented_fields(
     response = fh.get("/api/v1/system")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"time_us", "uptime_s", "fleet", "ingest", "live", "broker"}
+    assert set(body) == {"time_us", "uptime_s", "fleet", "ingest", "live", "broker", "limits"}
+    dead = body["limits"]["dead_letters"]
+    assert dead["days"] == {"*": 30.0}
+    assert dead["max_bytes"] == 100 * 2**20
+    assert dead["payload_max_bytes"] == 64 * 1024
+    assert body["limits"]["store_unwritable_503_s"] == 60.0
     assert set(body["fleet"]) == {"devices", "online", "offline", "stale"}
     assert set(body["ingest"]) == {
         "messages_per_s",

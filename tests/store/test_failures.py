@@ -126,8 +126,10 @@ async def test_failed_batch_leaves_no_trace(store: Store) -> None:
     """A batch failing on its last row rolls back all of it; the same batch then writes fully."""
     await seed(store)
     poisoned = good_batch()
-    # A NULL topic violates NOT NULL in every engine, and dead letters are written last.
-    poisoned.dead_letters.append(DeadLetter(cast(str, None), b"x", "malformed_json", "", T0 + S))
+    # A NULL reason violates NOT NULL in every engine, and dead letters are written last.
+    poisoned.dead_letters.append(
+        DeadLetter("devices/x/telemetry", b"x", cast(str, None), "", T0 + S)
+    )
 
     with pytest.raises(StoreError):
         await store.write_batch(poisoned)

@@ -101,6 +101,13 @@ class IngestMetrics:
             "Batch writes that failed and were retried",
             registry=registry,
         )
+        # Set by the pipeline as a function of its state (0 while writes succeed).
+        self.writes_failing = Gauge(
+            "fieldhub_store_writes_failing_seconds",
+            "How long ingest's writes have been failing for a reason of the database's (disk "
+            "full, I/O error, read-only, locked, unreachable); 0 while they succeed",
+            registry=registry,
+        )
         self.mqtt_connected = Gauge(
             "fieldhub_mqtt_connected",
             "1 while ingest is connected to the broker",

@@ -34,7 +34,13 @@ from fieldhub.protocol.messages import (
     RejectReason,
 )
 from fieldhub.store.base import Store
-from fieldhub.store.types import DeadLetter, WriteBatch, WriteResult
+from fieldhub.store.types import (
+    DeadLetter,
+    StoreError,
+    StoreUnavailable,
+    WriteBatch,
+    WriteResult,
+)
 
 log = logging.getLogger("fieldhub.ingest")
 
@@ -42,8 +48,8 @@ AckToken = tuple[int, int]
 Acker = Callable[[Sequence[AckToken]], None]
 # Called after each commit and ack with the batch, what it did and the commit time (epoch us).
 CommitListener = Callable[[WriteBatch, WriteResult, int], None]
-# Given a batch's inference requests after it committed (and before they are acknowledged).
-# The requests of a batch just committed, and when it was.
+# Given a batch's inference requests after it committed (and before they are acknowledged),
+# and when it committed.
 RequestListener = Callable[[list[InferenceRequest], int], None]
 
 
@@ -72,7 +78,9 @@ QUEUE_MAX_MESSAGES = 50_000
 # Retry delays for a failing write (disk full, database locked by an outside tool). The batch
 # is held, unacknowledged, so the broker keeps the messages until the write succeeds.
 WRITE_RETRY_MIN_S = 0.5
-WRITE_RETRY_MAX_S = 30.0
+# A full disk or a restarted database is retried at least this often: recovery follows the
+# cause within seconds, and a retry of a failing write costs next to nothing.
+WRITE_RETRY_MAX_S = 10.0
 # Failed attempts before the batch is written message by message to find one the database
 # refuses (see Ingest._write_with_retry). Low, because the isolating pass costs little.
 ISOLATE_AFTER_FAILURES = 2
@@ -152,6 +160,12 @@ class Ingest:
         self.acker: Acker | None = None
         self.listeners: list[CommitListener] = []
         self.request_listeners: list[RequestListener] = []
+        # Since when (clock µs) and why the database has refused writes for a reason of its own
+        # (StoreUnavailable or any unexplained failure); None while writes succeed. /healthz
+        # reports it (degraded, then 503 past the settings' store_unwritable_503_s).
+        self.write_failing_since_us: int | None = None
+        self.write_failure: str | None = None
+        metrics.writes_failing.set_function(self.writes_failing_s)
         self._queue: deque[_Work] = deque()
         self._space = threading.Event()
         self._space.set()
@@ -319,57 +333,82 @@ class Ingest:
     ) -> tuple[WriteResult, WriteBatch]:
         """Write the batch; on repeated failure find out whether one message is to blame.
 
-        A failing write keeps its messages unacknowledged, so the broker still holds them. After
-        ISOLATE_AFTER_FAILURES attempts the messages are written one by one: one the database
-        refuses on its own becomes a dead letter instead of stalling ingest forever; if even
-        that fails, the database itself is down and the whole batch waits with backoff.
+        A failing write keeps its messages unacknowledged, so the broker still holds them. A
+        failure of the database's own (StoreUnavailable: a full disk, an I/O error, read-only,
+        locked, unreachable) is retried whole with backoff for as long as it lasts. Any other
+        failure, ISOLATE_AFTER_FAILURES times, has the messages written one by one: one the
+        database refuses on its own becomes a dead letter instead of stalling ingest forever.
         """
         delay = WRITE_RETRY_MIN_S
         failures = 0
         while True:
             try:
-                return await self.writer.write_batch(batch), batch
+                written = await self.writer.write_batch(batch), batch
             except Exception as exc:  # StoreError, OSError, driver errors: hold, never drop
                 error: Exception = exc
+            else:
+                self._writes_succeed()
+                return written
             failures += 1
             self.metrics.write_errors.inc()
-            if failures >= ISOLATE_AFTER_FAILURES:
+            # The database's own trouble (a full disk, an I/O error, a lost connection) is no
+            # message's fault: never look for one to dead-letter, wait for the database.
+            if failures >= ISOLATE_AFTER_FAILURES and not isinstance(error, StoreUnavailable):
                 isolated = await self._write_one_by_one(works)
-                if isolated is not None:
-                    return isolated
+                self._writes_succeed()
+                return isolated
+            self._writes_fail(error)
             log.error(
-                "writing a batch of %d messages failed (%s); retrying in %.1f s, messages stay "
-                "unacknowledged on the broker",
-                len(batch),
-                error,
+                "%s; retrying in %.1f s, messages stay unacknowledged on the broker",
+                error
+                if isinstance(error, StoreError)  # it names the batch already (store/core.py)
+                else f"writing a batch of {len(batch)} messages failed: {error!r}",
                 delay,
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, WRITE_RETRY_MAX_S)
 
-    async def _write_one_by_one(self, works: list[_Work]) -> tuple[WriteResult, WriteBatch] | None:
+    async def _write_one_by_one(self, works: list[_Work]) -> tuple[WriteResult, WriteBatch]:
+        """Write each message in its own transaction: one the database refuses for itself (a
+        constraint, a value) becomes a `store_rejected` dead letter; while the database cannot
+        write at all (StoreUnavailable), the message waits and is tried again. Never gives up
+        half way: the messages before it are committed, and a batch retried whole would store
+        those without their own time twice."""
         total = WriteResult()
         merged = WriteBatch()
         for index, work in enumerate(works):
             single = _batch_of([work])
-            try:
-                written = await self.writer.write_batch(single)
-            except Exception as exc:
-                if not isinstance(work.result, Decoded | CommandReply):
-                    return None
-                rejected = Rejected(
-                    RejectReason.STORE_REJECTED,
-                    f"the database refused this message: {exc}",
-                    work.result.device_id,
-                    work.result.profile,
-                )
-                works[index] = _Work(rejected, work.message, work.token, work.digest, work.future)
-                single = _batch_of([works[index]])
+            delay = WRITE_RETRY_MIN_S
+            while True:
                 try:
                     written = await self.writer.write_batch(single)
-                except Exception:
-                    return None  # not the message: the database is failing
-                log.error("message on %s refused by the database: %s", work.message.topic, exc)
+                    break
+                except Exception as exc:
+                    refused = not isinstance(exc, StoreUnavailable) and isinstance(
+                        work.result, Decoded | CommandReply
+                    )
+                    if refused and single.decoded + single.command_replies:
+                        assert isinstance(work.result, Decoded | CommandReply)
+                        log.error(
+                            "message on %s refused by the database: %s", work.message.topic, exc
+                        )
+                        rejected = Rejected(
+                            RejectReason.STORE_REJECTED,
+                            f"the database refused this message: {exc}",
+                            work.result.device_id,
+                            work.result.profile,
+                        )
+                        work = works[index] = _Work(
+                            rejected, work.message, work.token, work.digest, work.future
+                        )
+                        single = _batch_of([work])
+                        continue
+                    # The database's trouble (or a dead letter it will not take): wait for it.
+                    self.metrics.write_errors.inc()
+                    self._writes_fail(exc)
+                    log.error("writing one message failed (%s); retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, WRITE_RETRY_MAX_S)
             total.readings_written += written.readings_written
             total.readings_duplicate += written.readings_duplicate
             total.dead_letters += written.dead_letters
@@ -382,6 +421,23 @@ class Ingest:
             merged.dead_letters += single.dead_letters
             merged.retained_digests.update(single.retained_digests)
         return total, merged
+
+    def _writes_fail(self, error: Exception) -> None:
+        if self.write_failing_since_us is None:
+            self.write_failing_since_us = clock.now_us()
+        self.write_failure = str(error)[:500]
+
+    def _writes_succeed(self) -> None:
+        if self.write_failing_since_us is not None:
+            failed_s = (clock.now_us() - self.write_failing_since_us) / 1e6
+            log.warning("database writes succeed again after %.1f s of failures", failed_s)
+        self.write_failing_since_us = None
+        self.write_failure = None
+
+    def writes_failing_s(self) -> float:
+        """How long writes have been failing (0.0 while they succeed)."""
+        since = self.write_failing_since_us
+        return 0.0 if since is None else max(0.0, (clock.now_us() - since) / 1e6)
 
     def _account(self, works: list[_Work], written: WriteResult, committed_us: int) -> None:
         m = self.metrics

@@ -11,6 +11,7 @@ from fieldhub.store.types import (
     ReadingRow,
     SeriesPoint,
     StoreError,
+    StoreUnavailable,
     WriteBatch,
     WriteResult,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "SeriesPoint",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "WriteBatch",
     "WriteResult",
     "open_store",

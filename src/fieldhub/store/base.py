@@ -576,6 +576,21 @@ class Store(abc.ABC):
         `keep` selects; returns how many."""
 
     @abc.abstractmethod
+    async def dead_letter_bytes(self) -> int:
+        """The dead letters' size as their byte budget counts it (dead_letter_rows.py)."""
+
+    @abc.abstractmethod
+    async def delete_dead_letters_before(
+        self, cutoff_us: int, *, reasons: Sequence[str] = (), except_reasons: Sequence[str] = ()
+    ) -> int:
+        """Delete dead letters received before `cutoff_us`, of `reasons` when given, else of
+        every reason but `except_reasons`; returns how many."""
+
+    @abc.abstractmethod
+    async def prune_dead_letters(self, max_bytes: int) -> int:
+        """Delete the oldest dead letters until the rest fit in `max_bytes`; returns how many."""
+
+    @abc.abstractmethod
     async def maintain(self, now_us: int) -> None:
         """Periodic upkeep the engine needs (PostgreSQL: partitions ahead of time)."""
 

@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
 from fieldhub.protocol.command_states import CommandState
-from fieldhub.store import command_rows, ml_rows, reads, rule_rows, security_rows, writes
+from fieldhub.store import (
+    command_rows,
+    dead_letter_rows,
+    ml_rows,
+    reads,
+    rule_rows,
+    security_rows,
+    writes,
+)
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Count, Query, Script
@@ -105,7 +113,9 @@ class SqlStore(Store):
                 writes.write_batch(self.dialect, batch, self._caches, self._stale_after_s)
             )
         except StoreError as exc:
-            raise StoreError(f"writing a batch of {len(batch)} messages failed: {exc}") from exc
+            # The same kind: whether it is about the data or the database decides what ingest
+            # does with the batch (StoreUnavailable: retry it whole, never a dead letter).
+            raise type(exc)(f"writing a batch of {len(batch)} messages failed: {exc}") from exc
         # The caches follow only what committed.
         self._caches.apply(delta)
         return result
@@ -582,6 +592,24 @@ class SqlStore(Store):
         return await self._read(ml_rows.list_ml_devices(self.dialect))
 
     # -- retention -----------------------------------------------------------------------------
+
+    async def dead_letter_bytes(self) -> int:
+        """The dead letters' size as their budget counts it."""
+        return await self._read(dead_letter_rows.dead_letter_bytes(self.dialect))
+
+    async def delete_dead_letters_before(
+        self, cutoff_us: int, *, reasons: Sequence[str] = (), except_reasons: Sequence[str] = ()
+    ) -> int:
+        """Dead letters older than a time, of some reasons (see the Store method)."""
+        return await self._write(
+            dead_letter_rows.delete_dead_letters_before(
+                self.dialect, cutoff_us, reasons=reasons, except_reasons=except_reasons
+            )
+        )
+
+    async def prune_dead_letters(self, max_bytes: int) -> int:
+        """The oldest dead letters past a byte budget."""
+        return await self._write(dead_letter_rows.prune_dead_letters(self.dialect, max_bytes))
 
     async def delete_older(
         self,

@@ -25,6 +25,11 @@ from fieldhub.store.types import CommandOutcome, DeadLetter, PresenceChange, Wri
 # Dead letters keep at most this much of a payload: enough to see what was wrong, bounded so an
 # attacker cannot fill the disk with oversize messages. The true size is kept beside it.
 DEAD_LETTER_MAX_BYTES = 64 * 1024
+# ... and of its topic (MQTT allows 65,535 bytes; a 60,000-character topic was seen in a probe)
+# and of the detail (a driver's error text can quote the payload). A cut one ends in TRUNCATED.
+DEAD_LETTER_TOPIC_MAX_CHARS = 512
+DEAD_LETTER_DETAIL_MAX_CHARS = 1024
+TRUNCATED = "…"
 # A device's silence before it shows `stale`, for profiles the store was given no value for.
 DEFAULT_STALE_AFTER_S = 120
 
@@ -176,20 +181,26 @@ def dead_letter_rows(
     letters: Iterable[DeadLetter],
 ) -> list[tuple[int, str, str, str, bytes, int, str | None, str | None]]:
     """dead_letters rows: (received_at, topic, reason, detail, payload, size, device, profile),
-    the payload cut to DEAD_LETTER_MAX_BYTES and its true size kept."""
+    the payload cut to DEAD_LETTER_MAX_BYTES and its true size kept; the topic and the detail
+    cut too (`cut`)."""
     return [
         (
             d.received_us,
-            d.topic,
+            cut(d.topic, DEAD_LETTER_TOPIC_MAX_CHARS),
             d.reason,
-            d.detail,
+            cut(d.detail, DEAD_LETTER_DETAIL_MAX_CHARS),
             d.payload[:DEAD_LETTER_MAX_BYTES],
             len(d.payload),
-            d.device_id,
+            None if d.device_id is None else cut(d.device_id, DEAD_LETTER_TOPIC_MAX_CHARS),
             d.profile,
         )
         for d in letters
     ]
+
+
+def cut(text: str, max_chars: int) -> str:
+    """`text`, or its first `max_chars - 1` characters and TRUNCATED when it is longer."""
+    return text if len(text) <= max_chars else text[: max_chars - 1] + TRUNCATED
 
 
 def reply_transition(reply: CommandReply) -> tuple[CommandState, CommandOutcome]:

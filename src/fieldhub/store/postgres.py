@@ -23,13 +23,34 @@ from fieldhub.store.core import SqlStore
 from fieldhub.store.dialect import POSTGRES
 from fieldhub.store.ops import Bulk, Count, Many, Op, Query, Row, Script, Statements, run_async
 from fieldhub.store.postgres_schema import MIGRATIONS
-from fieldhub.store.types import StoreError, Tier
+from fieldhub.store.types import StoreError, StoreUnavailable, Tier
 
 T = TypeVar("T")
 # A pooled connection. asyncpg's stubs type the pool's proxy apart from Connection though it
 # forwards every method; one alias keeps the signatures readable.
 Conn = Any
 log = logging.getLogger("fieldhub.store")
+
+# SQLSTATE classes and codes that say the server cannot do its part now, whatever the data:
+# connection exceptions (08), transaction rollbacks on conflicts (40), insufficient resources
+# such as a full disk (53), operator intervention such as a shutdown (57), system errors such as
+# I/O (58); a read-only transaction (25006) and a lock not available (55P03). Everything else
+# (a constraint: 23, a data exception: 22) may be about the data.
+UNAVAILABLE_CLASSES = frozenset(("08", "40", "53", "57", "58"))
+UNAVAILABLE_STATES = frozenset(("25006", "55P03", "55006"))
+
+
+def store_error(exc: BaseException) -> StoreError:
+    """The StoreError for a driver error: StoreUnavailable when the server cannot do its part
+    now (a lost connection, an OSError, the SQLSTATEs above), else StoreError."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state[:2] in UNAVAILABLE_CLASSES or state in UNAVAILABLE_STATES:
+            return StoreUnavailable(f"PostgreSQL: {exc}")
+        return StoreError(f"PostgreSQL: {exc}")
+    # InterfaceError (the connection closed under a query), OSError (refused, reset, timed out).
+    return StoreUnavailable(f"PostgreSQL: {exc}")
+
 
 POOL_MIN = 1
 # API reads, ingest's writer and command transitions share the pool; a handful of connections
@@ -74,7 +95,7 @@ async def _execute(conn: Conn, op: Op) -> list[Row]:
                 await conn.execute(sql)
                 return []
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise StoreError(f"PostgreSQL: {exc}") from exc
+        raise store_error(exc) from exc
     raise TypeError(f"not a store operation: {op!r}")
 
 
@@ -131,7 +152,7 @@ class PostgresStore(SqlStore):
                 async with conn.transaction():
                     return await run_async(script, lambda op: _execute(conn, op))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise StoreError(f"PostgreSQL: {exc}") from exc
+            raise store_error(exc) from exc
 
     async def _read(self, script: Script[T]) -> T:
         """Run a script on a pooled connection."""

@@ -1,5 +1,10 @@
 """Retention: how long each tier of data is kept, and the job that deletes what is older.
 
+The job also watches the database's size (every WATCH_S: `fieldhub_database_bytes`, WAL
+included, and the disk budget) and the dead letters' bounds: older than their days (per reason)
+are deleted with the hourly run, and past their byte budget the oldest are deleted within
+seconds (an estimate follows each committed batch's dead letters; docs/limits.md).
+
 Three tiers: raw readings, minute rollups, hour rollups (defaults 30 days, 1 year, forever).
 Rules may override a tier for one device, one metric, or one device's metric; the most specific
 rule that sets a tier wins for a series (device + metric, then device, then metric, then the
@@ -11,6 +16,7 @@ charts fast and small.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fieldhub import clock
 from fieldhub.store.base import Store
-from fieldhub.store.types import TIERS, Selector, Tier
+from fieldhub.store.dead_letter_rows import ROW_OVERHEAD_BYTES
+from fieldhub.store.plan import (
+    DEAD_LETTER_DETAIL_MAX_CHARS,
+    DEAD_LETTER_MAX_BYTES,
+    DEAD_LETTER_TOPIC_MAX_CHARS,
+)
+from fieldhub.store.types import TIERS, Selector, Tier, WriteBatch, WriteResult
 
 log = logging.getLogger("fieldhub.retention")
 
@@ -28,6 +40,14 @@ US_PER_DAY = 86_400 * 1_000_000
 # The disk-budget warning fires from this share of the budget on, before it is hit.
 BUDGET_WARN_FRACTION = 0.9
 FIRST_RUN_DELAY_S = 300.0
+# How often the size and the dead letters' byte budget are looked at (sooner when a batch's dead
+# letters pass the budget): `fieldhub_database_bytes` follows the database within this.
+WATCH_S = 15.0
+# Past their budget the dead letters are cut to this share of it, so that a flood is not pruned
+# again at every batch.
+PRUNE_TO_FRACTION = 0.9
+# A budget warning is logged again after this long while it holds.
+BUDGET_LOG_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +81,15 @@ class RetentionPolicy:
     # The window loop's decision log (one row per decision; a backbone asking every minute for
     # 1,000 devices writes 1.4 million a day): kept this long, None forever.
     ml_decision_days: float | None = 90.0
+    # Dead letters: kept this long (None: forever) unless their reason has days of its own, and
+    # never more than dead_letter_max_bytes in all, the oldest deleted first (None: no bound).
+    dead_letter_days: float | None = 30.0
+    dead_letter_reason_days: tuple[tuple[str, float | None], ...] = ()
+    dead_letter_max_bytes: int | None = 100 * 2**20
+
+    def dead_letter_rules(self) -> dict[str, float | None]:
+        """Days to keep dead letters, per reason (`*`: every reason without a rule)."""
+        return {"*": self.dead_letter_days, **dict(self.dead_letter_reason_days)}
 
     def rules(self) -> list[Rule]:
         default = Rule(
@@ -102,6 +131,25 @@ class RetentionJob:
     runs: int = 0
 
     def __post_init__(self) -> None:
+        # The dead letters' size as their budget counts it: measured, then followed batch by
+        # batch (`on_commit`) until the next measure; None: not measured yet.
+        self._dead_bytes: int | None = None
+        self._prune_now: asyncio.Event | None = None
+        self._budget_logged_at: float | None = None
+        self._dead_letter_bytes = Gauge(
+            "fieldhub_dead_letter_bytes",
+            "The dead letters' size as their byte budget counts it",
+            registry=self.registry,
+        )
+        self._dead_letters_pruned = Counter(
+            "fieldhub_dead_letters_pruned",
+            "Dead letters deleted by their bounds: `age` (their days) or `bytes` (their budget, "
+            "oldest first)",
+            ["why"],
+            registry=self.registry,
+        )
+        for why in ("age", "bytes"):
+            self._dead_letters_pruned.labels(why)
         self._deleted = Counter(
             "fieldhub_retention_deleted_rows",
             "Rows retention deleted, by tier",
@@ -137,6 +185,7 @@ class RetentionJob:
             cutoff = now_us - int(self.policy.ml_decision_days * US_PER_DAY)
             decisions = await self.store.delete_ml_decisions_before(cutoff)
             self._deleted.labels("ml_decisions").inc(decisions)
+        dead = await self._dead_letters_by_age(now_us)
         await self.store.maintain(now_us)
         for tier, count in deleted.items():
             self._deleted.labels(tier).inc(count)
@@ -145,23 +194,97 @@ class RetentionJob:
         size = await self.store.size_bytes()
         self._db_bytes.set(size)
         log.info(
-            "retention: deleted %d raw readings, %d minute and %d hour rollup rows and %d window "
-            "decisions in %.1f s; database %.1f MiB",
+            "retention: deleted %d raw readings, %d minute and %d hour rollup rows, %d window "
+            "decisions and %d dead letters in %.1f s; database %.1f MiB",
             deleted["raw"],
             deleted["minute"],
             deleted["hour"],
             decisions,
+            dead,
             time.perf_counter() - started,
             size / 2**20,
         )
         self._check_budget(size)
         return deleted
 
+    async def _dead_letters_by_age(self, now_us: int) -> int:
+        rules = self.policy.dead_letter_rules()
+        own = [reason for reason in rules if reason != "*"]
+        deleted = 0
+        for reason, days in rules.items():
+            if days is None:
+                continue
+            cutoff = now_us - int(days * US_PER_DAY)
+            if reason == "*":
+                deleted += await self.store.delete_dead_letters_before(cutoff, except_reasons=own)
+            else:
+                deleted += await self.store.delete_dead_letters_before(cutoff, reasons=[reason])
+        self._dead_letters_pruned.labels("age").inc(deleted)
+        if deleted:
+            self._dead_bytes = None  # measured again at the next watch
+        return deleted
+
+    def on_commit(self, batch: WriteBatch, _written: WriteResult, _committed_us: int) -> None:
+        """Ingest's commit listener: follow the dead letters' size; past the budget, wake the
+        watch to prune now."""
+        if not batch.dead_letters or self._dead_bytes is None:
+            return
+        self._dead_bytes += sum(
+            min(len(d.payload), DEAD_LETTER_MAX_BYTES)
+            + min(len(d.topic), DEAD_LETTER_TOPIC_MAX_CHARS)
+            + min(len(d.detail), DEAD_LETTER_DETAIL_MAX_CHARS)
+            + ROW_OVERHEAD_BYTES
+            for d in batch.dead_letters
+        )
+        budget = self.policy.dead_letter_max_bytes
+        if budget is not None and self._dead_bytes > budget and self._prune_now is not None:
+            self._prune_now.set()
+
+    async def watch_once(self) -> None:
+        """The database's size and disk budget; the dead letters' byte budget."""
+        size = await self.store.size_bytes()
+        self._db_bytes.set(size)
+        self._check_budget(size)
+        budget = self.policy.dead_letter_max_bytes
+        if self._dead_bytes is None or (budget is not None and self._dead_bytes > budget):
+            self._dead_bytes = await self.store.dead_letter_bytes()
+        if budget is not None and self._dead_bytes > budget:
+            pruned = await self.store.prune_dead_letters(int(budget * PRUNE_TO_FRACTION))
+            self._dead_letters_pruned.labels("bytes").inc(pruned)
+            log.warning(
+                "dead letters passed their budget of %.1f MiB (FIELDHUB_DEAD_LETTER_MAX_MB): "
+                "deleted the oldest %d",
+                budget / 2**20,
+                pruned,
+            )
+            self._dead_bytes = await self.store.dead_letter_bytes()
+        self._dead_letter_bytes.set(self._dead_bytes)
+
+    async def watch(self) -> None:
+        """Run `watch_once` forever (a task): every WATCH_S, or at once when a batch's dead
+        letters pass their budget. Failures are logged and retried."""
+        self._prune_now = asyncio.Event()
+        while True:
+            try:
+                await self.watch_once()
+            except Exception:
+                log.exception("watching the database's size failed; retrying in %.0f s", WATCH_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._prune_now.wait(), WATCH_S)
+            self._prune_now.clear()
+
     def _check_budget(self, size: int) -> None:
         budget = self.disk_budget_bytes
         near = budget is not None and size >= BUDGET_WARN_FRACTION * budget
         self._over_budget.set(1 if near else 0)
-        if budget is not None and near:
+        if not near:
+            self._budget_logged_at = None
+            return
+        now = time.monotonic()
+        if self._budget_logged_at is not None and now - self._budget_logged_at < BUDGET_LOG_EVERY_S:
+            return
+        self._budget_logged_at = now
+        if budget is not None:
             log.warning(
                 "the database uses %.1f MiB of its %.1f MiB disk budget (%.0f %%): shorten "
                 "retention (FIELDHUB_RETENTION_RAW_DAYS, ...) or raise FIELDHUB_DISK_BUDGET_MB",

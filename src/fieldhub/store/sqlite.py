@@ -23,10 +23,37 @@ from fieldhub.store.core import SqlStore
 from fieldhub.store.dialect import SQLITE
 from fieldhub.store.ops import Bulk, Count, Many, Op, Query, Row, Script, Statements, run_sync
 from fieldhub.store.sqlite_schema import MIGRATIONS
-from fieldhub.store.types import StoreError
+from fieldhub.store.types import StoreError, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("fieldhub.store")
+
+# Primary result codes (https://www.sqlite.org/rescode.html) that say the database cannot write
+# now, whatever the data: full disk, I/O errors, a read-only file or directory, another
+# process's lock, a file that cannot be opened, memory. Everything else (a constraint, a value
+# too big, a type) may be about the data.
+UNAVAILABLE_CODES = frozenset(
+    (
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_PROTOCOL,
+    )
+)
+
+
+def store_error(exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a driver error: StoreUnavailable when SQLite says the database cannot
+    write now (UNAVAILABLE_CODES), else StoreError."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in UNAVAILABLE_CODES:
+        return StoreUnavailable(f"SQLite: {exc}")
+    return StoreError(f"SQLite: {exc}")
+
 
 # Readers wait this long for the writer's lock instead of failing at once with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
@@ -220,9 +247,12 @@ class SqliteStore(SqlStore):
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback:  # a full disk can fail it too: report the cause
+                    log.warning("SQLite: rolling back after %s failed: %s", exc, rollback)
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"SQLite: {exc}") from exc
+                raise store_error(exc) from exc
             raise
         return value
 
@@ -264,5 +294,5 @@ def _execute(conn: sqlite3.Connection, op: Op) -> list[Row]:
                     conn.execute(statement)
                 return []
     except sqlite3.Error as exc:
-        raise StoreError(f"SQLite: {exc}") from exc
+        raise store_error(exc) from exc
     raise TypeError(f"not a store operation: {op!r}")

@@ -24,6 +24,14 @@ class StoreError(RuntimeError):
     """The database refused or failed an operation; the message says what to check."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot do its part now: the disk is full, an I/O error, the file is
+    read-only or locked, the connection is lost, the server is shutting down. Nothing is wrong
+    with what was asked, and the same operation succeeds once the cause is gone: ingest keeps
+    such a batch unacknowledged and retries it, never dead-letters it (docs/limits.md). Every
+    other StoreError may be about the data (a constraint, a value the database refuses)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A rejected message, kept with its raw bytes so nothing is silently dropped."""

@@ -19,20 +19,30 @@ async def healthz(
     store: StoreDep, ingest: IngestDep, status: StatusDep, response: Response
 ) -> Health:
     """200 while the API and the database answer (`degraded` when the broker is unreachable:
-    the API keeps serving stored data, or ingest's session was taken over; `problems` says
-    why); 503 when the database does not answer."""
+    the API keeps serving stored data, or ingest's session was taken over, or ingest's writes
+    fail: a full disk, a read-only or locked database; `problems` says why); 503 when the
+    database does not answer, or its writes have failed for longer than the
+    `store_unwritable_503_s` setting (60 s)."""
     try:
         await store.ping()
         store_ok = True
     except StoreError:
         store_ok = False
     broker = status.broker_status()
-    if not store_ok:
+    failing_s = ingest.writes_failing_s()
+    unwritable = None
+    if failing_s > 0:
+        unwritable = (
+            f"database writes have failed for {failing_s:.0f} s ({ingest.write_failure}); "
+            "messages wait unacknowledged on the broker"
+        )
+    if not store_ok or failing_s > status.store_unwritable_503_s:
         response.status_code = 503
     problems = [
         problem
         for problem in (
             None if store_ok else "the database does not answer",
+            unwritable,
             None if broker.connected else f"ingest is not connected to {broker.url}",
             broker.problem,
         )
@@ -41,7 +51,8 @@ async def healthz(
     return Health(
         status="degraded" if problems else "ok",
         problems=problems,
-        store="ok" if store_ok else "error",
+        store="error" if not store_ok else "unwritable" if unwritable else "ok",
+        store_writes_failing_s=round(failing_s, 1),
         mqtt_connected=broker.connected,
         mqtt_url=broker.url,
         broker=broker.kind,
