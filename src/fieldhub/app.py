@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp
 
 from fieldhub import __version__
 from fieldhub.api.errors import install_error_handlers
+from fieldhub.api.request_ids import RequestIds
 from fieldhub.api.routes import (
     alarms,
     audit,
@@ -43,6 +45,15 @@ log = logging.getLogger("fieldhub")
 DEMO_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
+class FieldhubApp(FastAPI):
+    """FastAPI with the request-id middleware around its whole stack. `add_middleware` would
+    put it inside Starlette's ServerErrorMiddleware, whose 500 answers would then go out
+    without an X-Request-ID and be logged without the request's id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIds(super().build_middleware_stack())
+
+
 def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The ASGI app; its lifespan starts and stops the platform."""
 
@@ -56,7 +67,7 @@ def create_app(platform: Platform, *, on_ready: Callable[[], None] | None = None
         finally:
             await platform.stop()
 
-    app = FastAPI(
+    app = FieldhubApp(
         title="fieldhub",
         version=__version__,
         description="Telemetry, devices and dead letters of an ESP32 fleet.",

@@ -12,11 +12,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fieldhub import errors as domain
+from fieldhub import logs
 from fieldhub.store.types import StoreError
+
+
+def _request_id() -> str | None:
+    return logs.request_id.get()
 
 
 class ErrorBody(BaseModel):
@@ -25,6 +30,13 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     details: list[dict[str, Any]] | None = None
+    # The X-Request-ID of the answer (api/request_ids.py), in the body too: what a user pastes
+    # into a report is the body, and with it an operator finds the request's log lines. A
+    # default from the request's context, so every error built anywhere carries it.
+    request_id: str | None = Field(
+        default_factory=_request_id,
+        description="The request's id, also in its X-Request-ID header and its log lines",
+    )
 
 
 class ErrorResponse(BaseModel):
