@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     http_port: int | None = Field(None, ge=1, le=65535)
     profiles: list[str] = Field(default_factory=lambda: list(DEFAULT_PROFILES))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text: one line a record for people; json: one object a line for log collectors, with the
+    # request, device and command ids as keys (fieldhub/logs.py, docs/operations.md).
+    log_format: Literal["text", "json"] = "text"
     # Per-device command limits (docs/commands.md): an ESP32 handles a few commands a second;
     # more is a runaway script, which should meet a 429 rather than the device's heap.
     command_rate_per_s: float = Field(5.0, gt=0, le=1_000_000)

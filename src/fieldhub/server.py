@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvicorn
 
+from fieldhub import logs
 from fieldhub.app import create_app
 from fieldhub.config import Settings
 from fieldhub.net import is_loopback
@@ -60,33 +62,34 @@ async def serve(
     scheme = "https" if settings.tls_cert is not None else "http"
     http_url = f"{scheme}://{settings.http_host}:{http_port}"
 
+    def say(line: str) -> None:
+        logs.say(line, settings.log_format)
+
     def ready() -> None:
         broker = "embedded Mosquitto" if platform.broker is not None else "external"
-        print("fieldhub is running", flush=True)
-        print(f"  Dashboard: {http_url}/", flush=True)
-        print(f"  HTTP API: {http_url}  (OpenAPI docs at {http_url}/docs)", flush=True)
-        print(f"  MQTT broker: {_listeners(platform, settings)}  ({broker})", flush=True)
-        print(f"  Database: {settings.db_url}", flush=True)
+        say("fieldhub is running")
+        say(f"  Dashboard: {http_url}/")
+        say(f"  HTTP API: {http_url}  (OpenAPI docs at {http_url}/docs)")
+        say(f"  MQTT broker: {_listeners(platform, settings)}  ({broker})")
+        say(f"  Database: {settings.db_url}")
         if not settings.auth:
-            print(
+            say(
                 "  Authentication: OFF (demo mode): anyone on this machine may read, command "
-                "and publish as any device; it listens on 127.0.0.1 only",
-                flush=True,
+                "and publish as any device; it listens on 127.0.0.1 only"
             )
         else:
-            print("  Authentication: on (docs/security.md)", flush=True)
+            say("  Authentication: on (docs/security.md)")
             for warning in _cleartext_warnings(settings):
-                print(f"  Warning: {warning}", flush=True)
+                say(f"  Warning: {warning}")
         token = platform.auth.setup_url_token
         if token is not None:
-            print(
+            say(
                 f"  No user yet: create the first admin at {http_url}/setup?token={token}\n"
-                "  (this link works once, until fieldhub stops)",
-                flush=True,
+                "  (this link works once, until fieldhub stops)"
             )
         if demo:
-            _start_demo(platform)
-        print("Press Ctrl-C to stop.", flush=True)
+            _start_demo(platform, say)
+        say("Press Ctrl-C to stop.")
 
     app = create_app(platform, on_ready=ready)
     if settings.log_level != "debug":
@@ -99,7 +102,11 @@ async def serve(
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=settings.log_level == "debug",
+        # No logging config of uvicorn's own: its records go to the root logger's handler, in the
+        # process's text or JSON format (fieldhub/logs.py). Its access log is off because the
+        # request-id middleware writes a fuller one (api/request_ids.py: duration, request id).
+        log_config=None,
+        access_log=False,
         # No permessage-deflate: it compresses each viewer's copy of a shared live frame
         # separately, ~9 ms CPU per viewer-second at 10k readings/s (bench/live.py), which 50
         # wall screens turn into half a core. Dashboards run on a LAN; bytes are cheap there.
@@ -156,7 +163,7 @@ def _quiet_websocket_chatter(record: logging.LogRecord) -> bool:
     )
 
 
-def _start_demo(platform: Platform) -> None:
+def _start_demo(platform: Platform, say: Callable[[str], None]) -> None:
     from fieldhub.sim.fleet import start_sim_in_background
 
     quiet = logging.getLogger("fieldhub.sim").debug
@@ -173,7 +180,7 @@ def _start_demo(platform: Platform) -> None:
         for profile, devices in DEMO_FLEET
     ]
     described = ", ".join(f"{devices} {profile}" for profile, devices in DEMO_FLEET)
-    print(f"  Demo: simulated devices publishing ({described})", flush=True)
+    say(f"  Demo: simulated devices publishing ({described})")
 
     def stop_demo() -> None:
         for _, stop in threads:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 
+from fieldhub import logs
 from fieldhub.config import Settings
+from fieldhub.logs import LogFormat
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -33,10 +33,7 @@ def settings_from(**flags: Any) -> Settings:
         ) from None
 
 
-def configure_logging(level: str) -> None:
-    """Log records at `level` and above to stderr, one timestamped line each."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Log records at `level` and above to stderr, one line each: timestamped text, or one JSON
+    object (`--log-format json`, fieldhub/logs.py)."""
+    logs.configure(level, log_format)

@@ -16,6 +16,7 @@ from fieldhub.config import (
     PREFERRED_MQTT_TLS_PORT,
     Settings,
 )
+from fieldhub.logs import LogFormat, say
 from fieldhub.net import free_port, port_is_free
 from fieldhub.security.files import restrict_new_files
 
@@ -50,7 +51,12 @@ def _refuse_placeholder_secrets(settings: Settings) -> None:
 
 
 def _choose_port(
-    explicit: int | None, preferred: int, what: str, flag: str, host: str = "127.0.0.1"
+    explicit: int | None,
+    preferred: int,
+    what: str,
+    flag: str,
+    host: str = "127.0.0.1",
+    log_format: LogFormat = "text",
 ) -> int:
     if explicit is not None:
         if not port_is_free(host, explicit):
@@ -61,7 +67,7 @@ def _choose_port(
     if port_is_free(host, preferred):
         return preferred
     chosen = free_port(host)
-    typer.echo(f"{what} port {preferred} is in use; using {chosen} instead ({flag} to choose)")
+    say(f"{what} port {preferred} is in use; using {chosen} instead ({flag} to choose)", log_format)
     return chosen
 
 
@@ -114,6 +120,10 @@ def up(
         ),
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text, or json: one object a line with the ids [FIELDHUB_LOG_FORMAT]"),
+    ] = None,
     ingest: Annotated[
         bool | None,
         typer.Option(
@@ -166,11 +176,12 @@ def up(
         http_host=http_host,
         http_port=http_port,
         log_level=log_level,
+        log_format=log_format,
         ingest=ingest,
         run_as=run_as,
         ml_mode=ml_mode,
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     _refuse_placeholder_secrets(settings)
     if not settings.ingest and (settings.mqtt_url is None or settings.db is None):
         raise fail(
@@ -180,7 +191,12 @@ def up(
     embedded_port = tls_port = None
     if settings.mqtt_url is None:
         embedded_port = _choose_port(
-            settings.mqtt_port, PREFERRED_MQTT_PORT, "MQTT", "--mqtt-port", settings.mqtt_host
+            settings.mqtt_port,
+            PREFERRED_MQTT_PORT,
+            "MQTT",
+            "--mqtt-port",
+            settings.mqtt_host,
+            settings.log_format,
         )
         if settings.tls_cert is not None and settings.auth:
             # Demo mode's broker is anonymous on loopback: no TLS listener to protect there.
@@ -190,9 +206,15 @@ def up(
                 "MQTT over TLS",
                 "--mqtt-tls-port",
                 settings.mqtt_host,
+                settings.log_format,
             )
     port = _choose_port(
-        settings.http_port, PREFERRED_HTTP_PORT, "HTTP", "--http-port", settings.http_host
+        settings.http_port,
+        PREFERRED_HTTP_PORT,
+        "HTTP",
+        "--http-port",
+        settings.http_host,
+        settings.log_format,
     )
     from fieldhub.broker.errors import BrokerError
     from fieldhub.security.run_as import RunAsError, start_unprivileged
@@ -234,6 +256,10 @@ def ingest(
         str | None, typer.Option(help="The broker the workers share (required)")
     ] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="text, or json: one object a line with the ids [FIELDHUB_LOG_FORMAT]"),
+    ] = None,
     worker_index: Annotated[
         int | None, typer.Option(hidden=True, help="Run as worker N (set by the supervisor)")
     ] = None,
@@ -245,8 +271,8 @@ def ingest(
     stored. Scale-out shape and its limits: docs/scale-out.md.
     """
     restrict_new_files()  # the workers inherit it
-    settings = settings_from(db=db, mqtt_url=mqtt_url, log_level=log_level)
-    configure_logging(settings.log_level)
+    settings = settings_from(db=db, mqtt_url=mqtt_url, log_level=log_level, log_format=log_format)
+    configure_logging(settings.log_level, settings.log_format)
     _refuse_placeholder_secrets(settings)
     if settings.mqtt_url is None:
         raise fail("fieldhub ingest needs the broker to share: --mqtt-url mqtt://host:port")
@@ -266,14 +292,20 @@ def ingest(
         return
     try:
         for index, held in retire_sessions(settings, workers):
-            typer.echo(
+            say(
                 f"fieldhub ingest: worker {index} of an earlier run with more workers: stored "
-                f"the {held:,} messages its session held and ended the session"
+                f"the {held:,} messages its session held and ended the session",
+                settings.log_format,
             )
     except (StoreError, OSError) as exc:
         raise fail(f"could not check for sessions of an earlier run: {exc}", 1) from None
     # Flags reach the workers as the variables Settings reads.
-    for name, value in (("DB", db), ("MQTT_URL", mqtt_url), ("LOG_LEVEL", log_level)):
+    for name, value in (
+        ("DB", db),
+        ("MQTT_URL", mqtt_url),
+        ("LOG_LEVEL", log_level),
+        ("LOG_FORMAT", log_format),
+    ):
         if value is not None:
             os.environ[f"FIELDHUB_{name}"] = value
-    raise typer.Exit(WorkerSupervisor(workers).run())
+    raise typer.Exit(WorkerSupervisor(workers, log_format=settings.log_format).run())

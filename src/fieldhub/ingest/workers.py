@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from fieldhub.config import Settings
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
+from fieldhub.logs import LogFormat, say
 from fieldhub.mqtt.paho_client import end_session
 from fieldhub.mqtt.subscriber import AckToken, MqttSubscriber
 from fieldhub.protocol.decode import MessageDecoder
@@ -197,8 +198,11 @@ class WorkerSupervisor:
     """Starts `count` worker processes (`fieldhub ingest --worker-index i`) and restarts any
     that exits until told to stop."""
 
-    def __init__(self, count: int, *, executable: Path | None = None) -> None:
+    def __init__(
+        self, count: int, *, executable: Path | None = None, log_format: LogFormat = "text"
+    ) -> None:
         self.count = count
+        self.log_format = log_format
         self.executable = executable or Path(sys.executable).with_name("fieldhub")
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started_at: dict[int, float] = {}
@@ -231,7 +235,7 @@ class WorkerSupervisor:
         signal.signal(signal.SIGINT, stop)
         for index in range(1, self.count + 1):
             self._spawn(index)
-        print(f"fieldhub ingest: {self.count} workers started", flush=True)
+        say(f"fieldhub ingest: {self.count} workers started", self.log_format)
         pending: dict[int, float] = {}
         while not self._stopping:
             time.sleep(0.2)
