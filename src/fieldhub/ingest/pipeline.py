@@ -22,6 +22,7 @@ from typing import Protocol
 
 from fieldhub import clock
 from fieldhub.ingest.metrics import IngestMetrics
+from fieldhub.logs import about
 from fieldhub.protocol.decode import MessageDecoder
 from fieldhub.protocol.messages import (
     CommandReply,
@@ -389,8 +390,15 @@ class Ingest:
                     )
                     if refused and single.decoded + single.command_replies:
                         assert isinstance(work.result, Decoded | CommandReply)
+                        reply = work.result if isinstance(work.result, CommandReply) else None
                         log.error(
-                            "message on %s refused by the database: %s", work.message.topic, exc
+                            "message on %s refused by the database: %s",
+                            work.message.topic,
+                            exc,
+                            extra=about(
+                                device_id=work.result.device_id,
+                                command_id=reply.command_id if reply is not None else None,
+                            ),
                         )
                         rejected = Rejected(
                             RejectReason.STORE_REJECTED,
