@@ -1,12 +1,15 @@
 """The request-id middleware (fieldhub/api/request_ids.py) around fieldhub's app class, in
-process: which incoming ids are kept, the header on every kind of answer (a 500 included,
-which Starlette makes outside the app's own middleware), the id in the error body and in the
-log lines made while serving the request. `fieldhub up` itself: tests/integration/test_logs.py."""
+process and under a real uvicorn: which incoming ids are kept, the header on every kind of
+answer (a 500 included, which Starlette makes outside the app's own middleware), the id in the
+error body and in the log lines made while serving the request. `fieldhub up` itself:
+tests/integration/test_logs.py."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,10 +108,23 @@ async def test_every_answer_carries_the_id(path: str, status: int) -> None:
     assert given.status_code == made.status_code == status
     assert given.headers[HEADER] == "from-the-client"
     assert len(made.headers[HEADER]) == 32
-    if status >= 400 and status != 500:
+    if status >= 400:
         # The error shape has room for it: what a user pastes into a report names the request.
         assert given.json()["error"]["request_id"] == "from-the-client"
         assert made.json()["error"]["request_id"] == made.headers[HEADER]
+
+
+async def test_a_500_is_the_error_shape_without_the_exception_s_text() -> None:
+    async with client() as http:
+        response = await http.get("/boom", headers={HEADER: "req-500"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal error; the log has it under request_id",
+            "request_id": "req-500",
+        }
+    }
 
 
 class JsonLines(logging.Handler):
@@ -162,3 +178,50 @@ async def test_a_500_is_logged_with_its_status(caplog: pytest.LogCaptureFixture)
         await http.get("/boom", headers={HEADER: "req-500"})
     access = [r for r in caplog.records if r.name == "fieldhub.access"]
     assert [(r.status, r.request_id) for r in access] == [(500, "req-500")]  # type: ignore[attr-defined]
+
+
+# A real uvicorn serving a route that raises, in a process of its own (logging's configuration
+# is global), as `fieldhub up` configures it (server.py: no uvicorn log config, JSON format).
+UVICORN_500 = """
+import threading, time, httpx, uvicorn
+from fieldhub import logs
+from fieldhub.api.errors import install_error_handlers
+from fieldhub.app import FieldhubApp
+from fieldhub.net import free_port
+
+logs.configure("info", "json")
+app = FieldhubApp()
+install_error_handlers(app)
+
+@app.get("/boom")
+async def boom() -> None:
+    raise RuntimeError("a bug")
+
+port = free_port()
+config = uvicorn.Config(app, port=port, log_config=None, access_log=False, log_level="info")
+server = uvicorn.Server(config)
+thread = threading.Thread(target=server.run)
+thread.start()
+while not server.started:
+    time.sleep(0.01)
+answer = httpx.get(f"http://127.0.0.1:{port}/boom", headers={"X-Request-ID": "boom-1"})
+print(answer.status_code, answer.headers["X-Request-ID"], flush=True)
+server.should_exit = True
+thread.join()
+"""
+
+
+def test_the_server_s_line_about_a_500_carries_the_request_id() -> None:
+    """uvicorn logs the exception after the app has answered: the middleware leaves the id set
+    for that line (the request's task ends right after)."""
+    done = subprocess.run(
+        [sys.executable, "-c", UVICORN_500], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "500 boom-1\n"
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    failed = [e for e in lines if e["level"] == "error"]
+    assert len(failed) == 1, lines
+    assert failed[0]["logger"] == "uvicorn.error"
+    assert failed[0]["request_id"] == "boom-1"
+    assert failed[0]["exception"].rstrip().endswith("RuntimeError: a bug")
