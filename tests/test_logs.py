@@ -108,6 +108,7 @@ def test_configure_json_makes_every_line_of_the_process_json(tmp_path: Path) -> 
         "import logging, warnings\n"
         "from fieldhub import logs\n"
         "logs.configure('info', 'json')\n"
+        "assert logs.json_configured()\n"
         "logging.getLogger('fieldhub.x').info('one %d', 1, extra=logs.about(device_id='d1'))\n"
         "logs.say('  Dashboard: http://127.0.0.1:8000/', 'json')\n"
         "warnings.warn('old', DeprecationWarning, stacklevel=1)\n"
@@ -138,6 +139,7 @@ def test_configure_text_keeps_the_line_format() -> None:
         "import logging\n"
         "from fieldhub import logs\n"
         "logs.configure('info', 'text')\n"
+        "assert not logs.json_configured()\n"
         "logging.getLogger('fieldhub.x').warning('w %s', 'x', extra=logs.about(device_id='d1'))\n"
         "logs.say('said', 'text')\n"
     )

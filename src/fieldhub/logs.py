@@ -75,6 +75,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+def json_configured() -> bool:
+    """Whether the process logs in the JSON format (`configure(..., "json")` ran)."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
 def say(line: str, log_format: LogFormat) -> None:
     """A line for whoever started the process (where it listens, a port that was taken): on
     stdout in the text format; in the JSON format an info record of the `fieldhub` logger, so

@@ -223,3 +223,28 @@ def test_ingest_workers_log_json_too(mosquitto: MosquittoProcess, tmp_path: Path
     assert any(m["message"].startswith("ingest worker 1 stopped") for m in found), found
     for entry in found:
         assert {"time", "level", "logger", "message"} <= entry.keys(), entry
+
+
+def test_a_refused_start_says_why_in_json(tmp_path: Path) -> None:
+    """A start refused after the log format is known (here: the broker URL's placeholder
+    password) ends with one error record, not a line of text."""
+    done = subprocess.run(
+        [
+            str(FIELDHUB),
+            "up",
+            "--data-dir",
+            str(tmp_path),
+            "--mqtt-url",
+            "mqtt://fieldhub:changeme@127.0.0.1:1",
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FIELDHUB_AUTH": "true"},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines()]
+    assert [(e["level"], e["logger"]) for e in lines] == [("error", "fieldhub")], lines
+    assert lines[0]["message"].startswith("error: --mqtt-url logs in as 'fieldhub' with"), lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import typer
@@ -13,8 +14,13 @@ from fieldhub.logs import LogFormat
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `error: message` in red on stderr; the Exit to raise, with status `code`."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """Print `error: message` in red on stderr (once `--log-format json` is in force, an error
+    record of the `fieldhub` logger instead); the Exit to raise, with status `code`."""
+    if logs.json_configured():
+        # What stops a service is the one line its log collector must be able to read.
+        logging.getLogger("fieldhub").error("error: %s", message)
+    else:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
 
 
