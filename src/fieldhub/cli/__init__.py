@@ -13,6 +13,7 @@ import typer
 from fieldhub import __version__
 from fieldhub.cli import (
     alarms,
+    backup,
     certs,
     commands,
     devices,
@@ -46,6 +47,8 @@ for _command in (
     commands.command,
     export.export,
     migrate.migrate,
+    backup.backup,
+    backup.restore,
     run.ingest,
     version,
 ):
