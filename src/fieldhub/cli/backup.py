@@ -138,6 +138,12 @@ def restore(
         raise fail(str(exc), 2) from None
     except (BackupError, StoreError, OSError) as exc:
         raise fail(f"the restore failed: {exc}", 1) from None
+    except KeyboardInterrupt:
+        raise fail(
+            "interrupted: the restore may be partial; empty the target database (a new "
+            "--data-dir, or drop and recreate the PostgreSQL database) and restore again",
+            1,
+        ) from None
     check = result.verification
     typer.echo(f"\n  {'table':<17} {'backup':>12} {'restored':>12}")
     for count in check.counts:
