@@ -14,6 +14,7 @@ from fieldhub.net import is_loopback
 from fieldhub.protocol.ids import canonical_device_id
 from fieldhub.protocol.messages import RejectReason
 from fieldhub.protocol.profiles import DEFAULT_PROFILES, select_profiles
+from fieldhub.store.admission import InputLimits
 from fieldhub.store.open import sqlite_path
 from fieldhub.store.retention import RetentionPolicy, Rule
 from fieldhub.store.types import TIERS, Selector, StoreError, Tier
@@ -139,6 +140,24 @@ class Settings(BaseSettings):
     )
     # A full disk or a lost database makes /healthz `degraded` at once (messages wait on the
     # broker, nothing is lost); past this it answers 503, so an orchestrator acts on it.
+    # Bounds on what devices may create (store/admission.py, docs/limits.md): random device ids,
+    # metric names or attributes from a script must not grow the database without end.
+    new_devices_per_hour: float = Field(
+        10_000.0,
+        gt=0,
+        le=10_000_000,
+        description="New devices admitted per hour (a bucket: a whole fleet at once fits); "
+        "past it their messages are dead letters `device_limit`",
+    )
+    max_metrics_per_device: int = Field(
+        500, ge=1, le=100_000, description="Metrics a device may have (past: `metric_limit`)"
+    )
+    max_attributes_per_device: int = Field(
+        64, ge=1, le=10_000, description="Attribute keys kept per device (new ones past it: not)"
+    )
+    max_attribute_chars: int = Field(
+        256, ge=8, le=65_536, description="A string attribute is cut to this many characters"
+    )
     store_unwritable_503_s: float = Field(
         60.0,
         ge=0,
@@ -333,6 +352,16 @@ class Settings(BaseSettings):
             dead_letter_max_bytes=None
             if self.dead_letter_max_mb is None
             else int(self.dead_letter_max_mb * 2**20),
+        )
+
+    @property
+    def input_limits(self) -> InputLimits:
+        """The bounds on what devices may create."""
+        return InputLimits(
+            new_devices_per_hour=self.new_devices_per_hour,
+            max_metrics_per_device=self.max_metrics_per_device,
+            max_attributes_per_device=self.max_attributes_per_device,
+            max_attribute_chars=self.max_attribute_chars,
         )
 
     @property

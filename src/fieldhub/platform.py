@@ -68,6 +68,7 @@ class Platform:
         self.store = open_store(
             settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles}
         )
+        self.store.input_limits = settings.input_limits
         self.metrics = IngestMetrics(self.registry)
         # API-only beside ingest workers: follow the broker, leave storing readings to them.
         self.follower = None if settings.ingest else Follower(self.store)

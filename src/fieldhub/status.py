@@ -85,9 +85,17 @@ class DeadLetterLimits(BaseModel):
     detail_max_chars: int
 
 
+class DeviceLimits(BaseModel):
+    new_devices_per_hour: float = Field(description="Past it, a new device's messages are dead")
+    max_metrics_per_device: int
+    max_attributes_per_device: int
+    max_attribute_chars: int
+
+
 class Limits(BaseModel):
     """What bounds hostile or unlucky input (docs/limits.md); each bites with a counter."""
 
+    devices: DeviceLimits
     dead_letters: DeadLetterLimits
     store_unwritable_503_s: float = Field(
         description="/healthz answers 503 once database writes have failed this long"
@@ -241,7 +249,14 @@ class StatusReporter:
     def limits(self) -> Limits:
         """The bounds in force (settings and constants) and where they stand."""
         policy = self.retention
+        inputs = self.store.input_limits
         return Limits(
+            devices=DeviceLimits(
+                new_devices_per_hour=inputs.new_devices_per_hour,
+                max_metrics_per_device=inputs.max_metrics_per_device,
+                max_attributes_per_device=inputs.max_attributes_per_device,
+                max_attribute_chars=inputs.max_attribute_chars,
+            ),
             dead_letters=DeadLetterLimits(
                 days=policy.dead_letter_rules(),
                 max_bytes=policy.dead_letter_max_bytes,

@@ -484,21 +484,25 @@ def test_error_reply_fails_with_the_devices_error() -> None:
 
 
 def test_caches_apply_merges_a_delta() -> None:
-    """New keys are added, changed ones take the delta's value, the rest stay; series are united."""
+    """New keys are added, changed ones take the delta's value, the rest stay; series are united
+    and counted per device (a series already known is not counted twice)."""
     caches = WriterCaches(
         devices={"dev-a": 3},
         metrics={"temp": 1},
         presence={3: "online"},
         series={(3, 1)},
         formats={3: (None, "dev-a")},
+        series_count={3: 1},
+        attribute_keys={3: frozenset({"fw"})},
     )
     caches.apply(
         CacheDelta(
             devices={"dev-b": 1},
             metrics={"hum": 2},
             presence={3: "offline", 1: "unknown"},
-            series={(1, 2), (3, 1)},
+            series={(1, 2), (3, 1), (3, 2)},
             formats={3: ("flask", "Dev-A"), 1: (None, "dev-b")},
+            attribute_keys={1: frozenset({"ip"})},
         )
     )
 
@@ -506,8 +510,10 @@ def test_caches_apply_merges_a_delta() -> None:
         devices={"dev-a": 3, "dev-b": 1},
         metrics={"temp": 1, "hum": 2},
         presence={3: "offline", 1: "unknown"},
-        series={(3, 1), (1, 2)},
+        series={(3, 1), (1, 2), (3, 2)},
         formats={3: ("flask", "Dev-A"), 1: (None, "dev-b")},
+        series_count={3: 2, 1: 1},
+        attribute_keys={3: frozenset({"fw"}), 1: frozenset({"ip"})},
     )
 
 

@@ -101,6 +101,22 @@ class IngestMetrics:
             "Batch writes that failed and were retried",
             registry=registry,
         )
+        self.limit_hits = Counter(
+            "fieldhub_limit_hits",
+            "Times a bound on what devices may create bit (docs/limits.md): a message refused "
+            "(new_devices_per_hour, metrics_per_device: dead letters device_limit, "
+            "metric_limit), an attribute key not stored (attributes_per_device) or an attribute "
+            "value cut (attribute_chars)",
+            ["limit"],
+            registry=registry,
+        )
+        for limit in (
+            "new_devices_per_hour",
+            "metrics_per_device",
+            "attributes_per_device",
+            "attribute_chars",
+        ):
+            self.limit_hits.labels(limit)
         # Set by the pipeline as a function of its state (0 while writes succeed).
         self.writes_failing = Gauge(
             "fieldhub_store_writes_failing_seconds",

@@ -79,6 +79,8 @@ QUEUE_MAX_MESSAGES = 50_000
 # Retry delays for a failing write (disk full, database locked by an outside tool). The batch
 # is held, unacknowledged, so the broker keeps the messages until the write succeeds.
 WRITE_RETRY_MIN_S = 0.5
+# The limit a refusal of store/admission.py counts against (fieldhub_limit_hits_total{limit}).
+LIMIT_OF_REASON = {"device_limit": "new_devices_per_hour", "metric_limit": "metrics_per_device"}
 # A full disk or a restarted database is retried at least this often: recovery follows the
 # cause within seconds, and a retry of a failing write costs next to nothing.
 WRITE_RETRY_MAX_S = 10.0
@@ -150,6 +152,12 @@ class Ingest:
         # What commits a batch: the store, or in an API-only process the follower
         # (ingest/follower.py), which leaves readings to the ingest workers.
         self.writer: BatchWriter = writer or store
+        # The bounds on what devices may create (store/admission.py) are judged where ingest
+        # writes readings itself; the follower leaves them to the ingest workers.
+        self._admits = writer is None
+        # New devices' budget: a token bucket of new_devices_per_hour, refilled continuously.
+        self._device_tokens = store.input_limits.new_devices_per_hour
+        self._tokens_at = time.monotonic()
         self.decoder = decoder
         self.metrics = metrics
         self.batch_max = batch_max
@@ -301,9 +309,13 @@ class Ingest:
             self._space.set()
         self.metrics.queue_depth.set(len(queue))
         self.metrics.queue_high_water.set(self._high_water)
+        if self._admits:
+            self._admit(works)
         batch = _batch_of(works)
         started = time.perf_counter()
         written, batch = await self._write_with_retry(works, batch)
+        if written.attributes_dropped:
+            self.metrics.limit_hits.labels("attributes_per_device").inc(written.attributes_dropped)
         committed_us = clock.now_us()
         self.metrics.commit_seconds.observe(time.perf_counter() - started)
         self._account(works, written, committed_us)
@@ -429,6 +441,31 @@ class Ingest:
             merged.dead_letters += single.dead_letters
             merged.retained_digests.update(single.retained_digests)
         return total, merged
+
+    def _admit(self, works: list[_Work]) -> None:
+        """Refuse (as dead letters) the messages past the bounds on what devices may create;
+        count each bound that bites (store/admission.py)."""
+        indexed = [(i, w.result) for i, w in enumerate(works) if isinstance(w.result, Decoded)]
+        if not indexed:
+            return
+        limits = self.store.input_limits
+        now = time.monotonic()
+        per_s = limits.new_devices_per_hour / 3600.0
+        self._device_tokens = min(
+            limits.new_devices_per_hour, self._device_tokens + (now - self._tokens_at) * per_s
+        )
+        self._tokens_at = now
+        verdict = self.store.admit([decoded for _, decoded in indexed], self._device_tokens)
+        self._device_tokens -= verdict.new_devices
+        hits = self.metrics.limit_hits
+        if verdict.attributes_cut:
+            hits.labels("attribute_chars").inc(verdict.attributes_cut)
+        for position, (reason, detail) in verdict.refused.items():
+            index, decoded = indexed[position]
+            work = works[index]
+            hits.labels(LIMIT_OF_REASON[reason]).inc()
+            rejected = Rejected(RejectReason(reason), detail, decoded.device_id, decoded.profile)
+            works[index] = _Work(rejected, work.message, work.token, work.digest, work.future)
 
     def _writes_fail(self, error: Exception) -> None:
         if self.write_failing_since_us is None:

@@ -67,6 +67,7 @@ def _pipeline(settings: Settings) -> tuple[Ingest, list[str]]:
     profiles = select_profiles(settings.profiles)
     decoder = MessageDecoder(profiles)
     store = open_store(settings.db_url, stale_after_s={p.name: p.stale_after_s for p in profiles})
+    store.input_limits = settings.input_limits
     ingest = Ingest(store=store, decoder=decoder, metrics=IngestMetrics(CollectorRegistry()))
     return ingest, shared_filters(decoder.subscriptions, settings.mqtt_client_id)
 

@@ -32,6 +32,9 @@ class RejectReason(StrEnum):
     BAD_COMMAND_ACK = "bad_command_ack"
     INTERNAL_ERROR = "internal_error"
     STORE_REJECTED = "store_rejected"
+    # Bounds on what devices may create (store/admission.py, docs/limits.md).
+    DEVICE_LIMIT = "device_limit"
+    METRIC_LIMIT = "metric_limit"
 
 
 class InboundMessage(NamedTuple):

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from fieldhub.protocol.command_states import CommandState
+from fieldhub.protocol.messages import Decoded
+from fieldhub.store.admission import Admission, InputLimits
 from fieldhub.store.rollups import Part, Partial, combine, plan_series
 from fieldhub.store.types import (
     Aggregate,
@@ -61,10 +63,20 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Release connections; pending writes are finished first."""
 
+    # The bounds on what devices may create (admission.py); the platform sets them from the
+    # settings before the first write.
+    input_limits: InputLimits = InputLimits()
+
+    @abc.abstractmethod
+    def admit(self, decoded: Sequence[Decoded], new_device_budget: float) -> Admission:
+        """Which of `decoded` the next write may take under `input_limits`: no I/O, judged on
+        what the writer knows (admission.py). Cuts long attribute values in place."""
+
     @abc.abstractmethod
     async def write_batch(self, batch: WriteBatch) -> WriteResult:
         """Store a batch in one transaction. Readings already stored (same device, metric and
-        time) are counted as duplicates and left as they were."""
+        time) are counted as duplicates and left as they were; attribute keys past
+        `input_limits.max_attributes_per_device` are not stored (counted in the result)."""
 
     @abc.abstractmethod
     async def retained_digests(self) -> dict[str, bytes]:

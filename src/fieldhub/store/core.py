@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
 from fieldhub.protocol.command_states import CommandState
+from fieldhub.protocol.messages import Decoded
 from fieldhub.store import (
     command_rows,
     dead_letter_rows,
@@ -24,6 +25,7 @@ from fieldhub.store import (
     security_rows,
     writes,
 )
+from fieldhub.store.admission import Admission, admit
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Count, Query, Script
@@ -106,11 +108,21 @@ class SqlStore(Store):
 
     # -- writes --------------------------------------------------------------------------------
 
+    def admit(self, decoded: Sequence[Decoded], new_device_budget: float) -> Admission:
+        """See `Store.admit`."""
+        return admit(decoded, self._caches, self.input_limits, new_device_budget)
+
     async def write_batch(self, batch: WriteBatch) -> WriteResult:
         """Store a batch in one transaction (see `Store.write_batch`)."""
         try:
             result, delta = await self._write(
-                writes.write_batch(self.dialect, batch, self._caches, self._stale_after_s)
+                writes.write_batch(
+                    self.dialect,
+                    batch,
+                    self._caches,
+                    self._stale_after_s,
+                    self.input_limits.max_attributes_per_device,
+                )
             )
         except StoreError as exc:
             # The same kind: whether it is about the data or the database decides what ingest

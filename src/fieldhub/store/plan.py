@@ -49,6 +49,7 @@ class CacheDelta:
     presence: dict[int, str] = field(default_factory=dict)
     series: set[tuple[int, int]] = field(default_factory=set)
     formats: dict[int, Format] = field(default_factory=dict)
+    attribute_keys: dict[int, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -63,14 +64,22 @@ class WriterCaches:
     presence: dict[int, str] = field(default_factory=dict)
     series: set[tuple[int, int]] = field(default_factory=set)
     formats: dict[int, Format] = field(default_factory=dict)
+    # Series per device (admission.py bounds it), and the attribute keys of the devices that
+    # sent attributes since the writer started (loaded on first need).
+    series_count: dict[int, int] = field(default_factory=dict)
+    attribute_keys: dict[int, frozenset[str]] = field(default_factory=dict)
 
     def apply(self, delta: CacheDelta) -> None:
         """Learn what a committed batch wrote."""
         self.devices.update(delta.devices)
         self.metrics.update(delta.metrics)
         self.presence.update(delta.presence)
+        counts = self.series_count
+        for device_pk, _metric_pk in delta.series - self.series:
+            counts[device_pk] = counts.get(device_pk, 0) + 1
         self.series |= delta.series
         self.formats.update(delta.formats)
+        self.attribute_keys.update(delta.attribute_keys)
 
 
 @dataclass(frozen=True, slots=True)

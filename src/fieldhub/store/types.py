@@ -84,6 +84,8 @@ class WriteResult:
     command_transitions: list[CommandRow] = field(default_factory=list)
     # Replies that matched no command still waiting for one (already final, or unknown ids).
     late_replies: int = 0
+    # New attribute keys not stored: their device had max_attributes_per_device (admission.py).
+    attributes_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,11 @@ schema migrations, and the writer's caches. An engine runs each inside one trans
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fieldhub import clock
 from fieldhub.store import command_rows
+from fieldhub.store.admission import MAX_ATTRIBUTES_PER_DEVICE, cap_attributes
 from fieldhub.store.dialect import Dialect, Params
 from fieldhub.store.ops import Bulk, Many, Query, Script, Statements
 from fieldhub.store.plan import (
@@ -50,7 +52,11 @@ def _lookup_devices(
 
 
 def write_batch(
-    d: Dialect, batch: WriteBatch, caches: WriterCaches, stale_after_s: Mapping[str, int]
+    d: Dialect,
+    batch: WriteBatch,
+    caches: WriterCaches,
+    stale_after_s: Mapping[str, int],
+    max_attributes: int = MAX_ATTRIBUTES_PER_DEVICE,
 ) -> Script[tuple[WriteResult, CacheDelta]]:
     """Store `batch` (see `Store.write_batch`); returns what it did and what the caches learn.
 
@@ -136,6 +142,10 @@ def write_batch(
         )
     m = d.mark
     if plan.attributes:
+        result.attributes_dropped, delta.attribute_keys = yield from _cap_attributes(
+            d, plan.attributes, caches.attribute_keys, max_attributes
+        )
+    if plan.attributes:
         yield Many(
             f"UPDATE devices SET attributes = {d.json_merge('attributes', m(1))} WHERE id = {m(2)}",
             [(d.json_param(attrs), pk) for pk, attrs in plan.attributes.items()],
@@ -195,6 +205,37 @@ def write_batch(
     return result, delta
 
 
+def _cap_attributes(
+    d: Dialect,
+    attributes: dict[int, dict[str, Any]],
+    known: Mapping[int, frozenset[str]],
+    max_keys: int,
+) -> Script[tuple[int, dict[int, frozenset[str]]]]:
+    """Keep each device's attributes to `max_keys` keys (admission.cap_attributes), in place;
+    returns how many new keys were not stored and each device's keys after the batch. The keys
+    of a device the writer has not seen attributes of are read once."""
+    missing = [pk for pk in attributes if pk not in known]
+    loaded: dict[int, frozenset[str]] = {}
+    if missing:
+        p = Params(d)
+        sql = f"SELECT id, attributes FROM devices WHERE {p.array('id', missing, 'bigint')}"
+        for pk, stored in (yield Query(sql, p.values)):
+            loaded[pk] = frozenset(d.json_loads(stored) or ()) if stored else frozenset()
+    dropped = 0
+    after: dict[int, frozenset[str]] = {}
+    for pk in list(attributes):
+        stored_keys = known.get(pk) or loaded.get(pk, frozenset())
+        kept, not_kept = cap_attributes(stored_keys, attributes[pk], max_keys)
+        dropped += not_kept
+        if kept:
+            attributes[pk] = kept
+        else:
+            del attributes[pk]
+        removed = {key for key, value in kept.items() if value is None}
+        after[pk] = (stored_keys | kept.keys()) - removed
+    return dropped, after
+
+
 Migration = tuple[int, str, str]
 
 
@@ -247,4 +288,6 @@ def load_caches() -> Script[WriterCaches]:
     caches.series = {
         (row[0], row[1]) for row in (yield Query("SELECT device_id, metric_id FROM device_metrics"))
     }
+    for device_pk, _metric_pk in caches.series:
+        caches.series_count[device_pk] = caches.series_count.get(device_pk, 0) + 1
     return caches
