@@ -238,10 +238,13 @@ def test_malformed_json(payload: bytes) -> None:
     assert info.value.detail.startswith("payload is not valid JSON")
 
 
-def test_nesting_beyond_the_parser_limit_is_malformed_not_a_crash() -> None:
-    """Very deep nesting is malformed_json; the stdlib slow path must not leak RecursionError."""
-    deep = b"[" * 30_000 + b"]" * 30_000
-    assert _reason(deep) is RejectReason.MALFORMED_JSON
+def test_nesting_beyond_the_parser_limit_is_too_deep_not_a_crash() -> None:
+    """Nesting past orjson's own limit is too_deep like any nesting past MAX_JSON_DEPTH (the
+    stdlib slow path must not leak RecursionError), unclosed brackets too; a malformed payload
+    within the limit stays malformed_json. tests/protocol/test_depth.py covers every route."""
+    assert _reason(b"[" * 30_000 + b"]" * 30_000) is RejectReason.TOO_DEEP
+    assert _reason(b"[" * 30_000) is RejectReason.TOO_DEEP
+    assert _reason(b"[" * 10 + b"}") is RejectReason.MALFORMED_JSON
 
 
 def test_parse_json_returns_any_json_value() -> None:

@@ -107,7 +107,13 @@ def _device_time(
 ) -> tuple[str | None, int]:
     """The object's time field name and the readings' time: the device's when the field holds a
     date (then `result.device_time` is set), the receive time otherwise."""
-    time_key = next((key for key in TIME_KEYS if key in data), None)
+    # A loop, not next() over a generator: this runs for every telemetry message, and making
+    # the generator costs more than the three lookups.
+    time_key = None
+    for key in TIME_KEYS:
+        if key in data:
+            time_key = key
+            break
     if time_key is not None:
         verdict = parse_device_time(data[time_key], ctx.received_us)
         if verdict.kind == "time" and verdict.ts_us is not None:

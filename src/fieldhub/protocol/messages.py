@@ -23,6 +23,7 @@ class RejectReason(StrEnum):
     MISSING_FIELD = "missing_field"
     NO_READINGS = "no_readings"
     TOO_MANY_FIELDS = "too_many_fields"
+    TOO_DEEP = "too_deep"
     BAD_FIELD_NAME = "bad_field_name"
     ABSURD_TIMESTAMP = "absurd_timestamp"
     UNKNOWN_TOPIC = "unknown_topic"

@@ -22,6 +22,13 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 # More fields than this in one message is a bug in the device (or an attack on the metric table).
 MAX_FIELDS_PER_MESSAGE = 256
 MAX_NAME_CHARS = 128
+# Objects and arrays inside each other, the outermost counting 1. Telemetry nests a group or two
+# (`{"sensors": {"temperature": 22.5}}` is 2); 32 is far beyond any stack's payload and far below
+# where things break: Python's recursion limit (~1,000 frames: flattening) and orjson's encoder
+# (255 levels: an ack's `result` stored as JSON). orjson's parser stops at 1,024 by itself.
+MAX_JSON_DEPTH = 32
+# orjson's message for nesting past its own limit: that is too_deep as well, not malformed_json.
+_ORJSON_DEPTH_MESSAGE = "depth limit exceeded"
 
 
 class PayloadError(ValueError):
@@ -72,13 +79,16 @@ def parse_json(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
 
     orjson is fast but reports NaN/Infinity (and numbers beyond a double, like 1e400) as a generic
     syntax error; the slow path below runs only for payloads that already failed, to give the
-    device author the specific reason. Nesting deeper than orjson's limit stays malformed_json
-    (the stdlib parser would hit RecursionError on it). `limit` is the route's payload size limit.
+    device author the specific reason. Nesting deeper than `MAX_JSON_DEPTH` is too_deep, checked
+    here for every decoder before anything walks the value. `limit` is the route's payload size
+    limit.
     """
     check_size(payload, limit)
     try:
-        return orjson.loads(payload)
+        data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith(_ORJSON_DEPTH_MESSAGE):
+            raise _too_deep() from None
         decode_text(payload)
         try:
             json.loads(
@@ -94,6 +104,44 @@ def parse_json(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
         raise PayloadError(
             RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {exc}"
         ) from None
+    # Each level opens and closes a bracket, so a payload shorter than twice the limit, or with
+    # no more opening brackets than the limit, cannot nest deeper: a length test and two byte
+    # counts in C spare nearly every message the walk.
+    if (
+        len(payload) > 2 * MAX_JSON_DEPTH
+        and payload.count(b"{") + payload.count(b"[") > MAX_JSON_DEPTH
+        and json_depth(data, stop=MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH
+    ):
+        raise _too_deep()
+    return data
+
+
+def _too_deep() -> PayloadError:
+    return PayloadError(
+        RejectReason.TOO_DEEP,
+        f"payload nests objects and arrays more than {MAX_JSON_DEPTH} levels deep",
+    )
+
+
+def json_depth(value: Any, *, stop: int) -> int:
+    """How many objects and arrays nest in a parsed JSON value (a scalar 0, `{}` and `[1]` 1),
+    found without recursion, so any depth is safe; counting ends once it reaches `stop`."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest >= stop:
+                return deepest
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def number_of(value: Any) -> float | None:
@@ -116,14 +164,22 @@ class Flattened:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
-def _leaves(obj: Any, path: tuple[str, ...], out: list[tuple[tuple[str, ...], Any]]) -> None:
+def _leaves(
+    obj: Any, path: tuple[str, ...], out: list[tuple[tuple[str, ...], Any]], depth: int
+) -> None:
+    """Append the leaves of `obj`, found `depth` objects and arrays deep, to `out`."""
+    if depth > MAX_JSON_DEPTH and isinstance(obj, dict | list):
+        # parse_json refuses such payloads already; this keeps the recursion bounded for a
+        # caller that built the value itself.
+        raise _too_deep()
     if isinstance(obj, dict):
         for key, value in obj.items():
-            _leaves(value, (*path, str(key)), out)
+            _leaves(value, (*path, str(key)), out, depth + 1)
     elif isinstance(obj, list):
         # An index is no name: `{"temp": [21.5, 22.0]}` gives `temp.0`, `temp.1`, never `0`, `1`.
         for index, value in enumerate(obj):
-            _leaves(value, (*path[:-1], f"{path[-1]}.{index}" if path else str(index)), out)
+            name = f"{path[-1]}.{index}" if path else str(index)
+            _leaves(value, (*path[:-1], name), out, depth + 1)
     else:
         out.append((path, obj))
     if len(out) > MAX_FIELDS_PER_MESSAGE:
@@ -154,7 +210,8 @@ def flatten(obj: dict[str, Any], *, skip: frozenset[str] = frozenset()) -> Flatt
     leaves: list[tuple[tuple[str, ...], Any]] = []
     for key, value in obj.items():
         if key not in skip:
-            _leaves(value, (str(key),), leaves)
+            # 2: a group directly in `obj` is the second level (obj itself is the first).
+            _leaves(value, (str(key),), leaves, 2)
     name_counts: dict[str, int] = {}
     for path, _ in leaves:
         name_counts[path[-1]] = name_counts.get(path[-1], 0) + 1
