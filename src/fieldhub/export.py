@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,14 +42,13 @@ SERIES_CHUNK_BUCKETS = 10_000
 DEVICE_PAGE_SIZE = 1_000
 # Encoded bytes gathered before they are handed on (one HTTP chunk).
 CHUNK_BYTES = 64 * 1024
-# Column names of the wide layout besides the metrics: a metric may not take one of them.
+# Column names of the wide layout besides the metrics.
 WIDE_KEY_COLUMNS = ("device", "ts")
+# Which metrics the wide layout renames: a key column's name behind zero or more underscores
+# (`ts`, `_ts`, `__device`). See `wide_column`.
+_KEY_LIKE = re.compile("_*(?:" + "|".join(map(re.escape, WIDE_KEY_COLUMNS)) + ")")
 MEDIA_TYPES: Mapping[ExportFormat, str] = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 DEFAULT_LAYOUT: Mapping[ExportFormat, Layout] = {"csv": "wide", "jsonl": "long"}
-
-
-class ExportError(ValueError):
-    """The export cannot be made as asked; the message says why and what to do instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,23 +294,29 @@ async def long_rows(store: Store, spec: ExportSpec, *, now_us: int) -> AsyncIter
                 yield LongRow(device, metric, ts_us, value)
 
 
+def wide_column(metric: str) -> str:
+    """The wide layout's column name for `metric`: the metric's own name, except that a key
+    column's name behind zero or more underscores takes one more (`ts` -> `_ts`, `_ts` -> `__ts`,
+    `device` -> `_device`).
+
+    A device may name a metric anything (`{"ts": true}` stores a metric `ts`), and one such
+    metric must not make the wide layout impossible for everyone. The rule depends on the name
+    alone, so a column keeps its name from one export to the next; it is one-to-one, and no
+    column is a key column: the renamed columns are exactly the key-like names with at least
+    one underscore, names no metric keeps as its own column. docs/export.md states it.
+    """
+    return "_" + metric if _KEY_LIKE.fullmatch(metric) else metric
+
+
 async def wide_columns(store: Store, spec: ExportSpec, *, now_us: int) -> list[str]:
-    """The metric columns of the wide layout: those listed, in their order, or the union of the
-    exported devices' metrics, sorted. ExportError when one would clash with a key column."""
+    """The metrics of the wide layout's columns: those listed, in their order, or the union of
+    the exported devices' metrics, sorted (each column's name is `wide_column(metric)`)."""
     if spec.metrics is not None:
-        columns = list(spec.metrics)
-    else:
-        union: set[str] = set()
-        async for device in device_ids(store, spec, now_us=now_us):
-            union.update(await device_metric_names(store, device))
-        columns = sorted(union)
-    clashes = [name for name in columns if name in WIDE_KEY_COLUMNS]
-    if clashes:
-        raise ExportError(
-            f"metric {clashes[0]!r} has the name of a key column of the wide layout: use "
-            "layout=long, or list the metrics without it"
-        )
-    return columns
+        return list(spec.metrics)
+    union: set[str] = set()
+    async for device in device_ids(store, spec, now_us=now_us):
+        union.update(await device_metric_names(store, device))
+    return sorted(union)
 
 
 async def wide_rows(
@@ -396,8 +402,8 @@ async def export_bytes(
     CSV (RFC 4180, CRLF line ends): long `device,metric,ts,value`; wide
     `device,ts,<metric>...` with an empty cell where a metric has no value at that time.
     JSON lines: long `{"device","metric","ts","value"}`; wide `{"device","ts","<metric>":...}`
-    holding only the metrics with a value at that time. Times are ISO 8601 UTC like the API's.
-    Raises ExportError (before the first chunk) when the wide columns cannot be made.
+    holding only the metrics with a value at that time. Wide columns are named by `wide_column`
+    (a metric named `ts` is the column `_ts`). Times are ISO 8601 UTC like the API's.
     """
     pending: list[bytes] = []
     size = 0
@@ -412,7 +418,7 @@ async def export_bytes(
                     yield out.drain()
         else:
             columns = await wide_columns(store, spec, now_us=now_us)
-            out.row(["device", "ts", *columns])
+            out.row([*WIDE_KEY_COLUMNS, *map(wide_column, columns)])
             async for wrow in wide_rows(store, spec, columns, now_us=now_us):
                 cells = [wrow.device, format_us(wrow.ts_us)]
                 cells += [format_value(wrow.values[c]) if c in wrow.values else "" for c in columns]
@@ -440,11 +446,12 @@ async def export_bytes(
                 size = 0
     else:
         columns = await wide_columns(store, spec, now_us=now_us)
+        named = [(metric, wide_column(metric)) for metric in columns]
         async for wrow in wide_rows(store, spec, columns, now_us=now_us):
             record: dict[str, object] = {"device": wrow.device, "ts": format_us(wrow.ts_us)}
-            for column in columns:
-                if column in wrow.values:
-                    record[column] = wrow.values[column]
+            for metric, column in named:
+                if metric in wrow.values:
+                    record[column] = wrow.values[metric]
             line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
             pending.append(line)
             size += len(line)

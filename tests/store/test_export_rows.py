@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from fieldhub.export import (
-    ExportError,
+    WIDE_KEY_COLUMNS,
     ExportSpec,
     LongRow,
     TimeFormatter,
@@ -21,6 +21,7 @@ from fieldhub.export import (
     export_bytes,
     long_rows,
     series_points,
+    wide_column,
     wide_columns,
     wide_rows,
 )
@@ -165,13 +166,102 @@ async def test_wide_respects_the_half_open_range(fleet: Store) -> None:
     assert [(r.device, r.ts_us) for r in rows] == [("dev-a", T0 + 10 * S), ("dev-a", T0 + 20 * S)]
 
 
-async def test_wide_columns_refuse_a_metric_named_like_a_key_column(store: Store) -> None:
-    await write(store, "dev-ts", [("ts", T0, 5.0), ("temp", T0, 1.0)])
-    with pytest.raises(ExportError, match="'ts'"):
-        await wide_columns(store, spec(), now_us=T0)
-    # Listing the metrics without it works; the long layout has no such columns.
-    assert await wide_columns(store, spec(metrics=["temp"]), now_us=T0) == ["temp"]
-    assert [r.metric async for r in long_rows(store, spec(), now_us=T0)] == ["temp", "ts"]
+# Every name a key column of either layout has, or that looks like one (the escape's own names
+# included), beside a plain metric: devices may name a metric anything.
+KEY_LIKE_METRICS = {
+    "ts": 1.0,
+    "device": 2.0,
+    "time": 3.0,
+    "timestamp": 4.0,
+    "device_id": 5.0,
+    "metric": 6.0,
+    "value": 7.0,
+    "_ts": 8.0,
+    "__ts": 9.0,
+    "_device": 10.0,
+    "ts_": 11.0,
+    "temp": 12.0,
+}
+# The wide layout's column of each: a key column's name behind underscores takes one more.
+KEY_LIKE_COLUMNS = {
+    "ts": "_ts",
+    "device": "_device",
+    "_ts": "__ts",
+    "__ts": "___ts",
+    "_device": "__device",
+}
+
+
+@pytest.mark.parametrize(
+    ("metric", "column"),
+    [
+        *KEY_LIKE_COLUMNS.items(),
+        ("time", "time"),
+        ("ts_", "ts_"),
+        ("_ts_", "_ts_"),
+        ("x_ts", "x_ts"),
+        ("devices", "devices"),
+        ("TS", "TS"),
+        ("temp", "temp"),
+    ],
+)
+def test_wide_column_renames_only_key_like_names(metric: str, column: str) -> None:
+    assert wide_column(metric) == column
+
+
+def test_wide_column_names_are_distinct_and_never_a_key_column() -> None:
+    """One-to-one over every name built from underscores and a key column's letters, and no
+    column is a key column."""
+    names = [
+        "_" * n + stem + "_" * m for n in range(4) for m in range(2) for stem in WIDE_KEY_COLUMNS
+    ]
+    names += ["t", "s", "dev", "_", "__", "device.ts"]
+    columns = [wide_column(name) for name in names]
+    assert len(set(columns)) == len(names)
+    assert not set(columns) & set(WIDE_KEY_COLUMNS)
+
+
+@pytest.mark.parametrize("listed", [False, True])
+async def test_metrics_named_like_key_columns_export_in_every_format(
+    store: Store, listed: bool
+) -> None:
+    """A metric may be named `ts`, `device` or any other key column: every format and layout
+    still exports every value, the wide layout under the documented column names."""
+    await write(store, "dev-ts", [(name, T0, value) for name, value in KEY_LIKE_METRICS.items()])
+    await write(store, "dev-ts", [("ts", T0 + S, 0.5)])
+    export = spec(metrics=list(KEY_LIKE_METRICS) if listed else None)
+    order = list(KEY_LIKE_METRICS) if listed else sorted(KEY_LIKE_METRICS)
+    columns = [KEY_LIKE_COLUMNS.get(name, name) for name in order]
+    at = format_us(T0)
+    later = format_us(T0 + S)
+
+    wide_csv = (await collect_bytes(store, export, "csv", "wide")).decode()
+    assert wide_csv.splitlines() == [
+        ",".join(["device", "ts", *columns]),
+        ",".join(["dev-ts", at, *(repr(KEY_LIKE_METRICS[name]) for name in order)]),
+        ",".join(["dev-ts", later, *("0.5" if name == "ts" else "" for name in order)]),
+    ]
+
+    wide_jsonl = await collect_bytes(store, export, "jsonl", "wide")
+    first, second = (orjson.loads(line) for line in wide_jsonl.splitlines())
+    assert first == {
+        "device": "dev-ts",
+        "ts": at,
+        **{KEY_LIKE_COLUMNS.get(name, name): value for name, value in KEY_LIKE_METRICS.items()},
+    }
+    assert list(first) == ["device", "ts", *columns]
+    assert second == {"device": "dev-ts", "ts": later, "_ts": 0.5}
+
+    # The long layout names metrics in a column of their own: nothing to rename.
+    long_jsonl = await collect_bytes(store, export, "jsonl", "long")
+    long_rows_seen = [orjson.loads(line) for line in long_jsonl.splitlines()]
+    assert {(r["metric"], r["ts"]): r["value"] for r in long_rows_seen} == {
+        **{(name, at): value for name, value in KEY_LIKE_METRICS.items()},
+        ("ts", later): 0.5,
+    }
+    long_csv = (await collect_bytes(store, export, "csv", "long")).decode()
+    assert len(long_csv.splitlines()) == 1 + len(KEY_LIKE_METRICS) + 1
+    assert long_csv.startswith("device,metric,ts,value\r\ndev-ts,")
 
 
 # -- long rows and device order ----------------------------------------------------------------

@@ -22,7 +22,6 @@ from fieldhub.errors import Invalid, NotFound
 from fieldhub.export import (
     DEFAULT_LAYOUT,
     MEDIA_TYPES,
-    ExportError,
     ExportSpec,
     Layout,
     export_bytes,
@@ -171,12 +170,9 @@ async def export(
         agg=agg or "avg",
     )
     chunks = export_bytes(store, spec, fmt=fmt, layout=chosen, now_us=now)
-    # The first chunk is read before answering: a refusal (or a store failure) found while
-    # starting still gets a proper status; later failures can only cut the stream short.
-    try:
-        first = await anext(chunks)
-    except ExportError as exc:
-        raise Invalid(str(exc)) from None
+    # The first chunk is read before answering: a store failure found while starting still gets
+    # a proper status; later failures can only cut the stream short.
+    first = await anext(chunks)
     return StreamingResponse(
         _nonempty(first, chunks),
         media_type=MEDIA_TYPES[fmt],
