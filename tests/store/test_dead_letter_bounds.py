@@ -146,3 +146,19 @@ async def test_a_flood_past_the_budget_is_pruned_at_once_and_counted(store: Stor
         assert registry.get_sample_value("fieldhub_dead_letter_bytes") == left
     finally:
         watch.cancel()
+
+
+async def test_the_database_size_is_followed_between_retention_runs(store: Store) -> None:
+    """`fieldhub_database_bytes` (the file and its WAL) is set by each watch, not only by the
+    hourly run, so it follows a growing database within WATCH_S."""
+    retention, registry = job(store, RetentionPolicy())
+    await retention.watch_once()
+    before = registry.get_sample_value("fieldhub_database_bytes")
+    assert before == await store.size_bytes()
+    await store.write_batch(WriteBatch(dead_letters=[letter(n) for n in range(2000)]))
+    await retention.watch_once()
+    after = registry.get_sample_value("fieldhub_database_bytes")
+    assert after == await store.size_bytes()
+    assert after is not None
+    assert before is not None
+    assert after > before
