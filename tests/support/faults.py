@@ -1,26 +1,48 @@
 """What every fault test asserts after its fault: nothing lost, nothing stored twice, and
-fieldhub's counters agree with the rows in its database."""
+fieldhub's counters agree with the rows in its database.
+
+`Database` is where fieldhub stores: a SQLite file's path or a PostgreSQL URL. Each check is
+written once, in SQL both engines run, with `?` for parameters (numbered for PostgreSQL).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import os
+import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeAlias
 
+import asyncpg
 import orjson
 
 from support.fieldhub_process import FieldhubProcess
-from support.mqtt import count_rows
 
 __all__ = [
+    "Database",
     "assert_counters_equal_rows",
     "assert_each_seq_once",
     "fill",
+    "read_only_writes",
+    "rows",
     "seq_messages",
+    "stored_seq",
     "tmpfs",
 ]
+
+# A SQLite database file, or a PostgreSQL URL (postgresql://...).
+Database: TypeAlias = Path | str
+
+# The `seq` readings of the devices whose id starts with the parameter.
+_SEQ_READINGS = (
+    "FROM readings r JOIN devices d ON d.id = r.device_id JOIN metrics m "
+    "ON m.id = r.metric_id WHERE d.uid LIKE ? AND m.name = 'seq'"
+)
 
 
 def seq_messages(
@@ -36,38 +58,59 @@ def seq_messages(
     return messages
 
 
-def assert_each_seq_once(db: Path, prefix: str, total: int) -> None:
+def stored_seq(db: Database, prefix: str) -> int:
+    """How many `seq` readings are stored for devices `prefix*` (0 before the schema exists)."""
+    try:
+        return _count(db, f"SELECT count(*) {_SEQ_READINGS}", prefix + "%")
+    except (sqlite3.OperationalError, asyncpg.UndefinedTableError):
+        return 0
+
+
+def assert_each_seq_once(db: Database, prefix: str, total: int) -> None:
     """Every `seq` published for devices `prefix*` is stored, and none twice."""
-    where = (
-        "FROM readings r JOIN devices d ON d.id = r.device_id JOIN metrics m "
-        "ON m.id = r.metric_id WHERE d.uid LIKE ? AND m.name = 'seq'"
-    )
-    stored = count_rows(db, f"SELECT count(*) {where}", prefix + "%")
-    distinct = count_rows(db, f"SELECT count(DISTINCT r.value) {where}", prefix + "%")
+    stored = _count(db, f"SELECT count(*) {_SEQ_READINGS}", prefix + "%")
+    distinct = _count(db, f"SELECT count(DISTINCT r.value) {_SEQ_READINGS}", prefix + "%")
     assert distinct == total, f"{total - distinct} of {total} readings lost"
     assert stored == total, f"{stored - total} readings stored twice"
 
 
-def assert_counters_equal_rows(fh: FieldhubProcess, db: Path) -> None:
+def assert_counters_equal_rows(fh: FieldhubProcess, db: Database) -> None:
     """fieldhub's own counters (since its start on an empty database) say what the database
     holds: readings written, dead letters (per reason and in all)."""
-    readings = count_rows(db, "SELECT count(*) FROM readings")
+    readings = _count(db, "SELECT count(*) FROM readings")
     assert fh.metric("fieldhub_readings_written_total") == readings
-    dead = count_rows(db, "SELECT count(*) FROM dead_letters")
+    dead = _count(db, "SELECT count(*) FROM dead_letters")
     assert fh.metric("fieldhub_dead_letters_total") == dead
-    for (reason,) in _rows(db, "SELECT DISTINCT reason FROM dead_letters"):
-        rows = count_rows(db, "SELECT count(*) FROM dead_letters WHERE reason = ?", reason)
-        assert fh.metric("fieldhub_dead_letters_total", {"reason": reason}) == rows, reason
+    for (reason,) in rows(db, "SELECT DISTINCT reason FROM dead_letters"):
+        count = _count(db, "SELECT count(*) FROM dead_letters WHERE reason = ?", reason)
+        assert fh.metric("fieldhub_dead_letters_total", {"reason": reason}) == count, reason
 
 
-def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
-    import sqlite3
+def rows(db: Database, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """The rows `sql` returns, read-only on SQLite (`?` marks each parameter, on either engine)."""
+    if isinstance(db, Path):
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            return list(conn.execute(sql, params).fetchall())
+        finally:
+            conn.close()
+    numbers = itertools.count(1)
+    numbered = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
 
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return list(conn.execute(sql).fetchall())
-    finally:
-        conn.close()
+    async def fetch() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(db)
+        try:
+            return [tuple(row) for row in await conn.fetch(numbered, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def _count(db: Database, sql: str, *params: object) -> int:
+    value = rows(db, sql, *params)[0][0]
+    assert isinstance(value, int), value
+    return value
 
 
 @contextlib.contextmanager
@@ -107,3 +150,43 @@ def fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+# strace's answer to an attach it could not make shows within this long; attached, it says
+# nothing (-qq) until it is stopped.
+STRACE_ATTACH_S = 1.0
+
+
+@contextlib.contextmanager
+def read_only_writes(pid: int) -> Iterator[None]:
+    """Within the block, every file write (`pwrite64`, how SQLite writes its database and WAL)
+    of process `pid` and its threads fails with EROFS, as on a file system gone read-only.
+
+    `mount -o remount,ro` cannot do this: Linux refuses it (EBUSY) while a file on it is open
+    for writing, as the database is, and a file system that an error forces read-only stays so
+    until unmounted. strace attached to the process injects the error and, when stopped,
+    detaches: the writes succeed again, with the files never closed, as after `remount,rw`.
+    Needs root (or ptrace rights over `pid`) and strace.
+    """
+    tracer = subprocess.Popen(
+        [
+            *("strace", "-qq", "-f", "-p", str(pid), "-o", "/dev/null"),
+            *("-e", "trace=pwrite64", "-e", "inject=pwrite64:error=EROFS"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        try:
+            tracer.wait(STRACE_ATTACH_S)
+        except subprocess.TimeoutExpired:
+            pass  # attached and injecting
+        else:
+            assert tracer.stderr is not None
+            raise AssertionError(f"strace could not attach: {tracer.stderr.read().decode()}")
+        yield
+    finally:
+        # SIGTERM: strace detaches from every thread and they run on untouched (SIGKILL would
+        # leave them stopped).
+        tracer.terminate()
+        tracer.wait(30)

@@ -16,6 +16,11 @@ TCP with trust authentication, so they may run as anyone.
 normal end of the session, failures and Ctrl-C included, stops it through the fixture.
 
 `PostgresServer.initdb_s` and `startup_s` record the two phases; the session fixture prints them.
+
+A fault test that restarts the server (`restart()`: stopped, then started on the same port and
+data) makes a cluster of its own with `durable=True`, never the session's: the other tests'
+connections would break, and the session's cluster commits without waiting for its WAL, so an
+immediate stop could lose transactions it had already reported committed.
 """
 
 from __future__ import annotations
@@ -139,7 +144,11 @@ class PostgresServer:
     is the superuser's URL of the `postgres` database; `new_database()` makes a fresh one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        # durable: a commit waits for its WAL to be written (synchronous_commit on), so a
+        # committed transaction survives an immediate stop (a crash of the server, not of the
+        # machine: fsync stays off). The default trades that for speed.
+        self.durable = durable
         self.bin_dir = find_postgres_bin()
         self.as_root = os.geteuid() == 0
         self.owner: pwd.struct_passwd | None = None
@@ -272,7 +281,7 @@ class PostgresServer:
                     # survive a crash of the machine (or of this server: each run makes a new
                     # cluster). Commits then skip the disk flushes that dominate their cost.
                     "fsync = off",
-                    "synchronous_commit = off",
+                    *([] if self.durable else ["synchronous_commit = off"]),
                     "full_page_writes = off",
                     "",
                 ]
@@ -281,8 +290,8 @@ class PostgresServer:
         if self.owner is not None:
             os.chown(path, self.owner.pw_uid, self.owner.pw_gid)
 
-    def _start_once(self) -> None:
-        self.port = free_port()
+    def _start_once(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self._write_test_conf()
         result = self._run(
             self._command(
@@ -327,6 +336,20 @@ class PostgresServer:
             timeout_s=STOP_TIMEOUT_S + 30,
         )
         return result.returncode == 0
+
+    def restart(self, *, mode: str = "immediate", down_s: float = 0.0) -> None:
+        """Stop the server (`immediate`: as if it crashed; `fast`: its sessions are ended and it
+        checkpoints), wait `down_s`, and start it again on the same port and data directory.
+
+        A fault test's own cluster only (`durable=True`, see the module's docstring). Raises
+        PostgresStartError when it does not come back (its port taken meanwhile, say).
+        """
+        assert self.running, "start() the server first"
+        if not self._pg_ctl_stop(mode):
+            raise PostgresStartError(f"pg_ctl stop -m {mode} failed\n{self.log_tail()}")
+        self.running = False
+        time.sleep(down_s)
+        self._start_once(self.port)
 
     def stop(self) -> None:
         """Stop the server and remove the cluster's directory.
@@ -397,10 +420,10 @@ class PostgresServer:
 
 
 @contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
+def running_postgres(*, durable: bool = False) -> Iterator[PostgresServer]:
     """A started private cluster, stopped and removed on exit. Raises PostgresUnavailable when
     the binaries are missing and PostgresStartError (with the log tail) when it does not start."""
-    server = PostgresServer().start()
+    server = PostgresServer(durable=durable).start()
     try:
         yield server
     finally:
