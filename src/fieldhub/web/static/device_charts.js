@@ -9,7 +9,9 @@ const HEIGHT = 200;
 export class MetricCharts {
   constructor(container) {
     this.container = container;
-    this.byMetric = {}; // metric -> {x: [us], y: [], n: [], plot, el}
+    // metric -> {x: [us], y: [], n: [], plot, el}; no prototype, so a metric named `constructor`
+    // or `__proto__` is a chart like any other.
+    this.byMetric = Object.create(null);
   }
 
   // The metrics the server rendered a figure for.

@@ -33,7 +33,8 @@ export function fitView(view) {
 
 // Raw readings of every metric in [startUs, endUs): {byMetric: {metric: {x, y}}, complete}.
 export async function loadRaw(enc, startUs, endUs) {
-  const byMetric = {};
+  // No prototype: a device may name a metric anything, `constructor` and `__proto__` included.
+  const byMetric = Object.create(null);
   let cursor = null;
   for (let i = 0; i < MAX_RAW_PAGES; i++) {
     const q = new URLSearchParams({ start: String(startUs), limit: String(RAW_PAGE) });
