@@ -45,6 +45,11 @@ BAD_INPUTS: list[tuple[str, bytes, str]] = [
     (f"devices/{PREFIX} bad id/telemetry", b'{"t": 1}', "bad_device_id"),
     (f"devices/{PREFIX}-scalar/telemetry", b"42", "not_an_object"),
     (f"devices/{PREFIX}-nothing/telemetry", b"{}", "no_readings"),
+    # Where a RecursionError made internal_error (~990-1,024 levels) and past orjson's limit.
+    (f"devices/{PREFIX}-deep/telemetry", b'{"a":' * 1000 + b"1" + b"}" * 1000, "too_deep"),
+    (f"devices/{PREFIX}-deeper/telemetry", b"[" * 2000 + b"]" * 2000, "too_deep"),
+    # `..` registered as a device before ids of dots alone were refused.
+    ("devices/../telemetry", b'{"t": 1}', "bad_device_id"),
 ]
 
 
@@ -152,6 +157,8 @@ def test_http_ingest_stores_good_and_rejects_bad_with_reason(fieldhub: FieldhubP
         ("/api/v1/devices", {"limit": "0"}),
         ("/api/v1/devices", {"cursor": "not-a-cursor"}),
         ("/api/v1/devices/bad id", {}),
+        # `..` percent-encoded (a client resolves a literal one away): the server decodes it.
+        ("/api/v1/devices/%2E%2E", {}),
     ],
 )
 def test_bad_api_requests_get_422_json_with_a_message(
