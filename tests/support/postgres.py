@@ -17,8 +17,8 @@ normal end of the session, failures and Ctrl-C included, stops it through the fi
 
 `PostgresServer.initdb_s` and `startup_s` record the two phases; the session fixture prints them.
 
-A fault test that restarts the server (`restart()`: stopped, then started on the same port and
-data) makes a cluster of its own with `durable=True`, never the session's: the other tests'
+A fault test that restarts the server (`stopped()`: down for a block, then started on the same
+port and data) makes a cluster of its own with `durable=True`, never the session's: the other tests'
 connections would break, and the session's cluster commits without waiting for its WAL, so an
 immediate stop could lose transactions it had already reported committed.
 """
@@ -337,9 +337,10 @@ class PostgresServer:
         )
         return result.returncode == 0
 
-    def restart(self, *, mode: str = "immediate", down_s: float = 0.0) -> None:
-        """Stop the server (`immediate`: as if it crashed; `fast`: its sessions are ended and it
-        checkpoints), wait `down_s`, and start it again on the same port and data directory.
+    @contextmanager
+    def stopped(self, *, mode: str = "immediate") -> Iterator[None]:
+        """The server is down within the block (`immediate`: as if it crashed; `fast`: it ends
+        its sessions and checkpoints) and started again after it, on the same port and data.
 
         A fault test's own cluster only (`durable=True`, see the module's docstring). Raises
         PostgresStartError when it does not come back (its port taken meanwhile, say).
@@ -348,8 +349,10 @@ class PostgresServer:
         if not self._pg_ctl_stop(mode):
             raise PostgresStartError(f"pg_ctl stop -m {mode} failed\n{self.log_tail()}")
         self.running = False
-        time.sleep(down_s)
-        self._start_once(self.port)
+        try:
+            yield
+        finally:
+            self._start_once(self.port)
 
     def stop(self) -> None:
         """Stop the server and remove the cluster's directory.
