@@ -1,5 +1,6 @@
-"""Receive times: strictly increasing per subscriber, and in the subscriber's clock slot, so
-ingest workers sharing a subscription never give two messages of one device the same time."""
+"""Receive times: strictly increasing per subscriber (unless the clock is stepped back), and in
+the subscriber's clock slot, so ingest workers sharing a subscription never give two messages of
+one device the same time."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import itertools
 
 import pytest
 
+from fieldhub import clock
 from fieldhub.mqtt.endpoint import parse_mqtt_url
-from fieldhub.mqtt.subscriber import MqttSubscriber
+from fieldhub.mqtt.subscriber import CLOCK_STEP_BACK_US, MqttSubscriber
 
 
 def subscriber(slot: tuple[int, int]) -> MqttSubscriber:
@@ -45,3 +47,19 @@ def test_workers_of_one_run_never_share_a_time() -> None:
 def test_a_slot_outside_its_range_is_refused(slot: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="clock slot"):
         subscriber(slot)
+
+
+def test_times_follow_the_clock_stepped_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step back of an hour: the next time is the clock's again, not the old one plus 1 µs
+    (which would stamp the next hour's messages without a device time with one instant); a step
+    back within the tolerance keeps the times increasing."""
+    now = [1_800_000_000_000_000]
+    monkeypatch.setattr(clock, "now_us", lambda: now[0])
+    sub = subscriber((0, 1))
+    before = sub._received_us()
+    now[0] -= CLOCK_STEP_BACK_US // 2
+    assert sub._received_us() == before + 1
+    now[0] -= 3_600_000_000
+    assert sub._received_us() == now[0]
+    now[0] += 10
+    assert sub._received_us() == now[0]

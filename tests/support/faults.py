@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import itertools
 import os
 import re
@@ -25,9 +26,11 @@ from support.fieldhub_process import FieldhubProcess
 
 __all__ = [
     "Database",
+    "SteppedClock",
     "assert_counters_equal_rows",
     "assert_each_seq_once",
     "fill",
+    "find_libfaketime",
     "read_only_writes",
     "rows",
     "seq_messages",
@@ -190,3 +193,46 @@ def read_only_writes(pid: int) -> Iterator[None]:
         # leave them stopped).
         tracer.terminate()
         tracer.wait(30)
+
+
+# Debian's libfaketime (package `faketime`, scripts/_env.sh installs it); the MT build is the
+# one for programs with threads, as fieldhub is.
+LIBFAKETIME_GLOB = "/usr/lib/*/faketime/libfaketimeMT.so.1"
+
+
+def find_libfaketime() -> Path | None:
+    """The installed libfaketime to preload, or None."""
+    found = sorted(glob.glob(LIBFAKETIME_GLOB))
+    return Path(found[0]) if found else None
+
+
+class SteppedClock:
+    """The wall clock of one process (and only it), stepped at will: libfaketime preloaded,
+    reading its offset from a file that `step_to()` rewrites. The machine's clock is untouched.
+
+    Only the wall clock moves (FAKETIME_DONT_FAKE_MONOTONIC): as under an NTP step, the
+    monotonic clock that timers and timeouts use goes on undisturbed.
+    """
+
+    def __init__(self, offset_file: Path) -> None:
+        library = find_libfaketime()
+        assert library is not None, f"libfaketime not found ({LIBFAKETIME_GLOB})"
+        self.offset_file = offset_file
+        self.offset_s = 0
+        self.step_to(0)
+        self.env = {
+            "LD_PRELOAD": str(library),
+            "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+            # Read the file at every clock read, so a step takes effect at once (the default
+            # cache would keep the old offset for up to 10 s).
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+    def step_to(self, offset_s: int) -> None:
+        """From now on the process's wall clock reads the real time plus `offset_s`."""
+        # Written whole, then renamed: a clock read never sees a half-written file.
+        partial = self.offset_file.with_suffix(".partial")
+        partial.write_text(f"{offset_s:+d}\n")
+        partial.replace(self.offset_file)
+        self.offset_s = offset_s

@@ -48,6 +48,12 @@ TAKEOVER_LOSSES = 3
 TAKEOVER_WINDOW_S = 60.0
 # How long a takeover stays reported (health `degraded`) after the last sign of it.
 PROBLEM_HOLD_S = 300.0
+# A wall clock that goes back by more than this was stepped (NTP, an operator): receive times
+# follow it. Less is jitter, or a small correction: receive times then stand still (one µs a
+# message) until the clock passes them, which keeps them unique and in order. Too low and two
+# messages could share a receive time after a tiny correction; too high and every message
+# after a step back waits that long at one instant.
+CLOCK_STEP_BACK_US = 1_000_000
 
 
 class MqttSubscriber:
@@ -279,9 +285,24 @@ class MqttSubscriber:
         log.error("%s", message)
 
     def _received_us(self) -> int:
-        """Now, strictly after the previous message's time, in this subscriber's clock slot."""
+        """Now, strictly after the previous message's time, in this subscriber's clock slot;
+        after the clock was stepped back (more than CLOCK_STEP_BACK_US), now again."""
         now = clock.now_us()
-        received_us = now if now > self._last_us else self._last_us + 1
+        if now > self._last_us:
+            received_us = now
+        elif self._last_us - now > CLOCK_STEP_BACK_US:
+            # Standing still until the clock catches up would stamp every message of the next
+            # hour after a one-hour step with one instant (a message without a device time is
+            # stored at it: an hour of readings in a millisecond). Following the clock, a
+            # receive time can meet one issued before the step only at the same microsecond
+            # for the same device and metric; the store then counts a duplicate.
+            log.warning(
+                "the wall clock went back %.1f s; receive times follow it",
+                (self._last_us - now) / 1e6,
+            )
+            received_us = now
+        else:
+            received_us = self._last_us + 1
         received_us += (self._slot - received_us) % self._slots
         self._last_us = received_us
         return received_us
