@@ -62,6 +62,18 @@ ensure_postgres() {
     have_postgres_server || die "apt-get installed postgresql but no initdb is in /usr/lib/postgresql/*/bin"
 }
 
+# The fault suite's tools (tests/faults, tests/support/faults.py): Debian's faketime (libfaketime,
+# preloaded into one fieldhub to step its wall clock, never the machine's) and strace (attached
+# to fieldhub to make its database writes fail with EROFS, a file system gone read-only: Linux
+# refuses `remount,ro` while the database is open). Only scripts/test calls this.
+ensure_fault_tools() {
+    local missing=()
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || missing+=(faketime)
+    command -v strace >/dev/null 2>&1 || missing+=(strace)
+    [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
+    compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || die "apt-get installed faketime but no libfaketimeMT.so.1 is in /usr/lib/*/faketime"
+}
+
 # Python 3.11+: the interpreter named by $PYTHON, else python3.11, else python3 if new enough.
 find_python() {
     local candidate
