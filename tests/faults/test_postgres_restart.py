@@ -36,6 +36,8 @@ DURING = 3_000
 # when the server stops and while it is down.
 CHUNK = 100
 PACE_S = 0.2
+# The server stays down until ingest's writes failed this often (retries after 0.5, 1, 2 s).
+OUTAGE_WRITE_ERRORS = 3
 
 
 @pytest.fixture
@@ -110,6 +112,13 @@ def test_postgres_restarted_mid_stream_loses_nothing(
             assert isinstance(problems, list)
             assert "the database does not answer" in problems, problems
             assert any("database writes have failed" in p for p in problems), problems
+            # Down long enough for several retries: past the second failure, a batch whose
+            # trouble is not the store's is written message by message (ingest/pipeline.py).
+            wait_until(
+                lambda: fh.metric("fieldhub_ingest_write_errors_total") >= OUTAGE_WRITE_ERRORS,
+                timeout_s=30,
+                what=f"{OUTAGE_WRITE_ERRORS} failed writes",
+            )
             assert fh.metric("fieldhub_dead_letters_total") == 0
         flow.join(60)
         assert not flow.is_alive(), "the publisher did not finish"
