@@ -80,13 +80,17 @@ def assert_each_seq_once(db: Database, prefix: str, total: int) -> None:
 def assert_counters_equal_rows(fh: FieldhubProcess, db: Database) -> None:
     """fieldhub's own counters (since its start on an empty database) say what the database
     holds: readings written, dead letters (per reason and in all)."""
+    # Messages say both numbers: pytest rewrites the assertions of test modules, not these.
     readings = _count(db, "SELECT count(*) FROM readings")
-    assert fh.metric("fieldhub_readings_written_total") == readings
+    written = fh.metric("fieldhub_readings_written_total")
+    assert written == readings, f"readings written counted {written:.0f}, stored {readings}"
     dead = _count(db, "SELECT count(*) FROM dead_letters")
-    assert fh.metric("fieldhub_dead_letters_total") == dead
+    counted = fh.metric("fieldhub_dead_letters_total")
+    assert counted == dead, f"dead letters counted {counted:.0f}, stored {dead}"
     for (reason,) in rows(db, "SELECT DISTINCT reason FROM dead_letters"):
         count = _count(db, "SELECT count(*) FROM dead_letters WHERE reason = ?", reason)
-        assert fh.metric("fieldhub_dead_letters_total", {"reason": reason}) == count, reason
+        counted = fh.metric("fieldhub_dead_letters_total", {"reason": str(reason)})
+        assert counted == count, f"dead letters {reason} counted {counted:.0f}, stored {count}"
 
 
 def rows(db: Database, sql: str, *params: object) -> list[tuple[object, ...]]:
