@@ -169,10 +169,12 @@ class Ingest:
         self.acker: Acker | None = None
         self.listeners: list[CommitListener] = []
         self.request_listeners: list[RequestListener] = []
-        # Since when (clock µs) and why the database has refused writes for a reason of its own
-        # (StoreUnavailable or any unexplained failure); None while writes succeed. /healthz
-        # reports it (degraded, then 503 past the settings' store_unwritable_503_s).
-        self.write_failing_since_us: int | None = None
+        # Since when (time.monotonic) and why the database has refused writes for a reason of
+        # its own (StoreUnavailable or any unexplained failure); None while writes succeed.
+        # /healthz reports it (degraded, then 503 past the settings' store_unwritable_503_s).
+        # Monotonic, not the wall clock: a clock stepped back an hour made "failing for 0 s",
+        # health `ok` while nothing was written; stepped forward, 503 at once.
+        self.write_failing_since_s: float | None = None
         self.write_failure: str | None = None
         metrics.writes_failing.set_function(self.writes_failing_s)
         self._queue: deque[_Work] = deque()
@@ -468,21 +470,21 @@ class Ingest:
             works[index] = _Work(rejected, work.message, work.token, work.digest, work.future)
 
     def _writes_fail(self, error: Exception) -> None:
-        if self.write_failing_since_us is None:
-            self.write_failing_since_us = clock.now_us()
+        if self.write_failing_since_s is None:
+            self.write_failing_since_s = time.monotonic()
         self.write_failure = str(error)[:500]
 
     def _writes_succeed(self) -> None:
-        if self.write_failing_since_us is not None:
-            failed_s = (clock.now_us() - self.write_failing_since_us) / 1e6
+        if self.write_failing_since_s is not None:
+            failed_s = time.monotonic() - self.write_failing_since_s
             log.warning("database writes succeed again after %.1f s of failures", failed_s)
-        self.write_failing_since_us = None
+        self.write_failing_since_s = None
         self.write_failure = None
 
     def writes_failing_s(self) -> float:
         """How long writes have been failing (0.0 while they succeed)."""
-        since = self.write_failing_since_us
-        return 0.0 if since is None else max(0.0, (clock.now_us() - since) / 1e6)
+        since = self.write_failing_since_s
+        return 0.0 if since is None else time.monotonic() - since
 
     def _account(self, works: list[_Work], written: WriteResult, committed_us: int) -> None:
         m = self.metrics
