@@ -18,7 +18,7 @@ import pytest
 from conftest import MosquittoFactory
 from support.faults import assert_counters_equal_rows
 from support.fieldhub_process import FieldhubProcess, wait_until
-from support.hostile import FLOOD_DEVICES, corpus_summary, hostile_corpus
+from support.hostile import FLOOD_DEVICES, HostileMessage, corpus_summary, hostile_corpus
 from support.mqtt import connected_publisher, count_rows, now_ms, publish_all
 
 NEW_DEVICES_PER_HOUR = 2_000
@@ -53,19 +53,30 @@ def test_the_hostile_corpus_is_absorbed_and_bounded(
 ) -> None:
     """~10,000 hostile messages: no crash, no 5xx, all accounted for, state bounded."""
     corpus = hostile_corpus(now_ms=now_ms())
-    summary = corpus_summary(corpus)
     broker = mosquitto_factory()
     fh = FieldhubProcess(
         data_dir=tmp_path / "fh",
         mqtt_url=broker.url,
         env={"FIELDHUB_NEW_DEVICES_PER_HOUR": str(NEW_DEVICES_PER_HOUR)},
     ).start()
+    try:
+        _absorb_and_check(fh, broker.url, corpus)
+        assert fh.stop() == 0
+    finally:
+        # A failed assertion must not leave fieldhub running behind the test.
+        if fh.proc is not None and fh.proc.poll() is None:
+            fh.kill9()
+
+
+def _absorb_and_check(fh: FieldhubProcess, broker_url: str, corpus: list[HostileMessage]) -> None:
+    """Publish the corpus, wait until ingest accounted for it, and check every promise."""
+    summary = corpus_summary(corpus)
     assert fh.proc is not None
     process = psutil.Process(fh.proc.pid)
     rss_idle = process.memory_info().rss
 
     t0 = time.monotonic()
-    publisher = connected_publisher(broker.url)
+    publisher = connected_publisher(broker_url)
     try:
         publish_all(publisher, [(m.topic, m.payload) for m in corpus], timeout_s=120)
     finally:
@@ -141,4 +152,3 @@ def test_the_hostile_corpus_is_absorbed_and_bounded(
     assert rss - rss_idle < RSS_GROWTH_MAX_BYTES, (
         f"fieldhub RSS grew {(rss - rss_idle) / 2**20:.0f} MiB"
     )
-    assert fh.stop() == 0
