@@ -46,50 +46,55 @@ def test_a_full_disk_loses_nothing_and_health_says_so(
             extra_args=["--db", f"sqlite:///{db}"],
             env={"FIELDHUB_STORE_UNWRITABLE_503_S": str(UNWRITABLE_503_S)},
         ).start()
-        prefix = f"full{uuid.uuid4().hex[:6]}"
-        start_ms = now_ms() - 600_000
-        publisher = connected_publisher(broker.url)
-        publish_all(publisher, seq_messages(prefix, BEFORE, start_ms=start_ms))
-        wait_until(lambda: count_metric(db, prefix, "seq") >= BEFORE, what="the first readings")
-        filler = fill(disk)
+        try:
+            prefix = f"full{uuid.uuid4().hex[:6]}"
+            start_ms = now_ms() - 600_000
+            publisher = connected_publisher(broker.url)
+            publish_all(publisher, seq_messages(prefix, BEFORE, start_ms=start_ms))
+            wait_until(lambda: count_metric(db, prefix, "seq") >= BEFORE, what="the first readings")
+            filler = fill(disk)
 
-        # While the disk is full: every message waits on the broker, health says why.
-        publish_all(
-            publisher, seq_messages(prefix, DURING, start_ms=start_ms, offset=BEFORE), timeout_s=60
-        )
+            # While the disk is full: every message waits on the broker, health says why.
+            publish_all(
+                publisher,
+                seq_messages(prefix, DURING, start_ms=start_ms, offset=BEFORE),
+                timeout_s=60,
+            )
 
-        def unwritable() -> dict[str, object] | None:
-            health = fh.health()
-            return health if health and health["store"] == "unwritable" else None
+            def unwritable() -> dict[str, object] | None:
+                health = fh.health()
+                return health if health and health["store"] == "unwritable" else None
 
-        health = wait_until(unwritable, timeout_s=30, what="/healthz to report failing writes")
-        assert health["status"] == "degraded"
-        assert any("database writes have failed" in p for p in health["problems"])  # type: ignore[union-attr]
-        wait_until(
-            lambda: fh.get("/healthz").status_code == 503,
-            timeout_s=UNWRITABLE_503_S + 30,
-            what="/healthz 503 once writes failed past the setting",
-        )
-        assert fh.metric("fieldhub_store_writes_failing_seconds") > 0
-        assert fh.metric("fieldhub_dead_letters_total", {"reason": "store_rejected"}) == 0
+            health = wait_until(unwritable, timeout_s=30, what="/healthz to report failing writes")
+            assert health["status"] == "degraded"
+            assert any("database writes have failed" in p for p in health["problems"])  # type: ignore[union-attr]
+            wait_until(
+                lambda: fh.get("/healthz").status_code == 503,
+                timeout_s=UNWRITABLE_503_S + 30,
+                what="/healthz 503 once writes failed past the setting",
+            )
+            assert fh.metric("fieldhub_store_writes_failing_seconds") > 0
+            assert fh.metric("fieldhub_dead_letters_total", {"reason": "store_rejected"}) == 0
 
-        # Space again: everything published while full arrives, once.
-        filler.unlink()
-        total = BEFORE + DURING
-        wait_until(
-            lambda: count_metric(db, prefix, "seq") >= total,
-            timeout_s=60,
-            what=f"{total} readings after the disk has space again",
-        )
-        wait_until(
-            lambda: fh.get("/healthz").status_code == 200 and fh.health()["store"] == "ok",  # type: ignore[index]
-            timeout_s=30,
-            what="/healthz ok again",
-        )
-        publisher.stop()
-        assert_each_seq_once(db, prefix, total)
-        assert count_rows(db, "SELECT count(*) FROM dead_letters") == 0
-        assert fh.metric("fieldhub_store_writes_failing_seconds") == 0
-        assert fh.metric("fieldhub_ingest_write_errors_total") > 0
-        assert_counters_equal_rows(fh, db)
-        assert fh.stop() == 0
+            # Space again: everything published while full arrives, once.
+            filler.unlink()
+            total = BEFORE + DURING
+            wait_until(
+                lambda: count_metric(db, prefix, "seq") >= total,
+                timeout_s=60,
+                what=f"{total} readings after the disk has space again",
+            )
+            wait_until(
+                lambda: fh.get("/healthz").status_code == 200 and fh.health()["store"] == "ok",  # type: ignore[index]
+                timeout_s=30,
+                what="/healthz ok again",
+            )
+            publisher.stop()
+            assert_each_seq_once(db, prefix, total)
+            assert count_rows(db, "SELECT count(*) FROM dead_letters") == 0
+            assert fh.metric("fieldhub_store_writes_failing_seconds") == 0
+            assert fh.metric("fieldhub_ingest_write_errors_total") > 0
+            assert_counters_equal_rows(fh, db)
+            assert fh.stop() == 0
+        finally:
+            fh.stop()  # a failed assertion must not leave fieldhub running
