@@ -105,11 +105,12 @@ def parse_json(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
             RejectReason.MALFORMED_JSON, f"payload is not valid JSON: {exc}"
         ) from None
     # Each level opens and closes a bracket, so a payload shorter than twice the limit, or with
-    # no more opening brackets than the limit, cannot nest deeper: a length test and two byte
-    # counts in C spare nearly every message the walk.
+    # no more opening brackets than the limit, cannot nest deeper: a length test and one pass
+    # in C counting both brackets (translate: cheaper than two count() calls) spare nearly every
+    # message the walk.
     if (
         len(payload) > 2 * MAX_JSON_DEPTH
-        and payload.count(b"{") + payload.count(b"[") > MAX_JSON_DEPTH
+        and len(payload) - len(payload.translate(None, b"{[")) > MAX_JSON_DEPTH
         and json_depth(data, stop=MAX_JSON_DEPTH + 1) > MAX_JSON_DEPTH
     ):
         raise _too_deep()
