@@ -20,6 +20,13 @@ from fieldhub.broker.supervisor import BrokerSupervisor
 from fieldhub.events.bus import EventBus
 from fieldhub.ingest.pipeline import Ingest
 from fieldhub.live.hub import LiveHub
+from fieldhub.protocol.ids import MAX_DEVICE_ID_CHARS
+from fieldhub.protocol.payload import (
+    MAX_FIELDS_PER_MESSAGE,
+    MAX_JSON_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_PAYLOAD_BYTES,
+)
 from fieldhub.store.base import Store
 from fieldhub.store.plan import (
     DEAD_LETTER_DETAIL_MAX_CHARS,
@@ -85,6 +92,14 @@ class DeadLetterLimits(BaseModel):
     detail_max_chars: int
 
 
+class MessageLimits(BaseModel):
+    payload_max_bytes: int = Field(description="Larger: a dead letter `oversize_payload`")
+    json_max_depth: int = Field(description="Deeper nesting: a dead letter `too_deep`")
+    fields_max: int = Field(description="More fields in one message: `too_many_fields`")
+    name_max_chars: int = Field(description="A longer metric or attribute name: `bad_field_name`")
+    device_id_max_chars: int = Field(description="A longer device id: `bad_device_id`")
+
+
 class DeviceLimits(BaseModel):
     new_devices_per_hour: float = Field(description="Past it, a new device's messages are dead")
     max_metrics_per_device: int
@@ -95,6 +110,7 @@ class DeviceLimits(BaseModel):
 class Limits(BaseModel):
     """What bounds hostile or unlucky input (docs/limits.md); each bites with a counter."""
 
+    messages: MessageLimits
     devices: DeviceLimits
     dead_letters: DeadLetterLimits
     store_unwritable_503_s: float = Field(
@@ -251,6 +267,13 @@ class StatusReporter:
         policy = self.retention
         inputs = self.store.input_limits
         return Limits(
+            messages=MessageLimits(
+                payload_max_bytes=MAX_PAYLOAD_BYTES,
+                json_max_depth=MAX_JSON_DEPTH,
+                fields_max=MAX_FIELDS_PER_MESSAGE,
+                name_max_chars=MAX_NAME_CHARS,
+                device_id_max_chars=MAX_DEVICE_ID_CHARS,
+            ),
             devices=DeviceLimits(
                 new_devices_per_hour=inputs.new_devices_per_hour,
                 max_metrics_per_device=inputs.max_metrics_per_device,

@@ -358,6 +358,8 @@ def test_get_system_returns_the_documented_fields(
     assert dead["max_bytes"] == 100 * 2**20
     assert dead["payload_max_bytes"] == 64 * 1024
     assert body["limits"]["store_unwritable_503_s"] == 60.0
+    assert body["limits"]["messages"]["json_max_depth"] == 32
+    assert body["limits"]["messages"]["device_id_max_chars"] == 128
     assert set(body["fleet"]) == {"devices", "online", "offline", "stale"}
     assert set(body["ingest"]) == {
         "messages_per_s",
