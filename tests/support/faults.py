@@ -22,13 +22,14 @@ from typing import TypeAlias
 import asyncpg
 import orjson
 
-from support.fieldhub_process import FieldhubProcess
+from support.fieldhub_process import FieldhubProcess, wait_until
 
 __all__ = [
     "Database",
     "SteppedClock",
     "assert_counters_equal_rows",
     "assert_each_seq_once",
+    "assert_recovered",
     "fill",
     "find_libfaketime",
     "read_only_writes",
@@ -91,6 +92,27 @@ def assert_counters_equal_rows(fh: FieldhubProcess, db: Database) -> None:
         count = _count(db, "SELECT count(*) FROM dead_letters WHERE reason = ?", reason)
         counted = fh.metric("fieldhub_dead_letters_total", {"reason": str(reason)})
         assert counted == count, f"dead letters {reason} counted {counted:.0f}, stored {count}"
+
+
+def assert_recovered(fh: FieldhubProcess, db: Database, prefix: str, total: int) -> None:
+    """After a store outage: every `seq` of `prefix` arrives once, /healthz is ok again, no
+    dead letter was made of the outage, its failed writes were counted and are over, and the
+    counters equal the rows."""
+    wait_until(
+        lambda: stored_seq(db, prefix) >= total,
+        timeout_s=60,
+        what=f"{total} readings after the outage",
+    )
+    wait_until(
+        lambda: fh.get("/healthz").status_code == 200 and (fh.health() or {}).get("store") == "ok",
+        timeout_s=30,
+        what="/healthz ok again",
+    )
+    assert_each_seq_once(db, prefix, total)
+    assert _count(db, "SELECT count(*) FROM dead_letters") == 0
+    assert fh.metric("fieldhub_store_writes_failing_seconds") == 0
+    assert fh.metric("fieldhub_ingest_write_errors_total") > 0
+    assert_counters_equal_rows(fh, db)
 
 
 def rows(db: Database, sql: str, *params: object) -> list[tuple[object, ...]]:
