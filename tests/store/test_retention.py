@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -9,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fieldhub.config import RetentionRuleSetting
-from fieldhub.store import Store, WriteBatch
+from fieldhub.store import Store, WriteBatch, retention
 from fieldhub.store.postgres import PostgresStore
 from fieldhub.store.postgres_partitions import month_start_us, partition_month
 from fieldhub.store.retention import US_PER_DAY, RetentionJob, RetentionPolicy, Rule
@@ -109,6 +110,52 @@ async def test_the_disk_budget_warns_before_it_is_hit(
         assert "retention: deleted 20 raw readings" in caplog.text
         await job(store, RetentionPolicy(), disk_budget_bytes=int(size * 1.05)).run_once()
     assert "disk budget" in caplog.text
+
+
+async def test_a_sweep_deletes_in_short_transactions_that_let_ingest_in(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One DELETE of a tier's whole backlog held SQLite's writer for seconds: a sweep deletes
+    series by series, at most SWEEP_TX_ROWS rows a transaction, and a batch that arrives
+    meanwhile commits between two of them."""
+    monkeypatch.setattr(retention, "SWEEP_TX_ROWS", 50)
+    monkeypatch.setattr(retention, "SWEEP_TX_SERIES", 2)
+    batch = WriteBatch()
+    for device in ("dev-a", "dev-b", "dev-c"):
+        old = [(metric, NOW - 31 * DAY + i * S, float(i)) for metric in "xy" for i in range(70)]
+        young = [(metric, NOW - DAY, 1.0) for metric in "xy"]
+        batch.decoded.append(msg(device, NOW, [*old, *young]))
+    await store.write_batch(batch)
+
+    transactions: list[int] = []
+    events: list[str] = []
+    write = store._write  # type: ignore[attr-defined]
+
+    async def watched(script: object) -> object:
+        result = await write(script)
+        # One transaction of the sweep returns (rows deleted, next series).
+        if isinstance(result, tuple) and all(type(x) is int for x in result):
+            transactions.append(result[0])
+            if len(transactions) == 1:
+                late = msg("dev-late", NOW, [("x", NOW - S, 1.0)])
+                wrote.append(asyncio.create_task(store.write_batch(WriteBatch([late]))))
+                wrote[0].add_done_callback(lambda _: events.append("ingest committed"))
+        return result
+
+    wrote: list[asyncio.Task[object]] = []
+    monkeypatch.setattr(store, "_write", watched)
+    deleted = await store.delete_older("raw", NOW - 30 * DAY, selector=Selector(), keep=())
+    events.append("sweep done")
+
+    assert deleted == 3 * 2 * 70
+    assert sum(transactions) == deleted
+    assert max(transactions) <= 50
+    assert len(transactions) >= deleted // 50
+    assert events == ["ingest committed", "sweep done"]
+    for device in ("dev-a", "dev-b", "dev-c"):
+        for metric in "xy":
+            assert await ages_left(store, device, metric, S) == [1]
+    assert await ages_left(store, "dev-late", "x", S) == [0]
 
 
 def test_settings_rules_name_what_they_override() -> None:

@@ -11,6 +11,8 @@ per engine (`sqlite_schema.py`, `postgres_schema.py`) and its scripts here.
 from __future__ import annotations
 
 import abc
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Literal, TypeVar
 
@@ -28,9 +30,9 @@ from fieldhub.store import (
 from fieldhub.store.admission import Admission, admit
 from fieldhub.store.base import Store
 from fieldhub.store.dialect import Dialect, Params
-from fieldhub.store.ops import Count, Query, Script
+from fieldhub.store.ops import Query, Row, Script
 from fieldhub.store.plan import WriterCaches
-from fieldhub.store.retention import delete_sql
+from fieldhub.store.retention import delete_series_before, series_sql
 from fieldhub.store.rollups import Part, Partial
 from fieldhub.store.types import (
     Aggregate,
@@ -632,21 +634,30 @@ class SqlStore(Store):
         keep: Sequence[Selector],
     ) -> int:
         """One retention sweep (see `Store.delete_older`)."""
-        dropped = 0
+        deleted = 0
         if selector == Selector() and not keep:
-            dropped = await self._drop_before(tier, cutoff_us)
+            deleted = await self._drop_before(tier, cutoff_us)
         p = Params(self.dialect)
-        sql = delete_sql(tier, cutoff_us, selector, keep, p)
-        return dropped + await self._write(_count_deleted(sql, p.values))
+        sql = series_sql(selector, keep, p)
+        series = [(int(row[0]), int(row[1])) for row in await self._read(_rows(sql, p.values))]
+        at = 0
+        while at < len(series):
+            started = time.perf_counter()
+            count, at = await self._write(
+                delete_series_before(self.dialect.mark, tier, cutoff_us, series, at)
+            )
+            deleted += count
+            # As long again for everyone else: a sweep takes at most half of the writer.
+            await asyncio.sleep(time.perf_counter() - started)
+        return deleted
 
     async def ping(self) -> None:
         """A trivial query on a reader."""
         await self._read(_ping())
 
 
-def _count_deleted(sql: str, args: Sequence[object]) -> Script[int]:
-    ((deleted,),) = yield Count(sql, args)
-    return int(deleted)
+def _rows(sql: str, args: Sequence[object]) -> Script[list[Row]]:
+    return (yield Query(sql, args))
 
 
 def _ping() -> Script[None]:

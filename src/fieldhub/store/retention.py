@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from fieldhub import clock
 from fieldhub.store.base import Store
 from fieldhub.store.dead_letter_rows import ROW_OVERHEAD_BYTES
+from fieldhub.store.ops import Count, Script
 from fieldhub.store.plan import (
     DEAD_LETTER_DETAIL_MAX_CHARS,
     DEAD_LETTER_MAX_BYTES,
@@ -314,20 +315,22 @@ TIER_TABLES: dict[Tier, tuple[str, str, int]] = {
 }
 
 
-def delete_sql(
-    tier: Tier,
-    cutoff_us: int,
-    selector: Selector,
-    keep: Sequence[Selector],
-    ph: Callable[[object], str],
-) -> str:
-    """The DELETE of one sweep; `ph(value)` adds a parameter and returns its placeholder. A
-    rollup row goes only when all the time it summarises is older than the cutoff."""
-    table, column, span = TIER_TABLES[tier]
+# A retention sweep deletes in transactions of at most this many rows (and series), one series
+# at a time by its primary key: one DELETE of a tier's whole backlog (1.5 million rows for five
+# minutes of 5,000 readings/s) held SQLite's single writer for seconds and stalled ingest behind
+# it. Between transactions queued ingest batches commit (the writer is FIFO) and the sweep pauses.
+SWEEP_TX_ROWS = 10_000
+SWEEP_TX_SERIES = 256
+
+
+def series_sql(selector: Selector, keep: Sequence[Selector], ph: Callable[[object], str]) -> str:
+    """The series (device_id, metric_id) a sweep covers: those `selector` matches, except those
+    of `keep`; `ph(value)` adds a parameter and returns its placeholder. Every series the writer
+    has stored is in device_metrics, and rollups only summarise stored readings."""
 
     def match(s: Selector) -> str:
         # coalesce: a rule naming a device or metric that does not exist (yet) matches nothing,
-        # rather than NULL, which under NOT would shield every row.
+        # rather than NULL, which under NOT would shield every series.
         parts = []
         if s.device is not None:
             parts.append(
@@ -339,9 +342,41 @@ def delete_sql(
             )
         return " AND ".join(parts) or "TRUE"
 
-    sql = f"DELETE FROM {table} WHERE {column} < {ph(cutoff_us - span + (1 if span else 0))}"
-    if selector.specificity:
-        sql += f" AND {match(selector)}"
+    sql = f"SELECT device_id, metric_id FROM device_metrics WHERE {match(selector)}"
     for other in keep:
         sql += f" AND NOT ({match(other)})"
-    return sql
+    return sql + " ORDER BY device_id, metric_id"
+
+
+def delete_series_before(
+    mark: Callable[[int], str],
+    tier: Tier,
+    cutoff_us: int,
+    series: Sequence[tuple[int, int]],
+    start: int,
+) -> Script[tuple[int, int]]:
+    """One transaction of a sweep: from `series[start]` on, delete each series' rows of `tier`
+    older than the cutoff until SWEEP_TX_ROWS rows or SWEEP_TX_SERIES series are done; returns
+    (rows deleted, where the next transaction starts). A series with more rows than the
+    transaction has left is cut at its oldest rows and resumed by the next one. A rollup row
+    goes only when all the time it summarises is older than the cutoff."""
+    table, column, span = TIER_TABLES[tier]
+    bound = cutoff_us - span + (1 if span else 0)
+    series_is = f"device_id = {mark(1)} AND metric_id = {mark(2)}"
+    # The time of the series' (cap + 1)-th oldest row before the bound, if it has that many:
+    # deleting below it deletes exactly `cap` rows, a primary-key range either way.
+    sql = (
+        f"DELETE FROM {table} WHERE {series_is} AND {column} < coalesce(("
+        f"SELECT {column} FROM {table} WHERE {series_is} AND {column} < {mark(3)} "
+        f"ORDER BY {column} LIMIT 1 OFFSET {mark(4)}), {mark(3)})"
+    )
+    deleted = 0
+    at = start
+    while at < len(series) and at - start < SWEEP_TX_SERIES and deleted < SWEEP_TX_ROWS:
+        cap = SWEEP_TX_ROWS - deleted
+        device_id, metric_id = series[at]
+        ((count,),) = yield Count(sql, (device_id, metric_id, bound, cap))
+        deleted += int(count)
+        if count < cap:
+            at += 1
+    return deleted, at
