@@ -5,27 +5,56 @@ acknowledgements, which is what "acknowledge after commit" needs: by default it 
 receipt, before anything is stored (docs/field-notes.md, "paho-mqtt"). Its network loop runs in
 its own thread; ingest hands decoded work to the writer through a queue.
 
-`_Client` overrides paho internals (TCP_NODELAY, buffered reads, PUBLISH parsing, batched acks,
-the MQTT 5 -> 3.1.1 fallback); `paho-mqtt` is pinned below 2.3 in pyproject.toml for that reason.
-`subscriber.py` and `publisher.py` build their clients with `new_client`.
+Every private name of paho used anywhere in fieldhub is used here, and only here, for a reason:
+
+- `_create_socket()`: set TCP_NODELAY (paho does not; Nagle costs 40-200 ms a round trip) and
+  wrap the socket in `_BufferedSocket` (one recv() for hundreds of packets).
+- `_handle_publish()`, `_in_packet`: parse MQTT 3.1.1 QoS 0/1 PUBLISH bytes ourselves; paho's
+  path builds three objects and a log record per message.
+- `_handle_on_message(message)`: skip paho's per-topic callback lookup under two locks
+  (fieldhub registers none).
+- `_out_packet`, `_sockpairW` (`_send_puback` as the reference): queue a batch's PUBACKs with one
+  wake-up of the network thread instead of a syscall per message.
+- `_handle_connack()`, `_do_on_disconnect(...)`, `_protocol`, `_clean_session`, `_state`,
+  `_ConnectionState`: fall back from MQTT 5 to 3.1.1 for brokers that speak only 3.1.1
+  (RabbitMQ's MQTT plugin before 3.13, Mosquitto 1.x).
+- `_host`, `_port`, `_client_id`, `_userdata`, `_sock`: read only (log lines, callbacks, the
+  buffered socket).
+- `MQTTMessage._topic`: a topic that is not UTF-8 still reaches dead letters (`message_topic`).
+
+A paho release may change any of them without notice. So: pyproject.toml pins the tested range
+(`PAHO_TESTED`), importing this module refuses a paho outside it and checks the names and
+signatures above (`private_api_problems`), and tests/mqtt/test_paho_contract.py checks each
+override's behaviour against paho's own code on a real broker.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as PAHO_VERSION
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, _ConnectionState
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldhub.mqtt.endpoint import MqttEndpoint
 
-__all__ = ["KEEPALIVE_S", "end_session", "new_client", "protocol_level"]
+__all__ = [
+    "KEEPALIVE_S",
+    "PAHO_TESTED",
+    "end_session",
+    "message_topic",
+    "new_client",
+    "private_api_problems",
+    "protocol_level",
+]
 
 log = logging.getLogger("fieldhub.mqtt")
 
@@ -40,6 +69,34 @@ READ_CHUNK_BYTES = 64 * 1024
 # 1 is MQTT 3.1.1's "unacceptable protocol version" (what a 3.1.1-only broker such as Mosquitto
 # 1.x answers to an MQTT 5 CONNECT), 0x84 is MQTT 5's "unsupported protocol version".
 CONNACK_UNSUPPORTED_PROTOCOL = (0x01, 0x84)
+PUBACK = 0x40
+
+# The paho-mqtt releases this module is tested with: >= the first, < the second (pyproject.toml
+# pins the same range).
+PAHO_TESTED = ((2, 1), (2, 3))
+# The private methods overridden or called here, with the parameters they are expected to take.
+PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
+    "_create_socket": ("self",),
+    "_handle_publish": ("self",),
+    "_handle_on_message": ("self", "message"),
+    "_handle_connack": ("self",),
+    "_do_on_disconnect": ("self", "packet_from_broker", "v1_rc", "reason", "properties"),
+    "_send_puback": ("self", "mid"),
+}
+# The private attributes read or written here, on a client that has not connected yet.
+PRIVATE_ATTRIBUTES = (
+    "_in_packet",
+    "_out_packet",
+    "_sockpairW",
+    "_protocol",
+    "_clean_session",
+    "_state",
+    "_host",
+    "_port",
+    "_client_id",
+    "_userdata",
+    "_sock",
+)
 
 
 class _BufferedSocket:
@@ -201,16 +258,26 @@ class _Client(paho.Client):
         """PUBACK several messages with one wake-up of the network thread.
 
         paho's ack() writes a byte to its wake-up socket pair for every packet, a syscall per
-        message on the writer's thread; one byte after the whole batch does the same job.
+        message on the writer's thread. The PUBACKs go into paho's outgoing queue exactly as its
+        `_send_puback` puts them there (a deque: appending is thread-safe), then one byte wakes
+        the thread. Nothing of paho's state is changed meanwhile, so a packet another thread
+        queues at the same time keeps its own wake-up.
         """
+        queue = self._out_packet
+        for mid in mids:
+            queue.append(
+                {
+                    "command": PUBACK,
+                    "mid": mid,
+                    "qos": 1,
+                    "pos": 0,
+                    "to_process": 4,
+                    "packet": struct.pack("!BBH", PUBACK, 2, mid),
+                    "info": None,
+                }
+            )
         wake = self._sockpairW
-        self._sockpairW = None
-        try:
-            for mid in mids:
-                self._send_puback(mid)
-        finally:
-            self._sockpairW = wake
-        if wake is not None:
+        if mids and wake is not None:
             try:
                 wake.send(b"0")
             except BlockingIOError:
@@ -278,3 +345,66 @@ def end_session(
 
 def protocol_level(client: paho.Client) -> int:
     return 5 if client.protocol == paho.MQTTv5 else 4
+
+
+def message_topic(message: paho.MQTTMessage) -> str:
+    """A message's topic; one that is not UTF-8 (brokers enforce it, but) with its bad bytes
+    replaced, so the message stays visible as a dead letter."""
+    try:
+        topic: str = message.topic
+    except UnicodeDecodeError:
+        topic = bytes(message._topic).decode("utf-8", "replace")
+    return topic
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def private_api_problems(client_class: type[paho.Client] = paho.Client) -> list[str]:
+    """What of paho's private API this module relies on `client_class` lacks: a missing or
+    re-shaped method, a missing attribute. Empty for the tested releases."""
+    problems = []
+    for name, expected in PRIVATE_METHODS.items():
+        method = getattr(client_class, name, None)
+        if not callable(method):
+            problems.append(f"paho.Client.{name} is gone")
+            continue
+        found = tuple(inspect.signature(method).parameters)
+        if found != expected:
+            problems.append(f"paho.Client.{name} takes {found}, not {expected}")
+    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2)
+    problems += [
+        f"paho.Client has no attribute {name}"
+        for name in PRIVATE_ATTRIBUTES
+        if not hasattr(client, name)
+    ]
+    if not hasattr(client._out_packet, "append"):
+        problems.append("paho.Client._out_packet is not a queue to append to")
+    if not isinstance(getattr(client, "_in_packet", None), dict):
+        problems.append("paho.Client._in_packet is not a dict")
+    if not hasattr(_ConnectionState, "MQTT_CS_DISCONNECTING"):
+        problems.append("paho's _ConnectionState has no MQTT_CS_DISCONNECTING")
+    if not hasattr(paho.MQTTMessage(), "_topic"):
+        problems.append("paho.MQTTMessage has no _topic")
+    return problems
+
+
+def _check_paho() -> None:
+    version = PAHO_VERSION
+    low, high = PAHO_TESTED
+    if not low <= _version(version) < high:
+        raise ImportError(
+            f"fieldhub's MQTT transport is tested with paho-mqtt >= {'.'.join(map(str, low))}, "
+            f"< {'.'.join(map(str, high))}, and it relies on paho's private API; installed: "
+            f"{version}. Reinstall fieldhub (pip install -e .) to get a tested paho-mqtt"
+        )
+    problems = private_api_problems()
+    if problems:
+        raise ImportError(
+            f"paho-mqtt {version} changed private API fieldhub's MQTT transport uses: "
+            + "; ".join(problems)
+        )
+
+
+_check_paho()

@@ -16,7 +16,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fieldhub import clock
 from fieldhub.mqtt.endpoint import MqttEndpoint
-from fieldhub.mqtt.paho_client import KEEPALIVE_S, new_client, protocol_level
+from fieldhub.mqtt.paho_client import KEEPALIVE_S, message_topic, new_client, protocol_level
 from fieldhub.protocol.messages import InboundMessage
 
 __all__ = ["AckToken", "MqttSubscriber"]
@@ -318,11 +318,7 @@ class MqttSubscriber:
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         received_us = self._received_us()
-        try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            # Brokers enforce UTF-8 topics; keep the message visible as a dead letter regardless.
-            topic = msg._topic.decode("utf-8", "replace")
+        topic = message_topic(msg)
         token = (self._generation, msg.mid) if msg.qos > 0 else None
         self._on_message(
             InboundMessage(topic, bytes(msg.payload), received_us, msg.retain, msg.qos), token
