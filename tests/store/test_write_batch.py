@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import pytest
 
 from fieldhub.protocol.messages import Decoded
@@ -145,6 +146,38 @@ async def test_duplicate_within_one_batch_keeps_first_value(
     assert (result.readings_written, result.readings_duplicate) == (1, 1)
     assert await all_readings(store) == [ReadingRow("temp", T0, first, T0)]
     assert await latest(store) == {"temp": (T0, first)}
+
+
+async def test_a_large_batch_with_redeliveries_stores_each_reading_once(
+    store: Store, backend_url: str
+) -> None:
+    """Batches of thousands of readings (PostgreSQL stages them by COPY from COPY_MIN_ROWS on)
+    store what is new, count what is not, and feed the rollups only the new readings."""
+    first = [
+        msg(f"dev-{d}", T0, [("t", T0 + i * S, float(i)) for i in range(100)]) for d in range(30)
+    ]
+    again = [
+        msg(f"dev-{d}", T0, [("t", T0 + i * S, -1.0) for i in range(50, 150)]) for d in range(30)
+    ]
+    assert (await write(store, *first)).readings_written == 3_000
+    result = await write(store, *again)
+    assert (result.readings_written, result.readings_duplicate) == (1_500, 1_500)
+    rows = await all_readings(store, "dev-7")
+    assert [r.value for r in rows] == [float(i) for i in range(100)] + [-1.0] * 50
+    minutes = await store.query_series(
+        "dev-7", "t", start_us=T0, end_us=T0 + 150 * S, interval_us=60 * S, agg="count"
+    )
+    assert sum(p.value for p in minutes) == 150
+    if backend_url.startswith("postgres"):
+        conn = await asyncpg.connect(backend_url)
+        try:
+            staged = await conn.fetchval(
+                "SELECT count(*) FROM pg_class WHERE relname = 'staging_readings' "
+                "AND relpersistence = 't'"
+            )
+        finally:
+            await conn.close()
+        assert staged >= 1, "the COPY path was not taken"
 
 
 async def test_same_metric_of_other_device_is_not_a_duplicate(store: Store) -> None:

@@ -60,6 +60,18 @@ class Bulk:
     tail: str
     types: tuple[str, ...]
     rows: Sequence[Sequence[object]]
+    # Rows that may be staged by COPY (PostgreSQL, large batches; see `Staging`).
+    staging: Staging | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Staging:
+    """A Bulk whose rows are whole rows of `table`'s `columns`: an engine may load them into a
+    temporary copy of the table with its bulk-load path and run `head SELECT ... tail` from
+    there, the same statement's effect (PostgreSQL's COPY, faster than arrays for thousands)."""
+
+    table: str
+    columns: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

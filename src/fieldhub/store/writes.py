@@ -11,7 +11,7 @@ from fieldhub import clock
 from fieldhub.store import command_rows
 from fieldhub.store.admission import MAX_ATTRIBUTES_PER_DEVICE, cap_attributes
 from fieldhub.store.dialect import Dialect, Params
-from fieldhub.store.ops import Bulk, Many, Query, Script, Statements
+from fieldhub.store.ops import Bulk, Many, Query, Script, Staging, Statements
 from fieldhub.store.plan import (
     CacheDelta,
     WriterCaches,
@@ -117,6 +117,7 @@ def write_batch(
             " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
             READING_TYPES,
             plan.readings,
+            Staging("readings", ("device_id", "metric_id", "ts", "value", "received_at")),
         )
         result.readings_written = len(inserted)
         result.readings_duplicate = len(plan.readings) - result.readings_written
