@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                     "messages": sample_sum(text, "fieldhub_ingest_messages_total"),
                     "dead_letters": sample_sum(text, "fieldhub_dead_letters_total"),
                     "dead_letters_pruned": sample_sum(text, "fieldhub_dead_letters_pruned_total"),
-                    "retention_deleted": sample_sum(text, "fieldhub_retention_deleted_total"),
+                    "retention_deleted": sample_sum(text, "fieldhub_retention_deleted_rows_total"),
                     "hostile_sent": hostile.sent,
                 }
                 result["samples"].append(sample)
