@@ -158,6 +158,22 @@ async def test_a_sweep_deletes_in_short_transactions_that_let_ingest_in(
     assert await ages_left(store, "dev-late", "x", S) == [0]
 
 
+async def test_a_run_longer_than_its_interval_says_it_falls_behind(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    await seed(store)
+    registry = CollectorRegistry()
+    slow = RetentionJob(store, RetentionPolicy(), registry, interval_s=1e-6, clock_us=lambda: NOW)
+    with caplog.at_level(logging.INFO, logger="fieldhub.retention"):
+        await job(store, RetentionPolicy(), interval_s=3600.0).run_once()
+        assert "not keeping up" not in caplog.text
+        await slow.run_once()
+    assert "longer than its interval" in caplog.text
+    took = registry.get_sample_value("fieldhub_retention_last_run_seconds")
+    assert took is not None
+    assert took > 0
+
+
 def test_settings_rules_name_what_they_override() -> None:
     rule = RetentionRuleSetting.model_validate(
         {"device": "3c-e9-0e-72-12-4c", "raw_days": 90, "hour_days": None}

@@ -162,6 +162,11 @@ class RetentionJob:
             "When retention last completed",
             registry=self.registry,
         )
+        self._run_seconds = Gauge(
+            "fieldhub_retention_last_run_seconds",
+            "How long the last retention run took (longer than its interval: it falls behind)",
+            registry=self.registry,
+        )
         self._db_bytes = Gauge(
             "fieldhub_database_bytes", "Size of the database on disk", registry=self.registry
         )
@@ -194,6 +199,8 @@ class RetentionJob:
         self._last_run.set(now_us / 1e6)
         size = await self.store.size_bytes()
         self._db_bytes.set(size)
+        took = time.perf_counter() - started
+        self._run_seconds.set(took)
         log.info(
             "retention: deleted %d raw readings, %d minute and %d hour rollup rows, %d window "
             "decisions and %d dead letters in %.1f s; database %.1f MiB",
@@ -202,9 +209,20 @@ class RetentionJob:
             deleted["hour"],
             decisions,
             dead,
-            time.perf_counter() - started,
+            took,
             size / 2**20,
         )
+        if took > self.interval_s:
+            # Deleting yields the writer to ingest between transactions, so under a write load
+            # the database can take it has less time left: what arrives outgrows what goes.
+            log.warning(
+                "retention took %.0f s, longer than its interval of %.0f s: it is not keeping "
+                "up with what ingest writes, and the database grows. Keep raw readings fewer "
+                "days (FIELDHUB_RETENTION_RAW_DAYS) or move to PostgreSQL, which drops whole "
+                "months (docs/operations.md: retention under a heavy write load)",
+                took,
+                self.interval_s,
+            )
         self._check_budget(size)
         return deleted
 
