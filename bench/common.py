@@ -171,23 +171,30 @@ class Broker:
 
 
 @contextlib.contextmanager
-def bare_mosquitto(*, max_queued_messages: int = 100_000) -> Iterator[Broker]:
+def bare_mosquitto(
+    *, max_queued_messages: int = 100_000, max_inflight_messages: int | None = None
+) -> Iterator[Broker]:
     """Start Mosquitto on a free loopback port with the settings docs/field-notes.md says we need.
 
     The listener names its address (without one Mosquitto binds everywhere and refuses anonymous
     clients), ``set_tcp_nodelay`` avoids 44/88 ms Nagle stalls, and ``max_queued_messages`` is
-    raised so a slow subscriber is not silently dropped. No persistence: a calibration broker
-    must not write to disk.
+    raised so a slow subscriber is not silently dropped. ``max_inflight_messages``: QoS 1
+    messages sent to a subscriber before its PUBACKs (None: Mosquitto's default, 20; fieldhub's
+    broker raises it). No persistence: a calibration broker must not write to disk.
     """
     if not Path(MOSQUITTO_BIN).exists():
         raise RuntimeError(f"{MOSQUITTO_BIN} not found: apt-get install mosquitto")
     workdir = Path(tempfile.mkdtemp(prefix="bench-mosquitto-"))
     port = free_port()
     conf = workdir / "mosquitto.conf"
+    inflight = (
+        "" if max_inflight_messages is None else f"max_inflight_messages {max_inflight_messages}\n"
+    )
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         f"max_queued_messages {max_queued_messages}\n"
+        f"{inflight}"
         "set_tcp_nodelay true\n"
         "persistence false\n"
         "log_dest stderr\n"

@@ -6,9 +6,16 @@ publisher on the same 2-core machine; goal 20,000 msg/s. Run ``./scripts/bench i
 
 Phases:
 
-1. Generator capacity: a bare Mosquitto with no subscriber and ``bench.loadgen --max``. The
-   generator must be able to offer at least twice the rate fieldhub is measured to store, or the
-   measurement could be the generator's limit rather than fieldhub's.
+1. References, before any fieldhub (``--references-only``: only these):
+
+   a. Generator capacity: a bare Mosquitto with no subscriber and ``bench.loadgen --max``. The
+      generator must be able to offer at least twice the rate fieldhub is measured to store, or
+      the measurement could be the generator's limit rather than fieldhub's.
+   b. Broker-only ceiling: a bare Mosquitto with fieldhub's flow-control limits, Mosquitto's own
+      C client ``mosquitto_sub`` subscribed at QoS 1 to the generator's topics (it acknowledges
+      every message and does nothing else), and ``bench.loadgen --max``: what Mosquitto can
+      deliver to an acknowledging subscriber on this machine, the limit no ingest can beat.
+      Each median stored rate is reported as a fraction of it.
 2. ``--repeats`` measured runs, each against a fresh ``fieldhub up`` (fresh data dir, free ports):
    paced load at ``--rate`` for ``--duration`` seconds from ``--devices`` connections, CPU and RSS
    of fieldhub and of its Mosquitto sampled once a second, then wait until the row count stops
@@ -72,6 +79,7 @@ from bench.common import (
 )
 from bench.loadgen import DEFAULT_WINDOW, device_uid, id_width
 from fieldhub import clock
+from fieldhub.broker.config import MAX_INFLIGHT_MESSAGES, MAX_QUEUED_MESSAGES
 from fieldhub.broker.passwd import hash_password
 from fieldhub.security.device_access import SECRET_BYTES, device_username
 from fieldhub.security.roles import Role
@@ -147,7 +155,36 @@ AUTH_COMPARED = (
     "startup_s",
 )
 
-QUICK = {"rate": 2000.0, "duration": 10.0, "devices": 100, "repeats": 1, "capacity_duration": 5.0}
+QUICK = {
+    "rate": 2000.0,
+    "duration": 10.0,
+    "devices": 100,
+    "repeats": 1,
+    "capacity_duration": 5.0,
+    "broker_only_duration": 5.0,
+}
+
+# --- the broker-only reference ------------------------------------------------------------------
+
+# Mosquitto's own C client: it sends the PUBACK of a QoS 1 message itself, before printing it.
+SUBSCRIBER_BIN = "mosquitto_sub"
+MOSQUITTO_PUB_BIN = "mosquitto_pub"
+# What the loadgen publishes to: devices/<device id>/telemetry (bench/loadgen.py).
+TELEMETRY_FILTER = "devices/+/telemetry"
+# A fixed client id, because the session is persistent (clean session off), as fieldhub's ingest
+# subscription is (fieldhub/mqtt/subscriber.py); on a fresh broker it changes nothing on the
+# message path, it only keeps the queue should the subscriber drop.
+SUBSCRIBER_CLIENT_ID = "bench-broker-only"
+# One line per message: its receive time (-F %U: epoch seconds with 9 decimals). mosquitto_sub
+# flushes after every message, so the file's size counts the messages while it runs (each line
+# is "1765000000.123456789\n"), and the times date the last delivery and the load window exactly.
+RECEIPT_FORMAT = "%U"
+RECEIPT_LINE_BYTES = 21
+# A probe (one QoS 1 publish with mosquitto_pub on a topic the filter matches, before the load)
+# shows that the subscription is in place: the load's first message cannot be missed.
+PROBE_TOPIC = "devices/bench-probe/telemetry"
+SUBSCRIBER_READY_TIMEOUT_S = 10.0
+PROBE_WAIT_S = 1.0
 
 # The per-run figures we take medians of (dotted paths into a run's dict).
 MEDIAN_KEYS = (
@@ -215,6 +252,18 @@ METHODS = {
     "skipped)",
     "generator_capacity": "bench.loadgen --max against a bare Mosquitto (no subscriber) on this "
     "machine: PUBACKs received within the duration / duration",
+    "broker_only": "bench.loadgen --max (same devices) against a bare Mosquitto with fieldhub's "
+    f"max_inflight_messages ({MAX_INFLIGHT_MESSAGES}) and max_queued_messages "
+    f"({MAX_QUEUED_MESSAGES}), one `{SUBSCRIBER_BIN} -q 1 -t '{TELEMETRY_FILTER}' --nodelay -c` "
+    "(MQTT 3.1.1, persistent session as fieldhub's ingest, TCP_NODELAY as fieldhub's client) "
+    f"that acks and prints only each message's receive time (-F {RECEIPT_FORMAT}) to a file. "
+    "rate = delivered / (last delivery - first publish), the stored_rate formula with the "
+    "subscriber's receipts for fieldhub's commits; delivered = receipts from the first publish "
+    "on (a probe published before the load shows the subscription was in place), counted "
+    "exactly from the file after the subscriber exited; not_delivered = PUBACKed by the broker "
+    "but never delivered (Mosquitto drops beyond max_queued_messages)",
+    "stored_rate_vs_broker_only": "median stored_rate / references.broker_only.rate: the share "
+    "of the broker-only ceiling fieldhub stored. A paced load caps it at about rate / ceiling",
 }
 
 
@@ -426,36 +475,66 @@ class RunHooks:
 # --- phases -------------------------------------------------------------------------------------
 
 
+def _max_load(
+    port: int,
+    devices: int,
+    duration_s: float,
+    out: Path,
+    log: Path,
+    sampler: Sampler,
+    what: str,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``bench.loadgen --max`` against ``port`` until it exits, sampling ``sampler`` once a
+    second (the loadgen's own group added as "loadgen"); its full result."""
+    proc = start_loadgen(
+        port=port,
+        devices=devices,
+        duration_s=duration_s,
+        out=out,
+        log=log,
+        max_mode=True,
+        extra=extra,
+    )
+    lg = psutil.Process(proc.pid)
+    sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
+    sampler.sample()
+    deadline = time.monotonic() + duration_s + LOADGEN_OVERRUN_S
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what} loadgen overran its deadline:\n{tail(log)}")
+            time.sleep(SAMPLE_EVERY_S)
+            sampler.sample()
+    finally:
+        # It runs in its own session (a Ctrl-C here does not reach it): stop it ourselves.
+        stop_process(proc)
+    return read_loadgen_result(proc, out, log)
+
+
+LOADGEN_FIGURES = (
+    "sent",
+    "acked",
+    "offered_rate",
+    "acked_rate",
+    "acked_rate_within_duration",
+    "puback_rtt_p50_ms",
+    "puback_rtt_p99_ms",
+    "disconnects",
+    "cpu_percent",
+    "connect_s",
+)
+
+
 def measure_capacity(devices: int, duration_s: float, workdir: Path) -> dict[str, Any]:
     """Generator capacity: loadgen --max against a bare Mosquitto with no subscriber."""
-    say(f"phase 1: generator capacity, loadgen --max, {devices} devices, {duration_s:g}s")
+    say(f"phase 1a: generator capacity, loadgen --max, {devices} devices, {duration_s:g}s")
     out, log = workdir / "capacity-load.json", workdir / "capacity-load.log"
     with bare_mosquitto() as broker:
         sampler = Sampler()
         mq = psutil.Process(broker.proc.pid)
         sampler.add("mosquitto", lambda: [mq])
-        proc = start_loadgen(
-            port=broker.port,
-            devices=devices,
-            duration_s=duration_s,
-            out=out,
-            log=log,
-            max_mode=True,
-        )
-        lg = psutil.Process(proc.pid)
-        sampler.add("loadgen", lambda: [lg] if lg.is_running() else [])
-        sampler.sample()
-        deadline = time.monotonic() + duration_s + LOADGEN_OVERRUN_S
-        try:
-            while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"capacity loadgen overran its deadline:\n{tail(log)}")
-                time.sleep(SAMPLE_EVERY_S)
-                sampler.sample()
-        finally:
-            # It runs in its own session (a Ctrl-C here does not reach it): stop it ourselves.
-            stop_process(proc)
-        result = read_loadgen_result(proc, out, log)
+        result = _max_load(broker.port, devices, duration_s, out, log, sampler, "capacity")
     cpu = sampler.summary(result["first_publish_epoch"], result["first_publish_epoch"] + duration_s)
     capacity = result["acked_rate_within_duration"]
     say(
@@ -469,23 +548,177 @@ def measure_capacity(devices: int, duration_s: float, workdir: Path) -> dict[str
         "devices": devices,
         "window": result["window"],
         "broker": "bare mosquitto, no subscriber",
-        "loadgen": {
-            k: result[k]
-            for k in (
-                "sent",
-                "acked",
-                "offered_rate",
-                "acked_rate",
-                "acked_rate_within_duration",
-                "puback_rtt_p50_ms",
-                "puback_rtt_p99_ms",
-                "disconnects",
-                "cpu_percent",
-                "connect_s",
-            )
-        },
+        "loadgen": {k: result[k] for k in LOADGEN_FIGURES},
         "cpu": cpu,
     }
+
+
+def _receipts(path: Path) -> int:
+    """Messages the subscriber has printed so far (fixed-length lines, flushed one by one)."""
+    try:
+        return path.stat().st_size // RECEIPT_LINE_BYTES
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_subscribed(port: int, sub: subprocess.Popen[bytes], receipts: Path, log: Path) -> int:
+    """Publish probes until the subscriber prints one; the number of probe lines it printed."""
+    deadline = time.monotonic() + SUBSCRIBER_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if sub.poll() is not None:
+            raise BenchError(f"{SUBSCRIBER_BIN} exited with {sub.returncode}:\n{tail(log)}")
+        subprocess.run(
+            [MOSQUITTO_PUB_BIN, "-p", str(port), "-q", "1", "-t", PROBE_TOPIC, "-m", "probe"],
+            check=False,
+            capture_output=True,
+            timeout=10,
+        )
+        t_probe = time.monotonic() + PROBE_WAIT_S
+        while time.monotonic() < t_probe:
+            if _receipts(receipts):
+                # A probe published before the SUBSCRIBE took effect is lost, not late; give a
+                # queued one the same time to arrive, so the count before the load is final.
+                time.sleep(PROBE_WAIT_S)
+                return _receipts(receipts)
+            time.sleep(0.05)
+    raise BenchError(
+        f"{SUBSCRIBER_BIN} received no probe within {SUBSCRIBER_READY_TIMEOUT_S:g}s:\n{tail(log)}"
+    )
+
+
+def measure_broker_only(devices: int, duration_s: float, workdir: Path) -> dict[str, Any]:
+    """Broker-only ceiling: loadgen --max against a bare Mosquitto (fieldhub's flow-control
+    limits) delivering to one ``mosquitto_sub`` that does nothing but acknowledge."""
+    say(
+        f"phase 1b: broker-only ceiling, loadgen --max -> mosquitto -> {SUBSCRIBER_BIN} -q 1, "
+        f"{devices} devices, {duration_s:g}s"
+    )
+    for binary in (SUBSCRIBER_BIN, MOSQUITTO_PUB_BIN):
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} not found: apt-get install mosquitto-clients")
+    out, log = workdir / "broker-only-load.json", workdir / "broker-only-load.log"
+    receipts, sub_log = workdir / "broker-only-receipts.txt", workdir / "broker-only-sub.log"
+    settle_error: str | None = None
+    with bare_mosquitto(
+        max_queued_messages=MAX_QUEUED_MESSAGES, max_inflight_messages=MAX_INFLIGHT_MESSAGES
+    ) as broker:
+        cmd = [
+            SUBSCRIBER_BIN,
+            "-p",
+            str(broker.port),
+            "-q",
+            "1",
+            "-t",
+            TELEMETRY_FILTER,
+            "-c",
+            "-i",
+            SUBSCRIBER_CLIENT_ID,
+            "--nodelay",
+            "-F",
+            RECEIPT_FORMAT,
+        ]
+        with open(receipts, "wb") as rf, open(sub_log, "wb") as lf:
+            sub = subprocess.Popen(cmd, stdout=rf, stderr=lf, start_new_session=True)
+        try:
+            probes = _wait_subscribed(broker.port, sub, receipts, sub_log)
+            sampler = Sampler()
+            mq, sp = psutil.Process(broker.proc.pid), psutil.Process(sub.pid)
+            sampler.add("mosquitto", lambda: [mq])
+            sampler.add("subscriber", lambda: [sp] if sp.is_running() else [])
+            result = _max_load(
+                broker.port, devices, duration_s, out, log, sampler, "broker-only", ("--timeline",)
+            )
+            # Until the subscriber has every message the broker accepted, or its count stopped.
+            accepted = result["acked"]
+            deadline = time.monotonic() + SETTLE_TIMEOUT_S
+            last_n, last_change = _receipts(receipts), time.monotonic()
+            next_sample = time.monotonic() + SAMPLE_EVERY_S
+            while (n := _receipts(receipts)) - probes < accepted:
+                now = time.monotonic()
+                if n != last_n:
+                    last_n, last_change = n, now
+                elif now - last_change >= SETTLE_QUIET_S:
+                    break  # not everything arrives: the result says how much did not
+                if now > deadline:
+                    settle_error = f"still receiving {SETTLE_TIMEOUT_S:.0f}s after the load ended"
+                    break
+                if sub.poll() is not None:
+                    settle_error = f"{SUBSCRIBER_BIN} exited with {sub.returncode}"
+                    break
+                if now >= next_sample:
+                    sampler.sample()
+                    next_sample += SAMPLE_EVERY_S
+                time.sleep(SETTLE_POLL_S)
+            sampler.sample()
+        finally:
+            # SIGTERM: mosquitto_sub disconnects and exits; it flushed every line already.
+            stop_process(sub)
+    if settle_error is not None:
+        raise BenchError(f"broker-only subscriber {settle_error}:\n{tail(sub_log)}")
+    return broker_only_figures(result, receipts, sampler, duration_s)
+
+
+def broker_only_figures(
+    load: dict[str, Any], receipts: Path, sampler: Sampler, duration_s: float
+) -> dict[str, Any]:
+    """The broker-only reference from the loadgen's result and the subscriber's receipt times."""
+    first_pub, last_pub = load["first_publish_epoch"], load["last_publish_epoch"]
+    times = [float(line) for line in receipts.read_bytes().split()]
+    received = [t for t in times if t >= first_pub]  # earlier lines are the probes
+    delivered = len(received)
+    last_delivery = max(received) if received else None
+    within = sum(1 for t in received if t <= first_pub + duration_s)
+    per_second = [0] * (int((last_delivery or first_pub) - first_pub) + 1)
+    for t in received:
+        per_second[int(t - first_pub)] += 1
+    cpu = sampler.summary(first_pub, last_pub)
+    cpu_after = sampler.summary(last_pub, last_delivery or last_pub)
+    end = last_delivery or last_pub
+    rate = round(delivered / (end - first_pub), 1) if delivered and end > first_pub else None
+    cpu_us: dict[str, float | None] = {}
+    for group in ("mosquitto", "subscriber"):
+        during, after = (
+            dig(cpu, f"{group}.cpu_mean_percent"),
+            dig(cpu_after, f"{group}.cpu_mean_percent"),
+        )
+        cpu_s = (during or 0.0) / 100 * (last_pub - first_pub) + (after or 0.0) / 100 * (
+            end - last_pub
+        )
+        cpu_us[group] = (
+            round(cpu_s / delivered * 1e6, 2) if delivered and during is not None else None
+        )
+    figures = {
+        "rate": rate,
+        "delivered": delivered,
+        "accepted": load["acked"],
+        "not_delivered": load["acked"] - delivered,
+        "delivered_rate_within_duration": round(within / duration_s, 1),
+        "accepted_rate_within_duration": load["acked_rate_within_duration"],
+        "drain_s": round(end - last_pub, 3),
+        "duration_s": duration_s,
+        "devices": load["devices"],
+        "window": load["window"],
+        "broker": "bare mosquitto, max_inflight_messages "
+        f"{MAX_INFLIGHT_MESSAGES}, max_queued_messages {MAX_QUEUED_MESSAGES} (fieldhub's), "
+        "no persistence",
+        "subscriber": f"{SUBSCRIBER_BIN} -q 1 -t {TELEMETRY_FILTER} -c -i {SUBSCRIBER_CLIENT_ID} "
+        f"--nodelay -F {RECEIPT_FORMAT} (MQTT 3.1.1, persistent session)",
+        "loadgen": {k: load[k] for k in LOADGEN_FIGURES},
+        "cpu": cpu,
+        "cpu_after_load": cpu_after,
+        "cpu_per_message_us": cpu_us,
+        "per_second_sent": load.get("per_second_sent"),
+        "per_second_delivered": per_second,
+    }
+    say(
+        f"  broker-only ceiling: {rate:,.0f} msg/s delivered to {SUBSCRIBER_BIN} "
+        f"({delivered:,} of {load['acked']:,} accepted, drain {figures['drain_s']} s; "
+        f"mosquitto {cpu['mosquitto']['cpu_mean_percent']}% cpu, subscriber "
+        f"{cpu['subscriber']['cpu_mean_percent']}%, loadgen {cpu['loadgen']['cpu_mean_percent']}%)"
+        if rate is not None
+        else f"  broker-only: the subscriber received nothing of {load['acked']:,} accepted"
+    )
+    return figures
 
 
 def measured_run(
@@ -952,7 +1185,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke-test the bench: rate 2000, 10 s, 100 devices, 1 run per auth mode",
+        help="smoke-test the bench: rate 2000, 10 s, 100 devices, 1 run per auth mode, "
+        "references 5 s each",
     )
     p.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="unacked QoS 1 per device")
     p.add_argument(
@@ -961,8 +1195,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10.0,
         help="seconds of loadgen --max for the capacity check",
     )
-    p.add_argument("--skip-capacity", action="store_true", help="skip phase 1")
-    p.add_argument("--capacity-only", action="store_true", help="only phase 1 (no fieldhub)")
+    p.add_argument(
+        "--broker-only-duration",
+        type=float,
+        default=10.0,
+        help="seconds of loadgen --max for the broker-only ceiling",
+    )
+    p.add_argument("--skip-capacity", action="store_true", help="skip phase 1a")
+    p.add_argument("--skip-broker-only", action="store_true", help="skip phase 1b")
+    p.add_argument("--capacity-only", action="store_true", help="only phase 1a (no fieldhub)")
+    p.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only the references: generator capacity and broker-only ceiling (no fieldhub)",
+    )
     p.add_argument(
         "--fieldhub",
         default=str(Path(sys.executable).parent / "fieldhub"),
@@ -996,10 +1242,13 @@ def main(argv: list[str] | None = None) -> int:
     say(
         f"ingest bench: rate {args.rate:,.0f} msg/s, {args.duration:g}s, {args.devices} devices, "
         f"{args.repeats} repeat(s) x auth {'/'.join(modes)}"
-        f"{' (quick)' if args.quick else ''}; load average {loadavg_start}; work dir {workdir}"
+        f"{' (quick)' if args.quick else ''}"
+        f"{' (references only)' if args.references_only else ''}; load average {loadavg_start}; "
+        f"work dir {workdir}"
     )
     errors: list[str] = []
     capacity: dict[str, Any] | None = None
+    broker_only: dict[str, Any] | None = None
     runs: list[dict[str, Any]] = []
     try:
         if not args.skip_capacity:
@@ -1008,7 +1257,25 @@ def main(argv: list[str] | None = None) -> int:
             except (BenchError, RuntimeError, OSError) as exc:
                 errors.append(f"capacity check: {exc}")
                 say(f"capacity check failed: {exc}")
-        if not args.capacity_only:
+        if not args.skip_broker_only and not args.capacity_only:
+            try:
+                broker_only = measure_broker_only(args.devices, args.broker_only_duration, workdir)
+                if broker_only["not_delivered"]:
+                    notes.append(
+                        f"broker-only: {broker_only['not_delivered']:,} messages Mosquitto "
+                        f"accepted were not delivered to {SUBSCRIBER_BIN} (dropped beyond "
+                        "max_queued_messages): the ceiling is what it delivered"
+                    )
+            except (
+                BenchError,
+                RuntimeError,
+                OSError,
+                ValueError,
+                subprocess.SubprocessError,
+            ) as exc:
+                errors.append(f"broker-only ceiling: {exc}")
+                say(f"broker-only ceiling failed: {exc}")
+        if not args.capacity_only and not args.references_only:
             if not Path(args.fieldhub).exists() and shutil.which(args.fieldhub) is None:
                 errors.append(f"{args.fieldhub} not found: pip install -e . in the venv first")
             else:
@@ -1021,9 +1288,14 @@ def main(argv: list[str] | None = None) -> int:
         say("interrupted: writing what we have")
 
     by_auth: dict[str, dict[str, Any]] = {}
+    ceiling = broker_only["rate"] if broker_only else None
     for mode in modes:
         mode_runs = [r for r in runs if r["auth"] == mode]
         mode_median = median_of(mode_runs, MEDIAN_KEYS)
+        stored_median = mode_median.get("stored_rate")
+        mode_median["stored_rate_vs_broker_only"] = (
+            round(stored_median / ceiling, 3) if stored_median and ceiling else None
+        )
         mode_checks = checks_for(BAR_RATE, args, mode_runs, mode_median, capacity)
         by_auth[mode] = {
             "runs": [r["run"] for r in mode_runs],
@@ -1040,7 +1312,7 @@ def main(argv: list[str] | None = None) -> int:
     headline = "on" if "on" in by_auth else "off"
     median = by_auth[headline]["median"]
     checks = by_auth[headline]["checks"]
-    comparison = compare_auth(by_auth, runs) if len(by_auth) == 2 else None
+    comparison = compare_auth(by_auth, runs) if len(by_auth) == 2 and runs else None
     if capacity is not None:
         cap = capacity["msg_per_s"]
         stored = median.get("stored_rate")
@@ -1060,6 +1332,7 @@ def main(argv: list[str] | None = None) -> int:
             "auth_order": "interleaved: off, on, off, on, ..." if len(modes) == 2 else modes[0],
             "headline_auth": headline,
             "quick": args.quick,
+            "references_only": args.references_only,
             "qos": 1,
             "window": args.window,
             "payload": '{"ts":<epoch ms>,"seq":<n>,"temperature":21.53,"humidity":45.1,'
@@ -1068,6 +1341,8 @@ def main(argv: list[str] | None = None) -> int:
             "fieldhub_args": args.fieldhub_arg,
             "machine": {**machine_info(), "background_busy_percent": background},
         },
+        "references": {"generator_capacity": capacity, "broker_only": broker_only},
+        # Also here, where results before the references section have it.
         "generator_capacity": capacity,
         "median": median,
         "checks": checks,
@@ -1108,11 +1383,21 @@ def _write_to(path: Path, data: dict[str, Any]) -> Path:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    cap = result["generator_capacity"]
+    cap = result["references"]["generator_capacity"]
     if cap:
         say(
             f"generator capacity {cap['msg_per_s']:,.0f} msg/s "
             f"(x{cap.get('ratio_to_median_stored_rate')} the median stored rate)"
+        )
+    broker = result["references"]["broker_only"]
+    if broker and broker["rate"] is not None:
+        cpu = broker["cpu"]
+        say(
+            f"broker-only ceiling {broker['rate']:,.0f} msg/s delivered to {SUBSCRIBER_BIN} "
+            f"({broker['not_delivered']:,} accepted but not delivered, drain {broker['drain_s']} "
+            f"s; mosquitto {cpu['mosquitto']['cpu_mean_percent']}% cpu, subscriber "
+            f"{cpu['subscriber']['cpu_mean_percent']}%, loadgen "
+            f"{cpu['loadgen']['cpu_mean_percent']}%, others {cpu['others_cpu_mean_percent']}%)"
         )
     for mode, figures in result["by_auth"].items():
         m = figures["median"]
@@ -1126,6 +1411,11 @@ def _print_summary(result: dict[str, Any]) -> None:
             f"{m['cpu.fieldhub.rss_max_mb']} MiB, "
             f"mosquitto {m['cpu.mosquitto.cpu_mean_percent']}% cpu"
         )
+        if m["stored_rate_vs_broker_only"] is not None:
+            say(
+                f"  auth {mode}: median stored rate = {m['stored_rate_vs_broker_only']:.1%} of "
+                "the broker-only ceiling"
+            )
         for name, c in figures["checks"].items():
             say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
         say(
