@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import queue
 import shutil
 import ssl
 import statistics
@@ -44,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import orjson
@@ -59,6 +58,7 @@ except ImportError:  # pragma: no cover - uvloop is optional
 from bench.common import (
     REPO_ROOT,
     BenchError,
+    JsonLinesChild,
     Sampler,
     descendants,
     dig,
@@ -72,7 +72,6 @@ from bench.common import (
     start_bench,
     stop_fieldhub,
     stop_process,
-    tail,
     wait_healthy,
     write_result,
 )
@@ -303,56 +302,12 @@ def device_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:02d}" for i in range(n)]
 
 
-class DevicesProc:
+class DevicesProc(JsonLinesChild):
     """The devices' process: its stdout JSON lines, read in a thread."""
 
     def __init__(self, mqtt_port: int, devices: int, log: Path) -> None:
-        self.log = log
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.commands",
-            "_devices",
-            "--mqtt-port",
-            str(mqtt_port),
-            "--devices",
-            str(devices),
-        ]
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                start_new_session=True,  # a Ctrl-C here reaches it only through us
-            )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with contextlib.suppress(ValueError):
-                self.lines.put(json.loads(line))
-
-    def wait_for(self, event: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                msg = self.lines.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    raise BenchError(
-                        f"devices process exited {self.proc.returncode}:\n{tail(self.log, 15)}"
-                    ) from None
-                continue
-            if msg.get("event") == event:
-                return msg
-            if msg.get("event") == "error":
-                raise BenchError(f"devices process: {msg.get('error')}\n{tail(self.log, 15)}")
-        raise BenchError(f"devices process: no {event!r} within {timeout_s:.0f}s")
+        args = ["_devices", "--mqtt-port", str(mqtt_port), "--devices", str(devices)]
+        super().__init__("bench.commands", args, log, name="devices process")
 
     def finish(self) -> dict[str, Any]:
         """Tell the devices to stop; their counters."""

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import queue
 import re
 import resource
 import shutil
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
@@ -515,6 +517,66 @@ _HTTP_LINE = re.compile(r"HTTP API:\s*http://([\w.\-\[\]:]+):(\d+)")
 
 class BenchError(Exception):
     """A run could not be measured (fieldhub did not start, schema mismatch, ...)."""
+
+
+class JsonLinesChild:
+    """A bench's helper process (`python -m MODULE ARGS...`) that reports JSON objects with an
+    `event` key, one a line on stdout; a thread queues them, and any other output (and stderr)
+    goes to `log`. Started in its own session: a Ctrl-C reaches it only through the bench."""
+
+    def __init__(self, module: str, args: Sequence[str], log: Path, *, name: str) -> None:
+        self.log = log
+        self.name = name
+        self._log_file = open(log, "w")  # noqa: SIM115 - closed by the reader thread
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            start_new_session=True,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        with self._log_file:
+            for line in stream:
+                event = None
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                if isinstance(event, dict) and "event" in event:
+                    self.events.put(event)
+                else:
+                    self._log_file.write(line)
+                    self._log_file.flush()
+
+    def next_event(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next event, or None if none came within `timeout_s`; raise if the process died."""
+        try:
+            return self.events.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            if self.proc.poll() is not None and self.events.empty():
+                raise BenchError(
+                    f"{self.name} exited {self.proc.returncode}:\n{tail(self.log, 15)}"
+                ) from None
+            return None
+
+    def wait_for(self, event: str, timeout_s: float) -> dict[str, Any]:
+        """The first event named `event` (others are skipped); raise on an `error` event, on
+        the process's exit, or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = self.next_event(min(0.1, deadline - time.monotonic()))
+            if msg is None:
+                continue
+            if msg.get("event") == event:
+                return msg
+            if msg.get("event") == "error":
+                raise BenchError(f"{self.name}: {msg.get('error')}\n{tail(self.log, 15)}")
+        raise BenchError(f"{self.name}: no {event!r} within {timeout_s:.0f}s")
 
 
 def fieldhub_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -25,24 +25,21 @@ there; wrk's requests/s against httpx's says whose ceiling the 504 requests/s wa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
 import os
-import queue
 import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the test extras
@@ -57,8 +54,8 @@ from bench.commands import (
     run_concurrent,
 )
 from bench.common import (
-    REPO_ROOT,
     BenchError,
+    JsonLinesChild,
     Sampler,
     descendants,
     dig,
@@ -314,58 +311,13 @@ def httpx_main(argv: list[str]) -> int:
     return 0
 
 
-class HttpxProc:
+class HttpxProc(JsonLinesChild):
     """The httpx client's process: its JSON lines, read in a thread; other lines go to a log."""
 
     def __init__(self, base_url: str, seconds: float, in_flight: int, log: Path) -> None:
-        self.log = log
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.http",
-            "_httpx",
-            "--base-url",
-            base_url,
-            "--seconds",
-            str(seconds),
-            "--in-flight",
-            str(in_flight),
-        ]
-        self._log_file = open(log, "w")  # noqa: SIM115 - closed by the reader thread
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self._log_file,
-            text=True,
-            start_new_session=True,  # a Ctrl-C here reaches it only through us
-        )
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        with self._log_file:
-            for line in stream:
-                event = None
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                if isinstance(event, dict) and "event" in event:
-                    self.events.put(event)
-                else:
-                    self._log_file.write(line)
-                    self._log_file.flush()
-
-    def next_event(self, timeout_s: float) -> dict[str, Any] | None:
-        """The next JSON event, or None if none came within ``timeout_s``; raise if it died."""
-        try:
-            return self.events.get(timeout=max(0.0, timeout_s))
-        except queue.Empty:
-            if self.proc.poll() is not None and self.events.empty():
-                raise BenchError(
-                    f"httpx client exited {self.proc.returncode}:\n{tail(self.log, 15)}"
-                ) from None
-            return None
+        args = ["_httpx", "--base-url", base_url, "--seconds", str(seconds)]
+        args += ["--in-flight", str(in_flight)]
+        super().__init__("bench.http", args, log, name="httpx client")
 
 
 # --- one phase ---------------------------------------------------------------------------------
