@@ -162,3 +162,18 @@ async def test_the_database_size_is_followed_between_retention_runs(store: Store
     assert after is not None
     assert before is not None
     assert after > before
+
+
+async def test_the_size_gauge_follows_each_batch_not_only_the_watch(store: Store) -> None:
+    """`fieldhub_dead_letter_bytes` (and /api/v1/system's `bytes`) moves with the batch that
+    brings dead letters, not up to 15 s later at the next watch."""
+    retention, registry = job(store, RetentionPolicy())
+    await retention.watch_once()  # measured at start: empty
+    assert registry.get_sample_value("fieldhub_dead_letter_bytes") == 0
+    batch = WriteBatch(dead_letters=[letter(n) for n in range(5)])
+    await store.write_batch(batch)
+    retention.on_commit(batch, WriteResult(), NOW)
+    assert registry.get_sample_value("fieldhub_dead_letter_bytes") == (
+        await store.dead_letter_bytes()
+    )
+    assert await store.dead_letter_bytes() > 0

@@ -255,6 +255,8 @@ class RetentionJob:
             + ROW_OVERHEAD_BYTES
             for d in batch.dead_letters
         )
+        # The gauge (and /api/v1/system) follows batch by batch, not only at the next watch.
+        self._dead_letter_bytes.set(self._dead_bytes)
         budget = self.policy.dead_letter_max_bytes
         if budget is not None and self._dead_bytes > budget and self._prune_now is not None:
             self._prune_now.set()
