@@ -68,6 +68,7 @@ from bench.common import (
     machine_info,
     median_of,
     say,
+    say_notes_and_errors,
     scrape,
     start_bench,
     stop_fieldhub,
@@ -1321,13 +1322,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     for name, c in result["checks"].items():
         say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value']}")
     say(f"passed: {result['passed']}")
-    for n in result["notes"]:
-        say(f"note: {n.splitlines()[0]}")
-    if result["errors"]:
-        say("!" * 72)
-        for e in result["errors"]:
-            say(f"ERROR: {e.splitlines()[0]}")
-        say("!" * 72)
+    say_notes_and_errors(result)
 
 
 if __name__ == "__main__":

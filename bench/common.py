@@ -56,6 +56,18 @@ def say(msg: str) -> None:
 BACKGROUND_BUSY_WARN_PERCENT = 10.0
 
 
+def say_notes_and_errors(result: dict[str, Any]) -> None:
+    """A result's notes, a line each, then its errors between rules of `!` (the end of a
+    bench's summary)."""
+    for n in result["notes"]:
+        say(f"note: {n.splitlines()[0]}")
+    if result["errors"]:
+        say("!" * 72)
+        for e in result["errors"]:
+            say(f"ERROR: {e.splitlines()[0]}")
+        say("!" * 72)
+
+
 @dataclass
 class BenchStart:
     """What every benchmark sets up first: its work dir, start time and the machine's state."""

@@ -65,6 +65,7 @@ from bench.common import (
     machine_info,
     median_of,
     say,
+    say_notes_and_errors,
     start_bench,
     start_fieldhub,
     stop_fieldhub,
@@ -837,13 +838,7 @@ def _print_summary(result: dict[str, Any]) -> None:
         )
     say(f"  wrk / httpx requests/s: {m['ratios.requests_per_s_wrk_over_httpx']}")
     say(f"verdict: {result['verdict']['text']}")
-    for n in result["notes"]:
-        say(f"note: {n.splitlines()[0]}")
-    if result["errors"]:
-        say("!" * 72)
-        for e in result["errors"]:
-            say(f"ERROR: {e.splitlines()[0]}")
-        say("!" * 72)
+    say_notes_and_errors(result)
 
 
 if __name__ == "__main__":
