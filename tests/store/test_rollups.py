@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from fieldhub.store import Store, WriteBatch, open_store
-from fieldhub.store.rollups import HOUR_US, MINUTE_US, plan_series
+from fieldhub.store.rollups import (
+    HOUR_US,
+    MINUTE_US,
+    ROLLUP_TABLES,
+    plan_series,
+    rollup_rows,
+    rollup_select_sql,
+)
 from fieldhub.store.types import AGGREGATES, Aggregate
 from support.store_rows import T0, S, msg
 
@@ -59,6 +66,33 @@ async def store_shuffled(store: Store, seed: int) -> dict[int, float]:
             WriteBatch(decoded=[msg("dev-1", T0, [("t", ts, value)]) for ts, value in chunk])
         )
     return readings
+
+
+def test_rollups_in_sql_equal_rollups_in_python() -> None:
+    """SQLite's writer aggregates a batch in SQL (`rollup_select_sql`), PostgreSQL's in Python
+    (`rollup_rows`): the same rows, first and last values included, for every bucket size."""
+    rng = random.Random(11)
+    rows = {
+        (rng.randrange(1, 6), rng.randrange(1, 4), H0 + rng.randrange(3 * HOUR_US)): round(
+            rng.uniform(-50, 50), 3
+        )
+        for _ in range(5_000)
+    }
+    readings = [(d, m, ts, value) for (d, m, ts), value in rows.items()]
+    conn = sqlite3.connect(":memory:")
+    conn.execute(
+        "CREATE TABLE batch (device_id INTEGER, metric_id INTEGER, ts INTEGER, value REAL, "
+        "PRIMARY KEY (device_id, metric_id, ts)) WITHOUT ROWID"
+    )
+    conn.executemany("INSERT INTO batch VALUES (?, ?, ?, ?)", readings)
+    for size_us, _table in ROLLUP_TABLES:
+        in_sql = conn.execute(rollup_select_sql("batch", size_us) + " ORDER BY 1, 2, 3").fetchall()
+        in_python = rollup_rows(readings, size_us)
+        assert len(in_sql) == len(in_python) >= 45  # every series, several buckets
+        for got, want in zip(in_sql, in_python, strict=True):
+            assert got[:4] == want[:4]
+            assert got[7:] == want[7:]
+            assert got[4:7] == pytest.approx(want[4:7], rel=1e-12)
 
 
 def test_plan_uses_the_largest_rollup_and_raw_edges() -> None:

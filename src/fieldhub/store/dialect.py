@@ -56,6 +56,10 @@ class Dialect:
     lock_migrations: str | None
     # Converts an array parameter's values (SQLite: one JSON text; asyncpg: a list).
     array_param: Callable[[Sequence[object]], object]
+    # Whether the engine has one writer at a time (SQLite's BEGIN IMMEDIATE): nothing can write
+    # between a statement of a transaction and the next, so a batch may look for the readings
+    # already stored and then insert the rest (writes.py, `_readings_staged`).
+    one_writer: bool
 
 
 SQLITE = Dialect(
@@ -81,6 +85,7 @@ SQLITE = Dialect(
     lock_rows=lambda _table: "",
     lock_migrations=None,
     array_param=_json_text,
+    one_writer=True,
 )
 
 # Serialises migrations and partition changes when several fieldhub processes share a database.
@@ -109,6 +114,7 @@ POSTGRES = Dialect(
     lock_rows=lambda table: f" FOR UPDATE OF {table}",
     lock_migrations=f"SELECT pg_advisory_xact_lock({POSTGRES_MIGRATION_LOCK_KEY})",
     array_param=list,
+    one_writer=False,
 )
 
 

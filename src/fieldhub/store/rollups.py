@@ -96,6 +96,23 @@ def rollup_rows(inserted: Iterable[Sequence[Any]], size_us: int) -> list[RollupR
     return [(d, m, bucket, *b) for (d, m, bucket), b in sorted(buckets.items())]
 
 
+def rollup_select_sql(source: str, size_us: int) -> str:
+    """The rows `rollup_rows` computes, as a SELECT over `source`: a table of readings' columns
+    (device_id, metric_id, ts, value) keyed by (device_id, metric_id, ts), so the first and last
+    value of each bucket are one primary-key seek each. The engine aggregates in C without the
+    interpreter lock (see writes.py, `_readings_staged`)."""
+    return (
+        "SELECT q.device_id, q.metric_id, q.b, q.n, q.total, q.lo, q.hi, q.first_ts, "
+        f"(SELECT x.value FROM {source} x WHERE x.device_id = q.device_id "
+        "AND x.metric_id = q.metric_id AND x.ts = q.first_ts), q.last_ts, "
+        f"(SELECT x.value FROM {source} x WHERE x.device_id = q.device_id "
+        "AND x.metric_id = q.metric_id AND x.ts = q.last_ts) "
+        f"FROM (SELECT device_id, metric_id, ts - ts % {int(size_us)} AS b, count(*) AS n, "
+        "sum(value) AS total, min(value) AS lo, max(value) AS hi, min(ts) AS first_ts, "
+        f"max(ts) AS last_ts FROM {source} GROUP BY device_id, metric_id, b) q"
+    )
+
+
 def upsert_sql(table: str, least: str, greatest: str) -> tuple[str, str]:
     """(head, tail) of the statement that adds rollup rows to `table`, around its VALUES or
     SELECT; `least`/`greatest` are the engine's two-argument min and max. The SET side reads

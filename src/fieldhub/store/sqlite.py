@@ -117,6 +117,8 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        # The writer's staging table (writes.py) holds a batch at a time: never worth a file.
+        conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
 

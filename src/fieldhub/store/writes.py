@@ -11,9 +11,10 @@ from fieldhub import clock
 from fieldhub.store import command_rows
 from fieldhub.store.admission import MAX_ATTRIBUTES_PER_DEVICE, cap_attributes
 from fieldhub.store.dialect import Dialect, Params
-from fieldhub.store.ops import Bulk, Many, Query, Script, Staging, Statements
+from fieldhub.store.ops import Bulk, Count, Many, Query, Script, Staging, Statements
 from fieldhub.store.plan import (
     CacheDelta,
+    ReadingKeyRow,
     WriterCaches,
     dead_letter_rows,
     decide_presence,
@@ -21,7 +22,7 @@ from fieldhub.store.plan import (
     plan_rows,
     reply_transition,
 )
-from fieldhub.store.rollups import ROLLUP_TABLES, rollup_rows, upsert_sql
+from fieldhub.store.rollups import ROLLUP_TABLES, rollup_rows, rollup_select_sql, upsert_sql
 from fieldhub.store.types import StoreError, WriteBatch, WriteResult
 
 # PostgreSQL types of the bulk-written columns (SQLite ignores them).
@@ -111,21 +112,9 @@ def write_batch(
             stored_presence[row[0]] = row[1]
         decide_presence(plan, stored_presence)
     if plan.readings:
-        # RETURNING gives only the rows inserted, not the duplicates: what the rollups add.
-        inserted = yield Bulk(
-            "INSERT INTO readings (device_id, metric_id, ts, value, received_at) ",
-            " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
-            READING_TYPES,
-            plan.readings,
-            Staging("readings", ("device_id", "metric_id", "ts", "value", "received_at")),
-        )
-        result.readings_written = len(inserted)
+        insert = _readings_staged if d.one_writer else _readings_returning
+        result.readings_written = yield from insert(d, plan.readings)
         result.readings_duplicate = len(plan.readings) - result.readings_written
-        for size_us, table in ROLLUP_TABLES:
-            rollups = rollup_rows(inserted, size_us)
-            if rollups:
-                head, tail = upsert_sql(table, d.least, d.greatest)
-                yield Bulk(head, tail, ROLLUP_TYPES, rollups)
     if plan.new_series:
         yield Bulk(
             "INSERT INTO device_metrics (device_id, metric_id) ",
@@ -204,6 +193,84 @@ def write_batch(
     delta.series = plan.new_series
     delta.formats = plan.formats
     return result, delta
+
+
+def _readings_returning(d: Dialect, readings: list[ReadingKeyRow]) -> Script[int]:
+    """Insert readings and add them to the rollups; returns how many were new.
+
+    For concurrent writers (PostgreSQL's ingest workers): ON CONFLICT ... RETURNING says, row by
+    row and race-free, which readings this batch inserted (not the duplicates): what the
+    rollups add.
+    """
+    inserted = yield Bulk(
+        "INSERT INTO readings (device_id, metric_id, ts, value, received_at) ",
+        " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
+        READING_TYPES,
+        readings,
+        Staging("readings", ("device_id", "metric_id", "ts", "value", "received_at")),
+    )
+    for size_us, table in ROLLUP_TABLES:
+        rollups = rollup_rows(inserted, size_us)
+        if rollups:
+            head, tail = upsert_sql(table, d.least, d.greatest)
+            yield Bulk(head, tail, ROLLUP_TYPES, rollups)
+    return len(inserted)
+
+
+# SQLite's staging table: a batch's new readings, emptied before the transaction ends. Created
+# per connection (TEMP), keyed as `readings` so a batch's own repeats collapse on the way in.
+STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS staging_readings (device_id INTEGER NOT NULL, "
+    "metric_id INTEGER NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL, "
+    "received_at INTEGER NOT NULL, PRIMARY KEY (device_id, metric_id, ts)) WITHOUT ROWID"
+)
+
+
+def _readings_staged(d: Dialect, readings: list[ReadingKeyRow]) -> Script[int]:
+    """Insert readings and add them to the rollups; returns how many were new.
+
+    For one writer (SQLite): the batch goes into a staging table, from there into `readings`,
+    and is aggregated into the rollups in SQL. The same effect as `_readings_returning`, but
+    RETURNING steps SQLite once per row, and the sqlite3 module gives up and retakes the
+    interpreter lock at every step: each retake waits for the MQTT network thread's turn, and
+    rollups computed in Python hold the lock too. Here the engine does the work in a handful of
+    statements while the network thread runs (bench/README.md, "Rollups in SQL").
+    """
+    yield Statements(STAGING_DDL)
+    # A batch's own repeats collapse here, the first kept, as ON CONFLICT DO NOTHING does in
+    # order; any other constraint still fails the batch, as it would in `readings`.
+    yield Bulk(
+        "INSERT INTO temp.staging_readings (device_id, metric_id, ts, value, received_at) ",
+        " ON CONFLICT DO NOTHING",
+        READING_TYPES,
+        readings,
+    )
+    staged = (yield Query("SELECT count(*) FROM temp.staging_readings"))[0][0]
+    # Redeliveries are rare: insert optimistically, and only if some readings were stored
+    # already, undo and take those out first, so the rollups add exactly what was new.
+    yield Count("SAVEPOINT staged_readings")
+    insert = (
+        "INSERT INTO readings (device_id, metric_id, ts, value, received_at) "
+        "SELECT device_id, metric_id, ts, value, received_at FROM temp.staging_readings"
+    )
+    # WHERE TRUE: SQLite reads ON CONFLICT after a bare FROM as a join constraint.
+    written: int = (yield Count(insert + " WHERE TRUE ON CONFLICT DO NOTHING"))[0][0]
+    if written < staged:
+        yield Count("ROLLBACK TO staged_readings")
+        yield Count(
+            "DELETE FROM temp.staging_readings WHERE EXISTS (SELECT 1 FROM readings r "
+            "WHERE r.device_id = staging_readings.device_id "
+            "AND r.metric_id = staging_readings.metric_id AND r.ts = staging_readings.ts)"
+        )
+        written = (yield Count(insert))[0][0]
+    yield Count("RELEASE staged_readings")
+    if written:
+        for size_us, table in ROLLUP_TABLES:
+            head, tail = upsert_sql(table, d.least, d.greatest)
+            select = rollup_select_sql("temp.staging_readings", size_us)
+            yield Count(f"{head}{select} WHERE TRUE{tail}")
+    yield Count("DELETE FROM temp.staging_readings")
+    return written
 
 
 def _cap_attributes(
