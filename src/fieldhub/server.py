@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvicorn
 
-from fieldhub import logs
+from fieldhub import interpreter, logs
 from fieldhub.app import create_app
 from fieldhub.config import Settings
 from fieldhub.net import is_loopback
@@ -35,13 +34,6 @@ DEMO_FLEET: tuple[tuple[SimProfile, int], ...] = (
 DEMO_RATE_HZ = 0.5
 
 
-# How long a thread may hold the interpreter lock while another waits for it (Python's default is
-# 5 ms). Three threads share it here: MQTT network (decoding), SQLite writer (returning from C)
-# and the event loop (commits, live fan-out). At 10k readings/s with 50 live viewers, 1 ms took
-# the publish -> viewer p99 from 54 to 45 ms (bench/live.py, same machine, 3 runs each).
-GIL_SWITCH_INTERVAL_S = 0.001
-
-
 async def serve(
     settings: Settings,
     *,
@@ -55,7 +47,7 @@ async def serve(
 
     `sockets`: listeners bound before root was dropped (`fieldhub.security.run_as`); None:
     uvicorn binds `settings.http_host`:`http_port` itself."""
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    interpreter.tune_for_service()
     platform = Platform(settings, mqtt_port=mqtt_port, mqtt_tls_port=mqtt_tls_port)
     # HTTPS when a certificate is configured (`fieldhub certs init`); uvicorn then marks every
     # request's scope "https", which is what makes session cookies Secure (request.url.scheme).
@@ -90,6 +82,7 @@ async def serve(
         if demo:
             _start_demo(platform, say)
         say("Press Ctrl-C to stop.")
+        interpreter.freeze_startup_heap()
 
     app = create_app(platform, on_ready=ready)
     if settings.log_level != "debug":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from fieldhub import interpreter
 from fieldhub.config import Settings
 from fieldhub.ingest.metrics import IngestMetrics
 from fieldhub.ingest.pipeline import Ingest
@@ -90,6 +91,7 @@ async def run_worker(settings: Settings, index: int, count: int, stop: asyncio.E
     await store.open()
     await ingest.load_state()
     writer = asyncio.create_task(ingest.run(), name="ingest.writer")
+    interpreter.freeze_startup_heap()
     subscriber.start()
     log.info("ingest worker %d: %s on %s", index, subscriber.client_id, store.__class__.__name__)
     try:
@@ -184,6 +186,8 @@ def retire_sessions(settings: Settings, count: int) -> list[tuple[int, int]]:
 
 def worker_main(settings: Settings, index: int, count: int) -> None:
     """A worker process: run until SIGTERM/SIGINT."""
+
+    interpreter.tune_for_service()
 
     async def main() -> None:
         stop = asyncio.Event()
