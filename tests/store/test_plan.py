@@ -21,6 +21,7 @@ from fieldhub.store.plan import (
     WriterCaches,
     dead_letter_rows,
     decide_presence,
+    in_key_order,
     new_keys,
     plan_rows,
     reply_transition,
@@ -135,14 +136,23 @@ def test_new_keys_of_a_known_batch_is_empty() -> None:
 # -- plan_rows: readings and series ------------------------------------------------------------
 
 
-def test_readings_rows_are_in_key_order_with_the_receive_time() -> None:
-    """Rows are (device id, metric id, ts, value, received), sorted by key, not by name."""
+def test_readings_rows_carry_ids_and_the_receive_time_and_sort_by_key() -> None:
+    """Rows are (device id, metric id, ts, value, received) in batch order; `in_key_order`
+    sorts them by key, not by name."""
     items = [
         msg("dev-a", T0 + 10, [("temp", T0 + 1, 21.5), ("hum", T0, 40.0)]),
         msg("dev-b", T0 + 20, [("vbat", T0, 3.7), ("temp", T0 + 2, 19.0), ("temp", T0, 18.0)]),
     ]
 
-    assert plan(items).readings == [
+    rows = plan(items).readings
+    assert rows == [
+        (3, 1, T0 + 1, 21.5, T0 + 10),
+        (3, 2, T0, 40.0, T0 + 10),
+        (1, 3, T0, 3.7, T0 + 20),
+        (1, 1, T0 + 2, 19.0, T0 + 20),
+        (1, 1, T0, 18.0, T0 + 20),
+    ]
+    assert in_key_order(rows) == [
         (1, 1, T0, 18.0, T0 + 20),
         (1, 1, T0 + 2, 19.0, T0 + 20),
         (1, 3, T0, 3.7, T0 + 20),
@@ -174,7 +184,7 @@ def test_same_key_readings_keep_batch_order() -> None:
     so the database (ON CONFLICT DO NOTHING) keeps the first value."""
     items = [msg("dev-a", T0, [("temp", T0, 2.0)]), msg("dev-a", T0 + 1, [("temp", T0, 1.0)])]
 
-    assert plan(items).readings == [(3, 1, T0, 2.0, T0), (3, 1, T0, 1.0, T0 + 1)]
+    assert in_key_order(plan(items).readings) == [(3, 1, T0, 2.0, T0), (3, 1, T0, 1.0, T0 + 1)]
 
 
 def test_an_unknown_device_or_metric_leaves_the_plan_incomplete() -> None:
@@ -341,15 +351,19 @@ pairs_st = st.sets(
 
 
 @given(st.lists(messages(), max_size=8), pairs_st)
-def test_readings_rows_cover_every_reading_in_key_order(
+def test_readings_rows_cover_every_reading_and_sort_in_key_order(
     items: list[Decoded], cached: set[tuple[int, int]]
 ) -> None:
-    """One row per reading, with its message's ids and receive time, in key order; every pair
-    of the rows is cached or new, and no new pair was cached."""
+    """One row per reading, with its message's ids and receive time, in batch order and by
+    `in_key_order` in key order; every pair of the rows is cached or new, and no new pair was
+    cached."""
     out = plan(items, WriterCaches(series=set(cached)))
 
     assert len(out.readings) == sum(len(item.readings) for item in items)
-    keys = [row[:3] for row in out.readings]
+    assert [row[4] for row in out.readings] == [
+        item.received_us for item in items for _ in item.readings
+    ]
+    keys = [row[:3] for row in in_key_order(out.readings)]
     assert keys == sorted(keys)
     assert Counter(out.readings) == Counter(
         (DEVICE_IDS[item.device_id], METRIC_IDS[m], ts, value, item.received_us)

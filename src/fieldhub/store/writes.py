@@ -18,6 +18,7 @@ from fieldhub.store.plan import (
     WriterCaches,
     dead_letter_rows,
     decide_presence,
+    in_key_order,
     new_keys,
     plan_rows,
     reply_transition,
@@ -206,7 +207,7 @@ def _readings_returning(d: Dialect, readings: list[ReadingKeyRow]) -> Script[int
         "INSERT INTO readings (device_id, metric_id, ts, value, received_at) ",
         " ON CONFLICT DO NOTHING RETURNING device_id, metric_id, ts, value",
         READING_TYPES,
-        readings,
+        in_key_order(readings),
         Staging("readings", ("device_id", "metric_id", "ts", "value", "received_at")),
     )
     for size_us, table in ROLLUP_TABLES:
