@@ -56,7 +56,6 @@ except ImportError:  # pragma: no cover - uvloop is optional
     uvloop = None
 
 from bench.common import (
-    REPO_ROOT,
     BenchError,
     JsonLinesChild,
     Sampler,
@@ -64,6 +63,7 @@ from bench.common import (
     dig,
     fieldhub_env,
     free_port,
+    git,
     is_mosquitto,
     machine_info,
     median_of,
@@ -1092,19 +1092,6 @@ def checks_for(
 
 def _source_state() -> dict[str, Any]:
     """The commit measured, and whether src/ had uncommitted changes (the venv runs src/)."""
-
-    def git(*cmd: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *cmd],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "src", "firmware")
     return {

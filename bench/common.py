@@ -130,6 +130,21 @@ def mosquitto_version(binary: str = MOSQUITTO_BIN) -> str | None:
     return first[0].removeprefix("mosquitto version ").strip() if first else None
 
 
+def git(*args: str) -> str | None:
+    """`git ARGS` in the repository, its output stripped; None when git fails or is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare results across machines."""
     cpu_model = None

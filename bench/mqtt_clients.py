@@ -44,6 +44,7 @@ from bench.common import (
     Sampler,
     bare_mosquitto,
     dig,
+    git,
     machine_info,
     median_of,
     say,
@@ -307,13 +308,6 @@ def _missing_modules(clients: list[str]) -> list[str]:
     return sorted(m for m in needed if importlib.util.find_spec(m) is None)
 
 
-def _git_commit() -> str | None:
-    out = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
-    )
-    return out.stdout.strip() or None
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.mqtt_clients",
@@ -376,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "mqtt_clients",
         "started_at": bench.started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git("rev-parse", "HEAD"),
         "config": {
             "clients": args.clients,
             "devices": args.devices,

@@ -53,6 +53,7 @@ from bench.common import (
     bucket_delta,
     descendants,
     free_port,
+    git,
     histogram_buckets,
     histogram_quantile,
     is_mosquitto,
@@ -372,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     start = start_bench(NAME, "the generator, the viewers, the sim and Mosquitto")
     work = start.workdir
     say(f"soak: {args.minutes:g} min, {args.rate:g} msg/s, {args.viewers} viewers, work dir {work}")
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = git("rev-parse", "HEAD") or ""
     data_dir = work / "data"
     data_dir.mkdir()
     env = {

@@ -57,6 +57,7 @@ from bench.common import (
     Sampler,
     descendants,
     free_port,
+    git,
     is_mosquitto,
     machine_info,
     read_loadgen_result,
@@ -565,19 +566,6 @@ def private_postgres(workdir: Path) -> Iterator[Any]:
 def source_state() -> dict[str, Any]:
     """The commit measured and the files under src/ changed since (the venv runs the working
     tree: ingest workers under change by someone else are measured as they are)."""
-
-    def git(*cmd: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(REPO_ROOT), *cmd],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=10,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "src")
     return {
