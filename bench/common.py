@@ -145,6 +145,21 @@ def git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+@contextlib.contextmanager
+def busy_neighbour(on: bool) -> Iterator[None]:
+    """A process keeping one core busy while the block runs, when asked: the "neighbour on one
+    core" a query's latency is judged with."""
+    if not on:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare results across machines."""
     cpu_model = None

@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 
-from bench.common import machine_info, say, start_bench, write_result
+from bench.common import busy_neighbour, machine_info, say, start_bench, write_result
 from bench.pg_bulk import private_postgres
 from fieldhub.protocol.messages import Decoded, Reading
 from fieldhub.store import WriteBatch, open_store
@@ -111,20 +107,6 @@ async def timed_queries(store: Store, n: int) -> dict[str, float]:
     }
 
 
-@contextlib.contextmanager
-def neighbour(on: bool) -> Iterator[None]:
-    """A process keeping one core busy, when asked."""
-    if not on:
-        yield
-        return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(url, stale_after_s={})
     await store.open()
@@ -134,7 +116,7 @@ async def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         say(f"filled in {filled_s:.1f} s")
         conn = await asyncpg.connect(url)
         try:
-            with neighbour(args.neighbour):
+            with busy_neighbour(args.neighbour):
                 for k in range(args.rounds):
                     without = await timed_queries(store, args.queries)
                     await conn.execute(INDEXES)

@@ -55,6 +55,7 @@ from bench.common import (
     REPO_ROOT,
     BenchError,
     Sampler,
+    busy_neighbour,
     descendants,
     free_port,
     git,
@@ -608,9 +609,11 @@ async def store_phases(
             await vacuum_analyze(url)
             figures["vacuum_analyze_s"] = round(time.perf_counter() - t0, 1)
         figures["size_bytes"] = await store.size_bytes()
-        figures["queries"] = await measure(
-            store_queries(store, schedule), args.rounds, args.queries, cpu, engine
-        )
+        with busy_neighbour(args.neighbour):
+            figures["queries"] = await measure(
+                store_queries(store, schedule), args.rounds, args.queries, cpu, engine
+            )
+        figures["queries_with_neighbour"] = args.neighbour
         reference = await reference_points(store, schedule)
     finally:
         await store.close()
@@ -998,6 +1001,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated: sqlite, postgresql (default both)",
     )
     p.add_argument("--no-http", action="store_true", help="skip the queries through fieldhub up")
+    p.add_argument(
+        "--neighbour",
+        action="store_true",
+        help="a process burns one core during the store queries (its CPU shows as others')",
+    )
     p.add_argument(
         "--ingest",
         action="store_true",
