@@ -102,6 +102,11 @@ SCHEDULE_TOLERANCE = 0.99
 # linger is milliseconds (at most ~1 s in any design we considered); 5 s allows a few hiccups,
 # while a backlog that grew through a 60 s run at 10k msg/s would show up as tens of seconds.
 KEPT_UP_DRAIN_S = 5.0
+# Issue 19's stricter reading of "sustained", judged run by run instead of on the median: every
+# run stored within 2 % of the offered rate and drained within 2 s. A perfect run at 20,000 x 60 s
+# with a 1 s tail stores 19,672 msg/s by the stored_rate formula, 1.6 % below.
+EVERY_RUN_RATE_FRACTION = 0.98
+EVERY_RUN_DRAIN_S = 2.0
 # Other processes using more than this (machine busy % before we start; % of one core during a
 # run) make the figures suspect on a 2-core box: we say so in the result, we do not refuse.
 OTHERS_CPU_WARN_PERCENT = 20.0
@@ -1102,6 +1107,14 @@ def checks_for(
             "value": median.get("drain_s"),
             "limit_s": KEPT_UP_DRAIN_S,
         },
+        "every_run_kept_up": {
+            "ok": bool(runs) and all(_run_kept_up(r, args.rate) for r in runs),
+            "value": [[r.get("stored_rate"), r.get("drain_s")] for r in runs],
+            "limits": {
+                "stored_rate_min": EVERY_RUN_RATE_FRACTION * args.rate,
+                "drain_s_max": EVERY_RUN_DRAIN_S,
+            },
+        },
         "generator_capacity_2x": {
             "ok": cap is not None
             and stored_rate is not None
@@ -1109,6 +1122,16 @@ def checks_for(
             "value": round(cap / stored_rate, 2) if cap and stored_rate else None,
         },
     }
+
+
+def _run_kept_up(run: dict[str, Any], rate: float) -> bool:
+    stored, drain = run.get("stored_rate"), run.get("drain_s")
+    return (
+        stored is not None
+        and drain is not None
+        and stored >= EVERY_RUN_RATE_FRACTION * rate
+        and drain <= EVERY_RUN_DRAIN_S
+    )
 
 
 def _ratio(on: Any, off: Any) -> float | None:
