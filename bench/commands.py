@@ -73,6 +73,7 @@ from bench.common import (
     start_bench,
     stop_fieldhub,
     stop_process,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -1269,18 +1270,10 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes + [f"run {r['run']}: {n}" for r in runs for n in r["notes"]],
         "errors": errors + [f"run {r['run']}: {e}" for r in runs for e in r["errors"]],
     }
-    if args.output is None:
-        path = write_result("commands", result)
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.output
+    path = write_result("commands", result, args.output)
     say(f"wrote {path}")
     _print_summary(result)
-    if not result["errors"] and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {workdir}")
+    tidy_workdir(workdir, keep=bool(result["errors"]) or args.keep)
     if result["errors"]:
         return 2
     return 1 if args.require_pass and not result["passed"] else 0

@@ -533,14 +533,23 @@ def dig(d: Any, dotted: str) -> Any:
     return d
 
 
-def write_result(name: str, data: dict[str, Any]) -> Path:
-    """Write ``bench/results/NAME.json`` (atomically, so a crash never leaves half a file)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_result(name: str, data: dict[str, Any], output: Path | None = None) -> Path:
+    """Write ``bench/results/NAME.json``, or `output` (a bench's --output) when given;
+    atomically, so a crash never leaves half a file."""
+    path = output if output is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def tidy_workdir(workdir: Path, *, keep: bool) -> None:
+    """Remove a bench's work dir, or say where its logs are when it is kept (--keep, errors)."""
+    if keep:
+        say(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- a `fieldhub up` under test ----------------------------------------------------------------

@@ -71,6 +71,7 @@ from bench.common import (
     stop_fieldhub,
     stop_process,
     tail,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -819,10 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("http", result)
     say(f"wrote {path}")
     _print_summary(result)
-    if not result["errors"] and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {workdir}")
+    tidy_workdir(workdir, keep=bool(result["errors"]) or args.keep)
     return 2 if result["errors"] else 0
 
 

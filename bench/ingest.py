@@ -74,6 +74,7 @@ from bench.common import (
     stop_fieldhub,
     stop_process,
     tail,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -1387,22 +1388,13 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors
         + [f"run {r['run']} auth {r['auth']}: {e}" for r in runs for e in r["errors"]],
     }
-    path = write_result("ingest", result) if args.output is None else _write_to(args.output, result)
+    path = write_result("ingest", result, args.output)
     say(f"wrote {path}")
     _print_summary(result)
-    if not result["errors"] and not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {workdir}")
+    tidy_workdir(workdir, keep=bool(result["errors"]) or args.keep)
     if result["errors"]:
         return 2
     return 1 if args.require_pass and not result["passed_10k"] else 0
-
-
-def _write_to(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 def _print_summary(result: dict[str, Any]) -> None:

@@ -87,6 +87,7 @@ from bench.common import (
     stop_fieldhub,
     stop_process,
     tail,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -799,22 +800,14 @@ def main(argv: list[str] | None = None) -> int:
         + [f"inference run {r['run']}: {e}" for r in inference_runs for e in r.get("errors", [])]
         + [f"{m} run {r['run']}: {e}" for m, r in every for e in r["errors"]],
     }
-    if args.output is None:
-        path = write_result("ml", result)
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.output
+    path = write_result("ml", result, args.output)
     say(f"wrote {path}")
     for name, c in checks.items():
         say(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {c['value_ms']} ms")
     say(f"load average: {loadavg_start} -> {result['load_average']['end']}")
     for e in result["errors"]:
         say(f"error: {e.splitlines()[0]}")
-    if not result["errors"] and not args.keep:
-        shutil.rmtree(bench.workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {bench.workdir}")
+    tidy_workdir(bench.workdir, keep=bool(result["errors"]) or args.keep)
     return 2 if result["errors"] else 0
 
 

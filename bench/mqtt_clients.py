@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from bench.common import (
     start_bench,
     stop_process,
     tail,
+    tidy_workdir,
     write_result,
 )
 from bench.ingest import (
@@ -393,10 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(by_client)
     say(f"load average: start {loadavg_start}, end {result['load_average']['end']}")
     say_notes_and_errors(result)
-    if errors or args.keep:
-        say(f"logs kept in {bench.workdir}")
-    else:
-        shutil.rmtree(bench.workdir, ignore_errors=True)
+    tidy_workdir(bench.workdir, keep=bool(errors) or args.keep)
     return 2 if errors else 0
 
 

@@ -60,6 +60,7 @@ from bench.common import (
     stop_fieldhub,
     stop_process,
     tail,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -1024,18 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
         + [f"A run {r['run']} {r['rules']} rules: {e}" for r in a_runs for e in r["errors"]]
         + [f"B run {r['run']} {r['pattern']}: {e}" for r in b_runs for e in r["errors"]],
     }
-    if args.output is None:
-        path = write_result("rules", result)
-    else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
-        path = args.output
+    path = write_result("rules", result, args.output)
     say(f"wrote {path}")
     _print_summary(result)
-    if not result["errors"] and not args.keep:
-        shutil.rmtree(bench.workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {bench.workdir}")
+    tidy_workdir(bench.workdir, keep=bool(result["errors"]) or args.keep)
     return 2 if result["errors"] else 0
 
 

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import json
 import math
 import os
 import random
@@ -69,6 +68,7 @@ from bench.common import (
     stop_fieldhub,
     stop_process,
     tail,
+    tidy_workdir,
     wait_healthy,
     write_result,
 )
@@ -1123,13 +1123,10 @@ def main(argv: list[str] | None = None) -> int:
         + [f"{n}: {err}" for n, e in engines.items() for err in e["errors"]]
         + ingest_errors,
     }
-    path = write_result("store", result) if args.output is None else write_to(args.output, result)
+    path = write_result("store", result, args.output)
     say(f"wrote {path}")
     print_summary(result)
-    if not result["errors"]:
-        shutil.rmtree(bench.workdir, ignore_errors=True)
-    else:
-        say(f"logs kept in {bench.workdir}")
+    tidy_workdir(bench.workdir, keep=bool(result["errors"]))
     return 2 if result["errors"] else 0
 
 
@@ -1147,12 +1144,6 @@ def summary(engines: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     row[f"{prefix}{kind}_p99_ms"] = figures["median"]["p99_ms"]
         out[name] = row
     return out
-
-
-def write_to(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
 
 
 def print_summary(result: dict[str, Any]) -> None:
