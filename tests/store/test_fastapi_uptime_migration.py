@@ -19,7 +19,7 @@ from fieldhub.store.ops import Op, Query
 from fieldhub.store.rollups import MINUTE_US
 from fieldhub.store.sqlite_schema import FASTAPI_UPTIME_S_TO_MS, fastapi_uptime_migration
 from fieldhub.store.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
-from support.store_rows import T0, S, msg
+from support.store_rows import T0, S, msg, schema_before
 
 NODE = "3C:E9:0E:72:12:4C"  # a FastAPI stack node (command format `fastapi`)
 TWIN = "3C:E9:0E:72:12:4D"  # a FastAPI node that already has one `uptime_ms` reading
@@ -95,6 +95,7 @@ def _query(sql: str) -> Generator[Op, list[Any], list[tuple[Any, ...]]]:
 
 
 async def _tables(store: Store) -> Tables:
+    await store.fold_rollups()  # the rollup tables as they stand with every reading in them
     return {name: await store._read(_query(sql)) for name, sql in SNAPSHOT.items()}  # type: ignore[attr-defined]
 
 
@@ -137,7 +138,7 @@ async def test_fastapi_uptime_s_becomes_uptime_ms_and_others_stay(
     full = importlib.import_module(engine).MIGRATIONS
     # The schema as it was just before this migration (later ones come after it again).
     at = next(i for i, (_, _, sql) in enumerate(full) if sql == fastapi_uptime_migration())
-    monkeypatch.setattr(f"{engine}.MIGRATIONS", full[:at])
+    monkeypatch.setattr(f"{engine}.MIGRATIONS", schema_before(full, at))
     old = open_store(backend_url, stale_after_s=STALE_AFTER_S)
     await old.open()
     try:

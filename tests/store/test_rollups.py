@@ -19,53 +19,7 @@ from fieldhub.store.rollups import (
     rollup_select_sql,
 )
 from fieldhub.store.types import AGGREGATES, Aggregate
-from support.store_rows import T0, S, msg
-
-# A start on an hour boundary, so the test picks aligned and unaligned ranges on purpose.
-H0 = T0 - T0 % HOUR_US
-
-
-def reference(
-    readings: dict[int, float], start: int, end: int, interval: int, agg: Aggregate
-) -> list[tuple[int, float, int]]:
-    buckets: dict[int, list[tuple[int, float]]] = {}
-    for ts, value in sorted(readings.items()):
-        if start <= ts < end:
-            buckets.setdefault(ts - ts % interval, []).append((ts, value))
-    out = []
-    for bucket, points in sorted(buckets.items()):
-        values = [v for _, v in points]
-        value = {
-            "avg": sum(values) / len(values),
-            "min": min(values),
-            "max": max(values),
-            "sum": sum(values),
-            "count": float(len(values)),
-            "first": values[0],
-            "last": values[-1],
-        }[agg]
-        out.append((bucket, value, len(values)))
-    return out
-
-
-async def store_shuffled(store: Store, seed: int) -> dict[int, float]:
-    """~3 hours of one series at irregular times, written in shuffled batches with some
-    readings sent twice (a redelivery), so closed minutes and hours get late data."""
-    rng = random.Random(seed)
-    readings: dict[int, float] = {}
-    ts = H0 - 7 * MINUTE_US + rng.randrange(S)
-    while ts < H0 + 3 * HOUR_US:
-        readings[ts] = round(rng.uniform(-20, 40), 3)
-        ts += rng.randrange(1, 90) * S + rng.randrange(S)
-    items = list(readings.items())
-    items += rng.sample(items, len(items) // 10)  # redelivered: must not count twice
-    rng.shuffle(items)
-    for start in range(0, len(items), 37):
-        chunk = items[start : start + 37]
-        await store.write_batch(
-            WriteBatch(decoded=[msg("dev-1", T0, [("t", ts, value)]) for ts, value in chunk])
-        )
-    return readings
+from support.store_rows import H0, T0, S, msg, reference, store_shuffled
 
 
 def test_rollups_in_sql_equal_rollups_in_python() -> None:
@@ -108,11 +62,17 @@ def test_plan_uses_the_largest_rollup_and_raw_edges() -> None:
     assert [p.table for p in plan_series(H0, H0 + HOUR_US, 90 * S)] == [None]
 
 
+# SQLite folds new readings into the rollups every second: none folded (the test runs within
+# the second), some folded and some pending, all folded. PostgreSQL's are always current.
+FOLDS = {"pending": 0, "partly_folded": 5, "folded": 1}
+
+
 @pytest.mark.parametrize("agg", AGGREGATES)
+@pytest.mark.parametrize("folds", FOLDS)
 async def test_series_through_rollups_equal_series_from_every_reading(
-    store: Store, agg: Aggregate
+    store: Store, agg: Aggregate, folds: str
 ) -> None:
-    readings = await store_shuffled(store, seed=7)
+    readings = await store_shuffled(store, seed=7, fold_every=FOLDS[folds])
     ranges = [
         (H0, H0 + 3 * HOUR_US),  # aligned: rollups only
         (H0 - 5 * MINUTE_US + 17 * S, H0 + 2 * HOUR_US + 41 * MINUTE_US + 3 * S),  # ragged

@@ -33,7 +33,7 @@ from fieldhub.store.types import (
     RuleVersionRow,
 )
 from support.postgres import PostgresServer
-from support.store_rows import T0, S, msg
+from support.store_rows import T0, S, msg, schema_before
 
 Reopen = Callable[[Store], Awaitable[Store]]
 STALE_AFTER_S = {"native": 120}
@@ -675,7 +675,7 @@ async def test_the_migration_adds_the_tables_to_an_existing_database(
     )
     full = importlib.import_module(engine).MIGRATIONS
     at = next(i for i, (_, description, _) in enumerate(full) if description.startswith("rules"))
-    monkeypatch.setattr(f"{engine}.MIGRATIONS", full[:at])
+    monkeypatch.setattr(f"{engine}.MIGRATIONS", schema_before(full, at))
     old = open_store(backend_url, stale_after_s=STALE_AFTER_S)
     await old.open()
     try:

@@ -27,7 +27,7 @@ from fieldhub.store.types import (
     UserRow,
 )
 from support.postgres import PostgresServer
-from support.store_rows import T0, S, msg
+from support.store_rows import T0, S, msg, schema_before
 
 Reopen = Callable[[Store], Awaitable[Store]]
 STALE_AFTER_S = {"native": 120}
@@ -374,7 +374,7 @@ async def test_the_migration_adds_the_tables_to_an_existing_database(
     full = importlib.import_module(engine).MIGRATIONS
     # The schema as it was just before this migration (later ones come after it again).
     at = next(i for i, (_, description, _) in enumerate(full) if "security" in description)
-    monkeypatch.setattr(f"{engine}.MIGRATIONS", full[:at])
+    monkeypatch.setattr(f"{engine}.MIGRATIONS", schema_before(full, at))
     old = open_store(backend_url, stale_after_s=STALE_AFTER_S)
     await old.open()
     try:

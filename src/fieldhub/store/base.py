@@ -603,6 +603,12 @@ class Store(abc.ABC):
         """Delete the oldest dead letters until the rest fit in `max_bytes`; returns how many."""
 
     @abc.abstractmethod
+    async def fold_rollups(self) -> int:
+        """Bring the rollup tables up to date with every stored reading; returns how many
+        readings were added. SQLite defers them (a fold every second, and at open and close);
+        reads never depend on it, they add what is pending. PostgreSQL: 0, always current."""
+
+    @abc.abstractmethod
     async def maintain(self, now_us: int) -> None:
         """Periodic upkeep the engine needs (PostgreSQL: partitions ahead of time)."""
 

@@ -114,6 +114,12 @@ class SqlStore(Store):
         """See `Store.admit`."""
         return admit(decoded, self._caches, self.input_limits, new_device_budget)
 
+    async def fold_rollups(self) -> int:
+        """Add the pending readings to the rollups (see `Store.fold_rollups`)."""
+        if self.dialect.pending_rollups is None:
+            return 0
+        return await self._write(writes.fold_rollups(self.dialect))
+
     async def write_batch(self, batch: WriteBatch) -> WriteResult:
         """Store a batch in one transaction (see `Store.write_batch`)."""
         try:

@@ -60,6 +60,10 @@ class Dialect:
     # between a statement of a transaction and the next, so a batch may look for the readings
     # already stored and then insert the rest (writes.py, `_readings_staged`).
     one_writer: bool
+    # The table of readings stored but not yet in the rollups (SQLite folds it in every second:
+    # writes.py, `fold_rollups`), which series reads add to the rollups' rows; None where each
+    # batch updates the rollups itself (PostgreSQL).
+    pending_rollups: str | None
 
 
 SQLITE = Dialect(
@@ -86,6 +90,7 @@ SQLITE = Dialect(
     lock_migrations=None,
     array_param=_json_text,
     one_writer=True,
+    pending_rollups="rollup_pending",
 )
 
 # Serialises migrations and partition changes when several fieldhub processes share a database.
@@ -115,6 +120,7 @@ POSTGRES = Dialect(
     lock_migrations=f"SELECT pg_advisory_xact_lock({POSTGRES_MIGRATION_LOCK_KEY})",
     array_param=list,
     one_writer=False,
+    pending_rollups=None,
 )
 
 

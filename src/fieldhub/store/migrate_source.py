@@ -32,6 +32,7 @@ class SqliteSource:
         try:
             self._check_schema()
             self._check_tables()
+            self._check_rollups_complete()
             self.data_version = self._data_version()
             self.conn.execute("BEGIN")
             self.counts = {t.name: self._count(t.name) for t in TABLES}
@@ -75,6 +76,17 @@ class SqliteSource:
             if name not in NOT_COPIED
         }
         check_known("SQLite", found)
+
+    def _check_rollups_complete(self) -> None:
+        """Refuse a file whose rollups lack readings it holds: fieldhub adds them at its next
+        start (or stop), and the copy and its verification compare rollups as they stand."""
+        (pending,) = self.conn.execute("SELECT count(*) FROM rollup_pending").fetchone()
+        if pending:
+            raise MigrationRefused(
+                f"{self.path} holds {pending} readings not yet added to the rollups (fieldhub "
+                f"did not stop cleanly): start fieldhub on it once (fieldhub up --db "
+                f"sqlite:///{self.path}), stop it, then migrate"
+            )
 
     def _data_version(self) -> int:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])

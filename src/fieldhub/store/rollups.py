@@ -188,6 +188,7 @@ def partials_sql(
     *,
     agg: Aggregate,
     collate: str = "",
+    raw: str = "readings",
 ) -> str:
     """The query of one part's (bucket, n, total, lo, hi, first_ts, first, last_ts, last) rows
     for a metric over a set of devices (one device for a device's own series).
@@ -198,11 +199,12 @@ def partials_sql(
     others are NULL; the first and last values cost a lookup per output bucket and device of
     the set. A part within one output bucket (every edge part: it is narrower than its rollup,
     whose size divides the interval) is aggregated without GROUP BY, which SQLite would
-    otherwise sort through a temporary B-tree row by row.
+    otherwise sort through a temporary B-tree row by row. `raw` names the table of readings a
+    raw part reads: `readings`, or the readings not yet in the rollups (Dialect.pending_rollups).
     """
     metric = f"(SELECT id FROM metrics WHERE name = {ph('metric')})"
     if part.table is None:
-        table, time, columns = "readings", "r.ts", _RAW_COLUMNS
+        table, time, columns = raw, "r.ts", _RAW_COLUMNS
     else:
         table, time, columns = part.table, "r.bucket", _ROLLUP_COLUMNS
     read = {"n", *NEEDS[agg]}
@@ -226,7 +228,9 @@ def partials_sql(
         )
         keep = ""
     first, last = (
-        _edge_value_sql(part.table, end, metric, ph, in_devices, collate) if agg == end else "NULL"
+        _edge_value_sql(part.table, raw, end, metric, ph, in_devices, collate)
+        if agg == end
+        else "NULL"
         for end in ("first", "last")
     )
     return (
@@ -237,6 +241,7 @@ def partials_sql(
 
 def _edge_value_sql(
     part_table: str | None,
+    raw: str,
     end: str,
     metric: str,
     ph: Callable[[str], str],
@@ -251,7 +256,7 @@ def _edge_value_sql(
     """
     ts = f"q.{end}_ts"
     if part_table is None:
-        table, column, at = "readings", "x.value", f"x.ts = {ts}"
+        table, column, at = raw, "x.value", f"x.ts = {ts}"
     else:
         # The rollup row holding the earliest (latest) reading is the one whose bucket holds it.
         table, column = part_table, f"x.{end}_value"

@@ -231,11 +231,12 @@ def _readings_staged(d: Dialect, readings: list[ReadingKeyRow]) -> Script[int]:
     """Insert readings and add them to the rollups; returns how many were new.
 
     For one writer (SQLite): the batch goes into a staging table, from there into `readings`,
-    and is aggregated into the rollups in SQL. The same effect as `_readings_returning`, but
-    RETURNING steps SQLite once per row, and the sqlite3 module gives up and retakes the
-    interpreter lock at every step: each retake waits for the MQTT network thread's turn, and
-    rollups computed in Python hold the lock too. Here the engine does the work in a handful of
-    statements while the network thread runs (bench/README.md, "Rollups in SQL").
+    and what was new into the pending table that `fold_rollups` aggregates into the rollups in
+    SQL. The same effect as `_readings_returning` once folded, but RETURNING steps SQLite once
+    per row, and the sqlite3 module gives up and retakes the interpreter lock at every step:
+    each retake waits for the MQTT network thread's turn, and rollups computed in Python hold
+    the lock too. Here the engine does the work in a handful of statements while the network
+    thread runs (bench/README.md, "Rollups in SQL" and "Rollups folded every second").
     """
     yield Statements(STAGING_DDL)
     # A batch's own repeats collapse here, the first kept, as ON CONFLICT DO NOTHING does in
@@ -266,12 +267,44 @@ def _readings_staged(d: Dialect, readings: list[ReadingKeyRow]) -> Script[int]:
         written = (yield Count(insert))[0][0]
     yield Count("RELEASE staged_readings")
     if written:
+        # What is new goes to the rollups by way of the pending table (`fold_rollups`).
+        yield Count(
+            f"INSERT INTO {d.pending_rollups} (device_id, metric_id, ts, value) "
+            "SELECT device_id, metric_id, ts, value FROM temp.staging_readings"
+        )
+    yield Count("DELETE FROM temp.staging_readings")
+    return written
+
+
+def fold_rollups(d: Dialect) -> Script[int]:
+    """Add the pending readings to the rollups and empty the pending table; returns how many.
+
+    SQLite's batches append their new readings to the pending table instead of updating the
+    rollups (`_readings_staged`): every second or so one fold aggregates them all (through the
+    keyed staging table, so the first and last value of a bucket are one seek each) and
+    updates each series' rollup rows once, instead of once per batch. Series reads add the
+    pending rows meanwhile (reads.series_partials), so nothing is ever missing from a query.
+    """
+    pending = d.pending_rollups
+    if pending is None:  # this engine's batches update the rollups themselves
+        return 0
+    yield Statements(STAGING_DDL)
+    # A reading stored, deleted by retention and stored again is pending twice: kept once.
+    moved: int = (
+        yield Count(
+            "INSERT INTO temp.staging_readings (device_id, metric_id, ts, value, received_at) "
+            f"SELECT device_id, metric_id, ts, value, 0 FROM {pending} WHERE TRUE "
+            "ON CONFLICT DO NOTHING"
+        )
+    )[0][0]
+    if moved:
         for size_us, table in ROLLUP_TABLES:
             head, tail = upsert_sql(table, d.least, d.greatest)
             select = rollup_select_sql("temp.staging_readings", size_us)
             yield Count(f"{head}{select} WHERE TRUE{tail}")
-    yield Count("DELETE FROM temp.staging_readings")
-    return written
+        yield Count("DELETE FROM temp.staging_readings")
+        yield Count(f"DELETE FROM {pending}")
+    return moved
 
 
 def _cap_attributes(

@@ -1,0 +1,118 @@
+"""SQLite-specific: batches leave their new readings pending and a fold adds them to the rollups
+every second. Reads never wait for it; the rollups are whole after a fold, at close, and at the
+next open after a crash; `fieldhub migrate` refuses a file with readings pending."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fieldhub.store.migrate import migrate_sqlite_to_postgres
+from fieldhub.store.migrate_outcome import MigrationRefused
+from fieldhub.store.rollups import HOUR_US, MINUTE_US, ROLLUP_TABLES, rollup_rows
+from fieldhub.store.sqlite import SqliteStore
+from fieldhub.store.types import WriteBatch
+from support.store_rows import H0, T0, S, msg, reference, store_shuffled
+from support.waiting import await_until
+
+STALE = {"native": 120}
+NEVER_S = 3600.0  # no fold of the store's own during a test: each happens when the test says
+
+
+def _count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _rollups_of_every_reading(db: Path) -> None:
+    """Each rollup table holds exactly the rollups of every stored reading."""
+    with sqlite3.connect(db) as conn:
+        readings = conn.execute("SELECT device_id, metric_id, ts, value FROM readings").fetchall()
+        for size_us, table in ROLLUP_TABLES:
+            stored = conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall()
+            want = rollup_rows(readings, size_us)
+            assert [r[:4] + r[7:] for r in stored] == [r[:4] + r[7:] for r in want], table
+            sums = [value for r in stored for value in r[4:7]]
+            assert sums == pytest.approx([value for r in want for value in r[4:7]], rel=1e-12)
+
+
+async def test_series_read_pending_readings_before_and_after_the_fold(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
+    await store.open()
+    try:
+        readings = await store_shuffled(store, seed=5)
+        assert _count(db, "rollup_pending") == len(readings)  # redeliveries are not pending
+        assert _count(db, "rollup_minute") == _count(db, "rollup_hour") == 0
+        for state in ("pending", "folded"):
+            for interval, agg in ((MINUTE_US, "avg"), (HOUR_US, "first"), (HOUR_US, "last")):
+                got = await store.query_series(
+                    "dev-1", "t", start_us=H0, end_us=H0 + 3 * HOUR_US, interval_us=interval,
+                    agg=agg,
+                )  # fmt: skip
+                want = reference(readings, H0, H0 + 3 * HOUR_US, interval, agg)
+                assert [(p.ts_us, p.count) for p in got] == [(b, n) for b, _, n in want], state
+                assert [p.value for p in got] == pytest.approx([v for _, v, _ in want]), state
+            if state == "pending":
+                assert await store.fold_rollups() == len(readings)
+                assert _count(db, "rollup_pending") == 0
+                _rollups_of_every_reading(db)
+        assert await store.fold_rollups() == 0  # nothing left: a fold of nothing
+    finally:
+        await store.close()
+
+
+async def test_the_store_folds_every_interval(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=0.05)
+    await store.open()
+    try:
+        await store.write_batch(WriteBatch(decoded=[msg("dev-1", T0, [("t", T0, 1.5)])]))
+        await await_until(
+            lambda: _count(db, "rollup_minute") == 1 and _count(db, "rollup_pending") == 0,
+            timeout_s=10,
+            what="the store's own fold",
+        )
+    finally:
+        await store.close()
+
+
+async def test_close_folds_and_open_folds_what_a_crash_left(tmp_path: Path) -> None:
+    db = tmp_path / "f.db"
+    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
+    await store.open()
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    try:
+        await store_shuffled(store, seed=9)
+        # The files as a crash would leave them: committed readings, pending in the WAL.
+        for suffix in ("", "-wal"):
+            shutil.copy(db.with_name(db.name + suffix), crashed / ("f.db" + suffix))
+    finally:
+        await store.close()
+    assert _count(db, "rollup_pending") == 0
+    _rollups_of_every_reading(db)
+
+    assert _count(crashed / "f.db", "rollup_pending") > 0
+    reopened = SqliteStore(crashed / "f.db", stale_after_s=STALE, fold_interval_s=NEVER_S)
+    await reopened.open()
+    try:
+        assert _count(crashed / "f.db", "rollup_pending") == 0
+        _rollups_of_every_reading(crashed / "f.db")
+    finally:
+        await reopened.close()
+
+
+async def test_migrate_refuses_a_file_with_readings_pending(tmp_path: Path) -> None:
+    """Checked before the target is touched: no PostgreSQL needed to see the refusal."""
+    db = tmp_path / "f.db"
+    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(db) as conn:  # what a crash leaves
+        conn.execute("INSERT INTO rollup_pending VALUES (1, 1, ?, 2.5)", (T0 + S,))
+    with pytest.raises(MigrationRefused, match=r"1 readings not yet added to the rollups.*start"):
+        await migrate_sqlite_to_postgres(f"sqlite:///{db}", "postgresql://u@127.0.0.1:9/none")
