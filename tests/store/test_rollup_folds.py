@@ -113,6 +113,32 @@ async def test_migrate_refuses_a_file_with_readings_pending(tmp_path: Path) -> N
     await store.open()
     await store.close()
     with sqlite3.connect(db) as conn:  # what a crash leaves
-        conn.execute("INSERT INTO rollup_pending VALUES (1, 1, ?, 2.5)", (T0 + S,))
+        conn.execute("INSERT INTO rollup_pending VALUES (1, 1, 1, ?, 2.5)", (T0 + S,))
     with pytest.raises(MigrationRefused, match=r"1 readings not yet added to the rollups.*start"):
         await migrate_sqlite_to_postgres(f"sqlite:///{db}", "postgresql://u@127.0.0.1:9/none")
+
+
+@pytest.mark.parametrize("folded", ["dev-a", "dev-b"])
+async def test_a_fleet_tie_goes_to_the_smaller_device_folded_or_pending(
+    tmp_path: Path, folded: str
+) -> None:
+    """Two devices' readings at the same time, one folded and one pending: the fleet's first
+    and last value are dev-a's either way, as when both are folded."""
+    store = SqliteStore(tmp_path / "f.db", stale_after_s=STALE, fold_interval_s=NEVER_S)
+    await store.open()
+    try:
+        value = {"dev-a": 1.0, "dev-b": 2.0}
+        pending = "dev-b" if folded == "dev-a" else "dev-a"
+        for device in (folded, pending):
+            await store.write_batch(
+                WriteBatch(decoded=[msg(device, T0, [("t", H0 + S, value[device])])])
+            )
+            if device == folded:
+                await store.fold_rollups()
+        for agg in ("first", "last"):
+            got = await store.query_fleet_series(
+                "t", device_ids=None, start_us=H0, end_us=H0 + HOUR_US, interval_us=HOUR_US, agg=agg
+            )
+            assert [(p.value, p.count) for p in got] == [(1.0, 2)], agg
+    finally:
+        await store.close()

@@ -204,28 +204,6 @@ def series_partials(
 ) -> Script[list[tuple[int, Partial]]]:
     """One part of a series query over a set of devices, from raw readings or a rollup (with
     the readings not yet folded into it, where the engine defers rollups)."""
-    rows = yield from _partials(d, device_ids, metric, part, interval_us, agg, "readings")
-    pending = d.pending_rollups
-    if part.table is not None and pending is not None:
-        # Readings stored since the last fold: the same range read raw from the pending table.
-        # They are in no rollup row yet, so `rollups.combine` adds the two without counting
-        # any twice. (Two devices' readings at the very same time, one folded and one not,
-        # may settle a fleet's first or last value on another device than `_edge_value_sql`
-        # does, until the next fold.)
-        raw = Part(None, 0, part.start_us, part.end_us)
-        rows += yield from _partials(d, device_ids, metric, raw, interval_us, agg, pending)
-    return rows
-
-
-def _partials(
-    d: Dialect,
-    device_ids: Sequence[str] | None,
-    metric: str,
-    part: Part,
-    interval_us: int,
-    agg: Aggregate,
-    raw: str,
-) -> Script[list[tuple[int, Partial]]]:
     p = Params(d)
     ph = p.named(partial_params(part, interval_us, metric))
     if device_ids is None:
@@ -244,7 +222,7 @@ def _partials(
         lambda column: d.in_subquery(column, devices),
         agg=agg,
         collate=d.collate,
-        raw=raw,
+        pending=d.pending_rollups,
     )
     return partial_rows((yield Query(sql, p.values)))
 

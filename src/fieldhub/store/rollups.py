@@ -188,7 +188,7 @@ def partials_sql(
     *,
     agg: Aggregate,
     collate: str = "",
-    raw: str = "readings",
+    pending: str | None = None,
 ) -> str:
     """The query of one part's (bucket, n, total, lo, hi, first_ts, first, last_ts, last) rows
     for a metric over a set of devices (one device for a device's own series).
@@ -199,36 +199,53 @@ def partials_sql(
     others are NULL; the first and last values cost a lookup per output bucket and device of
     the set. A part within one output bucket (every edge part: it is narrower than its rollup,
     whose size divides the interval) is aggregated without GROUP BY, which SQLite would
-    otherwise sort through a temporary B-tree row by row. `raw` names the table of readings a
-    raw part reads: `readings`, or the readings not yet in the rollups (Dialect.pending_rollups).
+    otherwise sort through a temporary B-tree row by row.
+
+    `pending` names the table of readings not yet folded into the rollups
+    (Dialect.pending_rollups): a rollup part then reads them too, each as a one-reading rollup
+    row, in one relation with the rollup's rows (a stored reading is in exactly one of the
+    two), so the edge values settle ties the same way whether readings are folded or not.
     """
     metric = f"(SELECT id FROM metrics WHERE name = {ph('metric')})"
+
+    def where(time: str) -> str:
+        return (
+            f"{in_devices('r.device_id')} AND r.metric_id = {metric} "
+            f"AND {time} >= {ph('start')} AND {time} < {ph('end')}"
+        )
+
     if part.table is None:
-        table, time, columns = raw, "r.ts", _RAW_COLUMNS
+        table, time, columns = "readings", "r.ts", _RAW_COLUMNS
     else:
         table, time, columns = part.table, "r.bucket", _ROLLUP_COLUMNS
+        if pending is not None:
+            # Each arm filtered itself: SQLite pushes no WHERE into this compound and would
+            # scan the whole rollup table. A rollup part's range is whole buckets, so the
+            # pending readings' times fall in it exactly when their buckets do.
+            table = (
+                f"(SELECT {_ROLLUP_ROW} FROM {part.table} r WHERE {where('r.bucket')} "
+                f"UNION ALL SELECT r.device_id, r.metric_id, r.ts - r.ts % {ph('size')}, 1, "
+                "r.value, r.value, r.value, r.ts, r.value, r.ts, r.value "
+                f"FROM {pending} r WHERE {where('r.ts')})"
+            )
     read = {"n", *NEEDS[agg]}
     aggregates = ", ".join(
         f"{expr if name in read else 'NULL'} AS {name}" for name, expr in columns.items()
-    )
-    where = (
-        f"{in_devices('r.device_id')} AND r.metric_id = {metric} "
-        f"AND {time} >= {ph('start')} AND {time} < {ph('end')}"
     )
     end_of_part = part.end_us - 1
     if part.start_us - part.start_us % interval_us == end_of_part - end_of_part % interval_us:
         # Without GROUP BY an aggregate answers one row even over no rows: n = 0 drops it.
         bucket = f"CAST({ph('bucket')} AS BIGINT)"  # PostgreSQL types a bare parameter by use
-        inner = f"SELECT {bucket} AS b, {aggregates} FROM {table} r WHERE {where}"
+        inner = f"SELECT {bucket} AS b, {aggregates} FROM {table} r WHERE {where(time)}"
         keep = "WHERE q.n > 0 "
     else:
         inner = (
             f"SELECT {time} - ({time} % {ph('iv')}) AS b, {aggregates} FROM {table} r "
-            f"WHERE {where} GROUP BY b"
+            f"WHERE {where(time)} GROUP BY b"
         )
         keep = ""
     first, last = (
-        _edge_value_sql(part.table, raw, end, metric, ph, in_devices, collate)
+        _edge_value_sql(part.table, end, metric, ph, in_devices, collate, pending)
         if agg == end
         else "NULL"
         for end in ("first", "last")
@@ -239,33 +256,51 @@ def partials_sql(
     )
 
 
+_ROLLUP_ROW = (
+    "r.device_id, r.metric_id, r.bucket, r.n, r.total, r.lo, r.hi, r.first_ts, r.first_value, "
+    "r.last_ts, r.last_value"
+)
+
+
 def _edge_value_sql(
     part_table: str | None,
-    raw: str,
     end: str,
     metric: str,
     ph: Callable[[str], str],
     in_devices: Callable[[str], str],
     collate: str,
+    pending: str | None,
 ) -> str:
     """The value of the reading at `q.first_ts` (end "first") or `q.last_ts` ("last").
 
     Across devices, several may have a reading at that very time: the device whose id sorts
-    first gives it (bytewise; `collate` makes PostgreSQL sort as SQLite does). A bucket's parts
-    cover disjoint times, so such ties are settled here, never in `Partial.merge`.
+    first gives it (bytewise; `collate` makes PostgreSQL sort as SQLite does), among folded and
+    pending readings alike. A bucket's parts cover disjoint times, so such ties are settled
+    here, never in `Partial.merge`.
     """
     ts = f"q.{end}_ts"
+
+    def first_device(table: str, column: str, at: str) -> str:
+        return (
+            f"SELECT {column} FROM {table} x JOIN devices dd ON dd.id = x.device_id "
+            f"WHERE {in_devices('x.device_id')} AND x.metric_id = {metric} AND {at} "
+            f"ORDER BY dd.uid{collate} LIMIT 1"
+        )
+
+    raw = ("readings", "x.value", f"x.ts = {ts}")
     if part_table is None:
-        table, column, at = raw, "x.value", f"x.ts = {ts}"
+        table, column, at = raw
     else:
         # The rollup row holding the earliest (latest) reading is the one whose bucket holds it.
         table, column = part_table, f"x.{end}_value"
         at = f"x.bucket = {ts} - {ts} % {ph('size')} AND x.{end}_ts = {ts}"
-    return (
-        f"(SELECT {column} FROM {table} x JOIN devices dd ON dd.id = x.device_id "
-        f"WHERE {in_devices('x.device_id')} AND x.metric_id = {metric} AND {at} "
-        f"ORDER BY dd.uid{collate} LIMIT 1)"
-    )
+        if pending is not None:
+            both = (
+                f"SELECT * FROM ({first_device(table, column + ' AS v, dd.uid AS u', at)}) f "
+                f"UNION ALL SELECT * FROM ({first_device(pending, 'x.value, dd.uid', raw[2])}) p"
+            )
+            return f"(SELECT e.v FROM ({both}) e ORDER BY e.u{collate} LIMIT 1)"
+    return f"({first_device(table, column, at)})"
 
 
 def partial_rows(rows: Iterable[Sequence[Any]]) -> list[tuple[int, Partial]]:

@@ -74,11 +74,10 @@ CACHE_KIB = 64 * 1024
 # 8,192 pages beside it brought the pauses back (p99 70-139 ms): whatever the background had not
 # yet copied, the writer copied inside a commit.
 CHECKPOINT_INTERVAL_S = 1.0
-# How often the readings batches leave pending are folded into the rollups (writes.py,
-# `fold_rollups`). Each fold rewrites the current rollup row of every series that reported,
-# so longer is cheaper for the writer; but series reads scan what is pending, and a fold
-# holds the writer for as long as it takes (~25 ms for the 40,000 readings a second of
-# 10,000 msg/s brings).
+# How often each device's pending readings are folded into the rollups (writes.py,
+# `fold_rollups`): one slice of the devices every FOLD_INTERVAL_S / FOLD_SLICES. Longer is
+# cheaper for the writer (each fold rewrites the current rollup rows of every series in the
+# slice), shorter keeps less pending for series reads to scan.
 FOLD_INTERVAL_S = 1.0
 # The writer still checkpoints by itself past this many WAL pages (4 KiB each). Under continuous
 # writes a background checkpoint always has newer frames behind it, so the WAL cannot restart
@@ -211,10 +210,10 @@ class SqliteStore(SqlStore):
         self._folder = asyncio.create_task(self._fold_every_interval(), name="store.sqlite.fold")
 
     async def _fold_every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.fold_interval_s)
+        for slice_ in itertools.cycle(range(writes.FOLD_SLICES)):
+            await asyncio.sleep(self.fold_interval_s / writes.FOLD_SLICES)
             try:
-                await self.fold_rollups()
+                await self._write(writes.fold_rollups(self.dialect, slice_))
             except StoreError as exc:
                 # Nothing is lost: the readings stay pending, and reads add them meanwhile.
                 if not self._fold_failing:

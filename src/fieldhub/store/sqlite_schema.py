@@ -56,20 +56,23 @@ def fastapi_uptime_migration(factor: int = FASTAPI_UPTIME_S_TO_MS) -> str:
 
 
 # Readings stored but not yet added to the rollups (store/writes.py, `fold_rollups`). A batch
-# appending here dirties a few pages at the table's end, where updating both rollup tables
-# dirtied two pages per series it touched, each written to the WAL at every commit (~2/3 of
-# ingest's writes at 10,000 msg/s, bench/README.md). A rowid table without an index for that
-# reason: it holds a second or two of readings, which series reads scan (reads.series_partials).
+# appending here dirties a few pages at the ends of the table and of its index, where updating
+# both rollup tables dirtied two pages per series it touched, each written to the WAL at every
+# commit (most of ingest's writes at 10,000 msg/s, bench/README.md). Folded a slice of the
+# devices at a time (`slice`, the device id modulo writes.FOLD_SLICES), found by its index. No
+# index by series: the table holds about a second of readings, which series reads scan.
 ROLLUP_PENDING_MIGRATION = (
     10,
     "readings not yet in the rollups: folded in every second instead of at every batch",
     """
     CREATE TABLE rollup_pending (
+        slice INTEGER NOT NULL,
         device_id INTEGER NOT NULL,
         metric_id INTEGER NOT NULL,
         ts INTEGER NOT NULL,
         value REAL NOT NULL
     );
+    CREATE INDEX rollup_pending_slice ON rollup_pending (slice);
     """,
 )
 
