@@ -102,26 +102,27 @@ async def test_linger_is_short_at_low_rates_and_long_above_the_threshold(
     ingest = await new_ingest(store)
     assert ingest.current_linger_s() == LOW  # nothing measured yet
 
-    # 6,000 messages within one rate window: above the 5,000/s threshold once the window closes.
-    assert LINGER_RATE_THRESHOLD < 6_000
-    feed(ingest, 5_000)
+    # T + 1,000 messages within one rate window: above the threshold once the window closes.
+    high = LINGER_RATE_THRESHOLD + 1_000
+    feed(ingest, LINGER_RATE_THRESHOLD)
     await ingest.drain()
     assert ingest.current_linger_s() == LOW  # the window has not closed yet
     clock.advance(RATE_WINDOW_S)
-    feed(ingest, 1_000, start=5_000)
+    feed(ingest, 1_000, start=LINGER_RATE_THRESHOLD)
     await ingest.drain()
-    assert ingest.rate == pytest.approx(6_000 / RATE_WINDOW_S)
+    assert ingest.rate == pytest.approx(high / RATE_WINDOW_S)
     assert ingest.current_linger_s() == LONG
-    assert stored_readings(tmp_path) == 2 * 6_000  # temperature and seq of every message
+    assert stored_readings(tmp_path) == 2 * high  # temperature and seq of every message
 
-    # The next second carries 4,000: below the threshold, back to the short linger.
-    feed(ingest, 3_999, start=6_000)
+    # The next second carries T - 1,000: below the threshold, back to the short linger.
+    low = LINGER_RATE_THRESHOLD - 1_000
+    feed(ingest, low - 1, start=high)
     await ingest.drain()
     assert ingest.current_linger_s() == LONG  # still the last measured window
     clock.advance(RATE_WINDOW_S)
-    feed(ingest, 1, start=9_999)
+    feed(ingest, 1, start=high + low - 1)
     await ingest.drain()
-    assert ingest.rate == pytest.approx(4_000 / RATE_WINDOW_S)
+    assert ingest.rate == pytest.approx(low / RATE_WINDOW_S)
     assert ingest.current_linger_s() == LOW
 
 
@@ -141,13 +142,14 @@ async def test_a_rate_exactly_at_the_threshold_counts_as_high(
 async def test_after_an_idle_spell_the_old_high_rate_is_forgotten(
     store: Store, clock: ManualClock
 ) -> None:
-    """A burst measured at 8,000/s, then silence: after three windows the linger is short again,
-    so the first message after a pause is not held 100 ms."""
+    """A burst measured above the threshold, then silence: after three windows the linger is
+    short again, so the first message after a pause is not held 100 ms."""
     ingest = await new_ingest(store)
-    feed(ingest, 7_999)
+    burst = LINGER_RATE_THRESHOLD + 3_000
+    feed(ingest, burst - 1)
     await ingest.drain()
     clock.advance(RATE_WINDOW_S)
-    feed(ingest, 1, start=7_999)
+    feed(ingest, 1, start=burst - 1)
     await ingest.drain()
     assert ingest.current_linger_s() == LONG
     clock.advance(3 * RATE_WINDOW_S)

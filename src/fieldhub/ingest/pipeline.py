@@ -62,15 +62,16 @@ class BatchWriter(Protocol):
 # 10,000 (measured 67-87k vs 249-281k rows/s: docs/field-notes.md); beyond that a commit takes
 # long enough to delay acks noticeably.
 BATCH_MAX_MESSAGES = 10_000
-# How long the writer waits after the first message for more to join the batch, by load. Every
-# commit rewrites the WAL pages of every series it touches, so fewer, larger commits cost less CPU
-# per message: at 10k msg/s, 100 ms held the backlog (and latency) lower than 20 ms did. But the
-# linger is also the floor of publish -> commit -> live-view latency, and below a few thousand
-# messages a second the per-commit cost does not matter. So: a short linger while the measured
-# rate is under LINGER_RATE_THRESHOLD, the long one above it.
+# How long the writer waits after the first message for more to join the batch, by load. A
+# writer busy committing takes whatever arrived meanwhile without waiting (group commit), so the
+# linger only decides how soon an idle writer starts. Fewer, larger commits cost less CPU per
+# message, which is what counts near the writer's limit: at 20,000 msg/s a 100 ms linger kept up
+# where 5 ms fell 2 % behind. Below that, latency counts: at 10,000 msg/s, 5 ms instead of 100
+# took publish -> commit from p50 66 / p99 202 ms to 15 / 144 ms (bench/README.md). So: a short
+# linger while the measured rate is under LINGER_RATE_THRESHOLD, the long one above it.
 FLUSH_LINGER_MS = 100
 FLUSH_LINGER_LOW_RATE_MS = 5
-LINGER_RATE_THRESHOLD = 5_000  # messages per second
+LINGER_RATE_THRESHOLD = 15_000  # messages per second
 RATE_WINDOW_S = 1.0
 # Bound on decoded messages waiting for the writer. Over MQTT 5 the broker's window
 # (INGEST_RECEIVE_MAXIMUM) already bounds it; with 3.1.1 brokers the network thread blocks here

@@ -73,7 +73,13 @@ CACHE_KIB = 64 * 1024
 # which never block the writer, every CHECKPOINT_INTERVAL_S. Leaving the writer's checkpoint at
 # 8,192 pages beside it brought the pauses back (p99 70-139 ms): whatever the background had not
 # yet copied, the writer copied inside a commit.
-CHECKPOINT_INTERVAL_S = 1.0
+#
+# At 10,000 msg/s the WAL grows ~200 MB a second (each reading dirties a leaf of its own series,
+# whatever the batch size below a few seconds of data), so the writer's backstop (below) comes
+# every second or so, and it copies what the background has not yet: up to an interval's worth.
+# Every 1 s that took 50-145 ms inside a commit; every 0.1 s, 33-53 ms (bench/README.md). An
+# idle WAL costs a checkpoint that has nothing to copy.
+CHECKPOINT_INTERVAL_S = 0.1
 # How often each device's pending readings are folded into the rollups (writes.py,
 # `fold_rollups`): one slice of the devices every FOLD_INTERVAL_S / FOLD_SLICES. Longer is
 # cheaper for the writer (each fold rewrites the current rollup rows of every series in the
