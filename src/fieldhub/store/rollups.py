@@ -219,15 +219,20 @@ def partials_sql(
     else:
         table, time, columns = part.table, "r.bucket", _ROLLUP_COLUMNS
         if pending is not None:
-            # Each arm filtered itself: SQLite pushes no WHERE into this compound and would
-            # scan the whole rollup table. A rollup part's range is whole buckets, so the
-            # pending readings' times fall in it exactly when their buckets do.
+            # Each arm filtered itself (SQLite pushes no WHERE into this compound and would
+            # scan the whole rollup table) and carrying only what the aggregate reads. A rollup
+            # part's range is whole buckets, so the pending readings' times fall in it exactly
+            # when their buckets do.
+            needed = ["bucket", "n", *sorted(NEEDS[agg])]
+            as_rollup = {**_PENDING_AS_ROLLUP, "bucket": f"r.ts - r.ts % {ph('size')}"}
             table = (
-                f"(SELECT {_ROLLUP_ROW} FROM {part.table} r WHERE {where('r.bucket')} "
-                f"UNION ALL SELECT r.device_id, r.metric_id, r.ts - r.ts % {ph('size')}, 1, "
-                "r.value, r.value, r.value, r.ts, r.value, r.ts, r.value "
+                f"(SELECT {', '.join(f'r.{c}' for c in needed)} FROM {part.table} r "
+                f"WHERE {where('r.bucket')} UNION ALL "
+                f"SELECT {', '.join(f'{as_rollup[c]} AS {c}' for c in needed)} "
                 f"FROM {pending} r WHERE {where('r.ts')})"
             )
+    # The union's arms filtered themselves: the outer query need not look again.
+    outer_where = where(time) if table is part.table or part.table is None else "TRUE"
     read = {"n", *NEEDS[agg]}
     aggregates = ", ".join(
         f"{expr if name in read else 'NULL'} AS {name}" for name, expr in columns.items()
@@ -236,12 +241,12 @@ def partials_sql(
     if part.start_us - part.start_us % interval_us == end_of_part - end_of_part % interval_us:
         # Without GROUP BY an aggregate answers one row even over no rows: n = 0 drops it.
         bucket = f"CAST({ph('bucket')} AS BIGINT)"  # PostgreSQL types a bare parameter by use
-        inner = f"SELECT {bucket} AS b, {aggregates} FROM {table} r WHERE {where(time)}"
+        inner = f"SELECT {bucket} AS b, {aggregates} FROM {table} r WHERE {outer_where}"
         keep = "WHERE q.n > 0 "
     else:
         inner = (
             f"SELECT {time} - ({time} % {ph('iv')}) AS b, {aggregates} FROM {table} r "
-            f"WHERE {where(time)} GROUP BY b"
+            f"WHERE {outer_where} GROUP BY b"
         )
         keep = ""
     first, last = (
@@ -256,10 +261,15 @@ def partials_sql(
     )
 
 
-_ROLLUP_ROW = (
-    "r.device_id, r.metric_id, r.bucket, r.n, r.total, r.lo, r.hi, r.first_ts, r.first_value, "
-    "r.last_ts, r.last_value"
-)
+# A pending reading (rollups.partials_sql) as a rollup row of one reading.
+_PENDING_AS_ROLLUP = {
+    "n": "1",
+    "total": "r.value",
+    "lo": "r.value",
+    "hi": "r.value",
+    "first_ts": "r.ts",
+    "last_ts": "r.ts",
+}
 
 
 def _edge_value_sql(
