@@ -4,8 +4,10 @@ next open after a crash; `fieldhub migrate` refuses a file with readings pending
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,16 @@ from support.waiting import await_until
 
 STALE = {"native": 120}
 NEVER_S = 3600.0  # no fold of the store's own during a test: each happens when the test says
+
+
+@contextlib.asynccontextmanager
+async def _opened(db: Path, fold_interval_s: float = NEVER_S) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=fold_interval_s)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _count(db: Path, table: str) -> int:
@@ -41,9 +53,7 @@ def _rollups_of_every_reading(db: Path) -> None:
 
 async def test_series_read_pending_readings_before_and_after_the_fold(tmp_path: Path) -> None:
     db = tmp_path / "f.db"
-    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
-    await store.open()
-    try:
+    async with _opened(db) as store:
         readings = await store_shuffled(store, seed=5)
         assert _count(db, "rollup_pending") == len(readings)  # redeliveries are not pending
         assert _count(db, "rollup_minute") == _count(db, "rollup_hour") == 0
@@ -61,57 +71,41 @@ async def test_series_read_pending_readings_before_and_after_the_fold(tmp_path: 
                 assert _count(db, "rollup_pending") == 0
                 _rollups_of_every_reading(db)
         assert await store.fold_rollups() == 0  # nothing left: a fold of nothing
-    finally:
-        await store.close()
 
 
 async def test_the_store_folds_every_interval(tmp_path: Path) -> None:
     db = tmp_path / "f.db"
-    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=0.05)
-    await store.open()
-    try:
+    async with _opened(db, fold_interval_s=0.05) as store:
         await store.write_batch(WriteBatch(decoded=[msg("dev-1", T0, [("t", T0, 1.5)])]))
         await await_until(
             lambda: _count(db, "rollup_minute") == 1 and _count(db, "rollup_pending") == 0,
             timeout_s=10,
             what="the store's own fold",
         )
-    finally:
-        await store.close()
 
 
 async def test_close_folds_and_open_folds_what_a_crash_left(tmp_path: Path) -> None:
-    db = tmp_path / "f.db"
-    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
-    await store.open()
-    crashed = tmp_path / "crashed"
-    crashed.mkdir()
-    try:
+    db, crashed = tmp_path / "f.db", tmp_path / "crashed" / "f.db"
+    crashed.parent.mkdir()
+    async with _opened(db) as store:
         await store_shuffled(store, seed=9)
         # The files as a crash would leave them: committed readings, pending in the WAL.
         for suffix in ("", "-wal"):
-            shutil.copy(db.with_name(db.name + suffix), crashed / ("f.db" + suffix))
-    finally:
-        await store.close()
+            shutil.copy(db.with_name(db.name + suffix), crashed.with_name(crashed.name + suffix))
     assert _count(db, "rollup_pending") == 0
     _rollups_of_every_reading(db)
 
-    assert _count(crashed / "f.db", "rollup_pending") > 0
-    reopened = SqliteStore(crashed / "f.db", stale_after_s=STALE, fold_interval_s=NEVER_S)
-    await reopened.open()
-    try:
-        assert _count(crashed / "f.db", "rollup_pending") == 0
-        _rollups_of_every_reading(crashed / "f.db")
-    finally:
-        await reopened.close()
+    assert _count(crashed, "rollup_pending") > 0
+    async with _opened(crashed):
+        assert _count(crashed, "rollup_pending") == 0
+        _rollups_of_every_reading(crashed)
 
 
 async def test_migrate_refuses_a_file_with_readings_pending(tmp_path: Path) -> None:
     """Checked before the target is touched: no PostgreSQL needed to see the refusal."""
     db = tmp_path / "f.db"
-    store = SqliteStore(db, stale_after_s=STALE, fold_interval_s=NEVER_S)
-    await store.open()
-    await store.close()
+    async with _opened(db):
+        pass
     with sqlite3.connect(db) as conn:  # what a crash leaves
         conn.execute("INSERT INTO rollup_pending VALUES (1, 1, 1, ?, 2.5)", (T0 + S,))
     with pytest.raises(MigrationRefused, match=r"1 readings not yet added to the rollups.*start"):
@@ -124,9 +118,7 @@ async def test_a_fleet_tie_goes_to_the_smaller_device_folded_or_pending(
 ) -> None:
     """Two devices' readings at the same time, one folded and one pending: the fleet's first
     and last value are dev-a's either way, as when both are folded."""
-    store = SqliteStore(tmp_path / "f.db", stale_after_s=STALE, fold_interval_s=NEVER_S)
-    await store.open()
-    try:
+    async with _opened(tmp_path / "f.db") as store:
         value = {"dev-a": 1.0, "dev-b": 2.0}
         pending = "dev-b" if folded == "dev-a" else "dev-a"
         for device in (folded, pending):
@@ -140,5 +132,3 @@ async def test_a_fleet_tie_goes_to_the_smaller_device_folded_or_pending(
                 "t", device_ids=None, start_us=H0, end_us=H0 + HOUR_US, interval_us=HOUR_US, agg=agg
             )
             assert [(p.value, p.count) for p in got] == [(1.0, 2)], agg
-    finally:
-        await store.close()

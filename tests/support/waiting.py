@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def _attempts(condition: Callable[[], T], timeout_s: float, what: str) -> Iterator[T]:
+    """`condition()` once per step until the deadline, then the failure naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = condition()
+        yield last
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
 
 
 def wait_until(
@@ -18,14 +28,11 @@ def wait_until(
     what: str = "condition",
 ) -> T:
     """Poll `condition` until it returns a truthy value; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
+    for value in _attempts(condition, timeout_s, what):
+        if value:
+            return value
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+    raise AssertionError("unreachable: _attempts raises at the deadline")
 
 
 async def await_until(
@@ -37,11 +44,8 @@ async def await_until(
 ) -> T:
     """`wait_until` for a condition the running event loop must make true: sleeps without
     blocking the loop's own tasks."""
-    deadline = time.monotonic() + timeout_s
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
+    for value in _attempts(condition, timeout_s, what):
+        if value:
+            return value
         await asyncio.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+    raise AssertionError("unreachable: _attempts raises at the deadline")
