@@ -63,13 +63,13 @@ from bench.common import (
     dig,
     fieldhub_env,
     free_port,
-    git,
     is_mosquitto,
     machine_info,
     median_of,
     say,
     say_notes_and_errors,
     scrape,
+    source_state,
     start_bench,
     stop_fieldhub,
     stop_process,
@@ -1091,17 +1091,6 @@ def checks_for(
     return out
 
 
-def _source_state() -> dict[str, Any]:
-    """The commit measured, and whether src/ had uncommitted changes (the venv runs src/)."""
-
-    dirty = git("status", "--porcelain", "--", "src", "firmware")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "subject": git("log", "-1", "--format=%s"),
-        "src_uncommitted_files": len(dirty.splitlines()) if dirty is not None else None,
-    }
-
-
 def _limit_settings_note() -> str | None:
     """Say so when fieldhub has no setting the raised-limit variables would set."""
     try:
@@ -1248,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor": args.floor,
             "client_event_loop": "uvloop" if uvloop is not None else "asyncio",
             "httpx": httpx.__version__,
-            "fieldhub_source": _source_state(),
+            "fieldhub_source": source_state(),
             "devices_process": "separate: the simulated devices run in their own process "
             "(python -m bench.commands _devices), the HTTP client in the bench's",
             "device_heartbeat_s": HEARTBEAT_S,

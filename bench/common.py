@@ -130,11 +130,12 @@ def mosquitto_version(binary: str = MOSQUITTO_BIN) -> str | None:
     return first[0].removeprefix("mosquitto version ").strip() if first else None
 
 
-def git(*args: str) -> str | None:
-    """`git ARGS` in the repository, its output stripped; None when git fails or is missing."""
+def git(*args: str, root: Path = REPO_ROOT) -> str | None:
+    """`git ARGS` in the repository (or `root`), its output stripped; None when git fails or is
+    missing."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), *args],
+            ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
             check=True,
@@ -143,6 +144,24 @@ def git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
+
+
+def source_state() -> dict[str, Any]:
+    """The fieldhub source a bench measures: the tree PYTHONPATH names when it names one (an A/B
+    runs another checkout that way; spawned fieldhub processes inherit it), else this checkout;
+    its commit, subject and the files under src/ changed since it."""
+    root = REPO_ROOT
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and (Path(entry) / "fieldhub").is_dir():
+            root = Path(entry).resolve().parent
+            break
+    dirty = git("status", "--porcelain", "--", "src", root=root)
+    return {
+        "tree": str(root),
+        "commit": git("rev-parse", "HEAD", root=root),
+        "subject": git("log", "-1", "--format=%s", root=root),
+        "src_uncommitted": dirty.splitlines() if dirty else [],
+    }
 
 
 @contextlib.contextmanager

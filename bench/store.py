@@ -57,11 +57,11 @@ from bench.common import (
     busy_neighbour,
     descendants,
     free_port,
-    git,
     is_mosquitto,
     machine_info,
     read_loadgen_result,
     say,
+    source_state,
     start_bench,
     start_fieldhub,
     start_loadgen,
@@ -562,17 +562,6 @@ def private_postgres(workdir: Path) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
-
-
-def source_state() -> dict[str, Any]:
-    """The commit measured and the files under src/ changed since (the venv runs the working
-    tree: ingest workers under change by someone else are measured as they are)."""
-
-    dirty = git("status", "--porcelain", "--", "src")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_uncommitted": dirty.splitlines() if dirty else [],
-    }
 
 
 def postgres_settings(server: Any) -> dict[str, str]:
