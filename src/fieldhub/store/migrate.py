@@ -170,6 +170,7 @@ async def migrate_sqlite_to_postgres(
     path = check_urls(source_url, target_url)
     source = SqliteSource(path)
     try:
+        source.check_rollups_complete()
         store = open_store(target_url)
         try:
             await store.open()  # schema, migrations and the partitions around now

@@ -32,7 +32,6 @@ class SqliteSource:
         try:
             self._check_schema()
             self._check_tables()
-            self._check_rollups_complete()
             self.data_version = self._data_version()
             self.conn.execute("BEGIN")
             self.counts = {t.name: self._count(t.name) for t in TABLES}
@@ -77,9 +76,10 @@ class SqliteSource:
         }
         check_known("SQLite", found)
 
-    def _check_rollups_complete(self) -> None:
-        """Refuse a file whose rollups lack readings it holds: fieldhub adds them at its next
-        start (or stop), and the copy and its verification compare rollups as they stand."""
+    def check_rollups_complete(self) -> None:
+        """Refuse to migrate a file whose rollups lack readings it holds: fieldhub adds them at
+        its next start (or stop), and the copy and its verification compare rollups as they
+        stand. (A backup copies the pending table with the rest: the restored file folds it.)"""
         (pending,) = self.conn.execute("SELECT count(*) FROM rollup_pending").fetchone()
         if pending:
             raise MigrationRefused(
