@@ -66,38 +66,43 @@ def test_backup_while_ingesting_then_restore_into_an_empty_data_dir(
     live = tmp_path / "live"
     assert fieldhub("certs", "init", "--data-dir", str(live)).returncode == 0
     fh = FieldhubProcess(data_dir=live, mqtt_url=mosquitto.url).start()
-    prefix = f"bk{uuid.uuid4().hex[:6]}"
-    publisher = connected_publisher(mosquitto.url)
-    publish_all(publisher, messages(prefix, 0, BEFORE))
-    wait_until(lambda: count_metric(fh.db_path, prefix, "temperature") == BEFORE, what="rows")
+    try:  # stopped on failure too: a fieldhub left running keeps its broker session
+        prefix = f"bk{uuid.uuid4().hex[:6]}"
+        publisher = connected_publisher(mosquitto.url)
+        publish_all(publisher, messages(prefix, 0, BEFORE))
+        wait_until(lambda: count_metric(fh.db_path, prefix, "temperature") == BEFORE, what="rows")
 
-    # Readings keep arriving while the backup runs.
-    stop = threading.Event()
-    sent = [BEFORE]
+        # Readings keep arriving while the backup runs.
+        stop = threading.Event()
+        sent = [BEFORE]
 
-    def keep_publishing() -> None:
-        while not stop.is_set():
-            publish_all(publisher, messages(prefix, sent[0], 50))
-            sent[0] += 50
+        def keep_publishing() -> None:
+            while not stop.is_set():
+                publish_all(publisher, messages(prefix, sent[0], 50))
+                sent[0] += 50
 
-    writer = threading.Thread(target=keep_publishing, name="test.publisher")
-    writer.start()
-    try:
+        writer = threading.Thread(target=keep_publishing, name="test.publisher")
+        writer.start()
+        try:
+            wait_until(
+                lambda: count_metric(fh.db_path, prefix, "temperature") > BEFORE,
+                what="ingest under way",
+            )
+            dest = tmp_path / "backups" / "one"
+            dest.parent.mkdir()
+            made = fieldhub("backup", str(dest), "--data-dir", str(live))
+        finally:
+            stop.set()
+            writer.join()
+        assert made.returncode == 0, made.stderr
+        assert "0 differ" in made.stdout, made.stdout
+        total = sent[0]
         wait_until(
-            lambda: count_metric(fh.db_path, prefix, "temperature") > BEFORE,
-            what="ingest under way",
+            lambda: count_metric(fh.db_path, prefix, "temperature") == total, what="all rows"
         )
-        dest = tmp_path / "backups" / "one"
-        dest.parent.mkdir()
-        made = fieldhub("backup", str(dest), "--data-dir", str(live))
+        assert fh.stop() == 0
     finally:
-        stop.set()
-        writer.join()
-    assert made.returncode == 0, made.stderr
-    assert "0 differ" in made.stdout, made.stdout
-    total = sent[0]
-    wait_until(lambda: count_metric(fh.db_path, prefix, "temperature") == total, what="all rows")
-    assert fh.stop() == 0
+        fh.stop()
     publisher.stop()
 
     manifest = json.loads((dest / "manifest.json").read_text())
@@ -148,14 +153,17 @@ def test_restore_is_refused_into_an_install_that_holds_data(
     nothing, neither the database nor the data dir's files."""
     live = tmp_path / "live"
     fh = FieldhubProcess(data_dir=live, mqtt_url=mosquitto.url).start()
-    prefix = f"bk{uuid.uuid4().hex[:6]}"
-    publisher = connected_publisher(mosquitto.url)
-    publish_all(publisher, messages(prefix, 0, 40))
-    publisher.stop()
-    wait_until(lambda: count_metric(fh.db_path, prefix, "temperature") == 40, what="rows")
-    dest = tmp_path / "backup"
-    assert fieldhub("backup", str(dest), "--data-dir", str(live)).returncode == 0
-    assert fh.stop() == 0
+    try:  # stopped on failure too: a fieldhub left running keeps its broker session
+        prefix = f"bk{uuid.uuid4().hex[:6]}"
+        publisher = connected_publisher(mosquitto.url)
+        publish_all(publisher, messages(prefix, 0, 40))
+        publisher.stop()
+        wait_until(lambda: count_metric(fh.db_path, prefix, "temperature") == 40, what="rows")
+        dest = tmp_path / "backup"
+        assert fieldhub("backup", str(dest), "--data-dir", str(live)).returncode == 0
+        assert fh.stop() == 0
+    finally:
+        fh.stop()
 
     def snapshot() -> dict[str, bytes]:
         return {
