@@ -493,7 +493,7 @@ class Ingest:
         m.readings_written.inc(written.readings_written)
         m.readings_duplicate.inc(written.readings_duplicate)
         stored = dead = ignored = redelivered = replies = requests = 0
-        lag_observe = m.lag.observe
+        lags: list[float] = []
         # The oldest message of the batch waited longest: one observation per batch.
         oldest_us = min(work.message.received_us for work in works)
         m.commit_delay.observe((committed_us - oldest_us) / 1e6)
@@ -505,7 +505,7 @@ class Ingest:
                     lag = (committed_us - result.readings[-1].ts_us) / 1e6
                     # Backfilled buffers are hours old by design: not latency.
                     if 0 <= lag < 60:
-                        lag_observe(lag)
+                        lags.append(lag)
             elif isinstance(result, CommandReply):
                 replies += 1
             elif isinstance(result, Rejected):
@@ -517,6 +517,7 @@ class Ingest:
                 redelivered += 1
             else:
                 ignored += 1
+        m.lag.observe_many(lags)
         for outcome, count in (
             ("stored", stored),
             ("dead_letter", dead),

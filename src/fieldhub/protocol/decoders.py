@@ -41,6 +41,9 @@ from fieldhub.protocol.timestamps import AbsurdTimestamp, parse_device_time
 TIME_KEYS = ("ts", "timestamp", "time")
 # Envelope fields that describe the message, not the world: kept as attributes, never readings.
 ENVELOPE_KEYS = frozenset({"v"})
+# What a telemetry object's readings leave out when its time field held a date: made once, not
+# per message.
+SKIP_WITH_TIME = {key: ENVELOPE_KEYS | {key} for key in TIME_KEYS}
 PRESENCE_WORDS = {"online": "online", "offline": "offline"}
 # A bare number as firmware prints it (`25.5`, `-3`, ` 21.50`, `1e3`): Python's float() would also
 # take `nan`, `inf` and `1_000`, which no sensor means.
@@ -127,13 +130,16 @@ def _object_readings(data: dict[str, Any], ctx: DecodeContext, result: Decoded) 
     time_key, ts_us = _device_time(data, ctx, result)
     skip = ENVELOPE_KEYS
     if time_key is not None and result.device_time:
-        skip = ENVELOPE_KEYS | {time_key}
+        skip = SKIP_WITH_TIME[time_key]
     flat = flatten(data, skip=skip)
-    for key in ENVELOPE_KEYS & data.keys():
-        tag = data[key]
-        result.attributes[key] = tag if isinstance(tag, str | int | float) else str(tag)
+    for key in ENVELOPE_KEYS:
+        if key in data:
+            tag = data[key]
+            result.attributes[key] = tag if isinstance(tag, str | int | float) else str(tag)
+    # A list, not a generator: cheaper, and every telemetry message comes here.
+    rename = ctx.name
     result.readings.extend(
-        Reading(ctx.name(name), ts_us, value) for name, value in flat.numbers.items()
+        [Reading(rename(key), ts_us, value) for key, value in flat.numbers.items()]
     )
     for name, value in flat.attributes.items():
         result.attributes[ctx.name(name)] = value

@@ -566,6 +566,8 @@ class RuleEngine:
                 self._devices[decoded.device_id] = (decoded.profile, known[1])
                 self._in_scope.pop(decoded.device_id, None)
             watched = self._watched
+            if watched is not None and not watched:
+                continue  # no rule reads a metric: skip the per-reading work (hot at 20k msg/s)
             taken = [
                 (reading.ts_us, reading.metric, reading.value)
                 for reading in decoded.readings

@@ -19,6 +19,7 @@ with several writers the bounds hold per writer, not exactly in all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from fieldhub.protocol.messages import AttributeValue, Decoded
@@ -27,6 +28,7 @@ from fieldhub.store.plan import WriterCaches, cut
 __all__ = ["MAX_ATTRIBUTES_PER_DEVICE", "Admission", "InputLimits", "admit", "cap_attributes"]
 
 MAX_ATTRIBUTES_PER_DEVICE = 64
+NONE_ADDED: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,7 @@ def admit(
                 "(FIELDHUB_NEW_DEVICES_PER_HOUR); this one is not stored",
             )
             continue
-        new = _new_metrics(item, device_pk, metrics, series, added.get(uid, set()))
+        new = _new_metrics(item, device_pk, metrics, series, added.get(uid, NONE_ADDED))
         if new:
             known = (0 if device_pk is None else counts.get(device_pk, 0)) + len(added.get(uid, ()))
             if known + len(new) > limits.max_metrics_per_device:
@@ -102,16 +104,20 @@ def _new_metrics(
     device_pk: int | None,
     metrics: Mapping[str, int],
     series: set[tuple[int, int]],
-    added: set[str],
-) -> set[str]:
-    """The metric names of `item` its device has no series of yet (nor this batch gave it)."""
-    new: set[str] = set()
+    added: AbstractSet[str],
+) -> set[str] | None:
+    """The metric names of `item` its device has no series of yet (nor this batch gave it), or
+    None when there are none: this runs for every message, and nearly always finds none, so it
+    makes no set it does not fill."""
+    new: set[str] | None = None
     for reading in item.readings:
         name = reading.metric
-        if name in added or name in new:
-            continue
         metric_pk = metrics.get(name)
-        if device_pk is None or metric_pk is None or (device_pk, metric_pk) not in series:
+        if (
+            device_pk is None or metric_pk is None or (device_pk, metric_pk) not in series
+        ) and name not in added:
+            if new is None:
+                new = set()
             new.add(name)
     return new
 
