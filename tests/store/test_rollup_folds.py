@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fieldhub.store import sqlite as sqlite_module
 from fieldhub.store.migrate import migrate_sqlite_to_postgres
 from fieldhub.store.migrate_outcome import MigrationRefused
 from fieldhub.store.rollups import HOUR_US, MINUTE_US, ROLLUP_TABLES, rollup_rows
@@ -82,6 +83,41 @@ async def test_the_store_folds_every_interval(tmp_path: Path) -> None:
             timeout_s=10,
             what="the store's own fold",
         )
+
+
+async def test_folds_failing_for_a_while_are_a_health_problem_until_they_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches go on while folds fail (their readings stay pending); past the limit the store
+    says why for /healthz, and says nothing once a fold succeeds again."""
+    monkeypatch.setattr(sqlite_module, "FOLD_PROBLEM_AFTER_S", 0.3)
+    db = tmp_path / "f.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # the store's own mode; a test trigger beside it
+    async with _opened(db, fold_interval_s=0.05) as store:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "CREATE TRIGGER refuse_minutes BEFORE INSERT ON rollup_minute "
+                "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+            )
+        await store.write_batch(WriteBatch(decoded=[msg("dev-1", T0, [("t", T0, 1.5)])]))
+        assert store.rollups_problem() is None  # failing, but not for long yet
+        await await_until(
+            lambda: store.rollups_problem() is not None, timeout_s=10, what="the problem"
+        )
+        problem = store.rollups_problem() or ""
+        assert "refused by a test trigger" in problem
+        assert "new readings have not reached the rollups" in problem
+        await store.write_batch(WriteBatch(decoded=[msg("dev-1", T0 + 1, [("t", T0 + 1, 2.5)])]))
+        assert _count(db, "rollup_pending") == 2
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER refuse_minutes")
+        await await_until(
+            lambda: store.rollups_problem() is None and _count(db, "rollup_pending") == 0,
+            timeout_s=10,
+            what="the fold succeeding again",
+        )
+    _rollups_of_every_reading(db)
 
 
 async def test_close_folds_and_open_folds_what_a_crash_left(tmp_path: Path) -> None:

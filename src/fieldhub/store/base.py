@@ -608,6 +608,11 @@ class Store(abc.ABC):
         readings were added. SQLite defers them (a fold every second, and at open and close);
         reads never depend on it, they add what is pending. PostgreSQL: 0, always current."""
 
+    def rollups_problem(self) -> str | None:
+        """Why the rollups have fallen behind the stored readings (SQLite's folds keep failing),
+        in words for /healthz, or None. PostgreSQL's batches update them: never behind."""
+        return None
+
     @abc.abstractmethod
     async def maintain(self, now_us: int) -> None:
         """Periodic upkeep the engine needs (PostgreSQL: partitions ahead of time)."""

@@ -15,6 +15,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,6 +86,9 @@ CHECKPOINT_INTERVAL_S = 0.1
 # cheaper for the writer (each fold rewrites the current rollup rows of every series in the
 # slice), shorter keeps less pending for series reads to scan.
 FOLD_INTERVAL_S = 1.0
+# Folds failing this long make health `degraded` (Store.rollups_problem): one failure (a lock
+# held by an outside tool for a moment) is retried at the next slice; a minute is a cause.
+FOLD_PROBLEM_AFTER_S = 60.0
 # The writer still checkpoints by itself past this many WAL pages (4 KiB each). Under continuous
 # writes a background checkpoint always has newer frames behind it, so the WAL cannot restart
 # from its beginning and grows until this backstop, where the writer's checkpoint finds almost
@@ -213,7 +217,9 @@ class SqliteStore(SqlStore):
         self._closed = False
         self._checkpointer: _Checkpointer | None = None
         self._folder: asyncio.Task[None] | None = None
-        self._fold_failing = False
+        # Slice -> since when (time.monotonic) and why its folds fail. Per slice: a slice with
+        # nothing pending folds fine beside one that keeps failing.
+        self._fold_failing: dict[int, tuple[float, str]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -242,11 +248,25 @@ class SqliteStore(SqlStore):
                         exc,
                         self.fold_interval_s,
                     )
-                self._fold_failing = True
+                if slice_ not in self._fold_failing:
+                    self._fold_failing[slice_] = (time.monotonic(), str(exc)[:300])
             else:
-                if self._fold_failing:
+                if self._fold_failing.pop(slice_, None) is not None and not self._fold_failing:
                     log.warning("adding new readings to the rollups succeeds again")
-                self._fold_failing = False
+
+    def rollups_problem(self) -> str | None:
+        """See `Store.rollups_problem`: folds failing for FOLD_PROBLEM_AFTER_S or longer."""
+        if not self._fold_failing:
+            return None
+        since_s, why = min(self._fold_failing.values())
+        failing_s = time.monotonic() - since_s
+        if failing_s < FOLD_PROBLEM_AFTER_S:
+            return None
+        return (
+            f"new readings have not reached the rollups for {failing_s:.0f} s ({why}); "
+            "nothing is lost and series reads include them, but those reads slow down as they "
+            "pile up: see the log for the cause"
+        )
 
     def _open_writer(self) -> None:
         try:

@@ -20,7 +20,8 @@ async def healthz(
 ) -> Health:
     """200 while the API and the database answer (`degraded` when the broker is unreachable:
     the API keeps serving stored data, or ingest's session was taken over, or ingest's writes
-    fail: a full disk, a read-only or locked database; `problems` says why); 503 when the
+    fail: a full disk, a read-only or locked database, or new readings have not reached the
+    rollups for a minute; `problems` says why); 503 when the
     database does not answer, or its writes have failed for longer than the
     `store_unwritable_503_s` setting (60 s)."""
     try:
@@ -45,6 +46,7 @@ async def healthz(
             unwritable,
             None if broker.connected else f"ingest is not connected to {broker.url}",
             broker.problem,
+            store.rollups_problem(),
         )
         if problem is not None
     ]
