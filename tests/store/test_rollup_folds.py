@@ -4,6 +4,7 @@ next open after a crash; `fieldhub migrate` refuses a file with readings pending
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sqlite3
@@ -13,11 +14,14 @@ from pathlib import Path
 import pytest
 
 from fieldhub.store import sqlite as sqlite_module
+from fieldhub.store.dialect import Dialect
 from fieldhub.store.migrate import migrate_sqlite_to_postgres
 from fieldhub.store.migrate_outcome import MigrationRefused
+from fieldhub.store.ops import Script
 from fieldhub.store.rollups import HOUR_US, MINUTE_US, ROLLUP_TABLES, rollup_rows
 from fieldhub.store.sqlite import SqliteStore
 from fieldhub.store.types import WriteBatch
+from fieldhub.store.writes import fold_rollups
 from support.store_rows import H0, T0, S, msg, reference, store_shuffled
 from support.waiting import await_until
 
@@ -83,6 +87,32 @@ async def test_the_store_folds_every_interval(tmp_path: Path) -> None:
             timeout_s=10,
             what="the store's own fold",
         )
+
+
+async def test_an_idle_store_does_not_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only slices something was stored in since their last fold are folded: an idle process
+    commits no empty fold transactions (16 a second before)."""
+    folds: list[int | None] = []
+
+    def counted(d: Dialect, slice_: int | None = None) -> Script[int]:
+        folds.append(slice_)
+        return fold_rollups(d, slice_)
+
+    monkeypatch.setattr(sqlite_module.writes, "fold_rollups", counted)
+    db = tmp_path / "f.db"
+    async with _opened(db, fold_interval_s=0.05) as store:
+        await asyncio.sleep(0.5)  # ~10 rotations of the 16 slices
+        assert [s for s in folds if s is not None] == []
+        await store.write_batch(WriteBatch(decoded=[msg("dev-1", T0, [("t", T0, 1.5)])]))
+        await await_until(
+            lambda: _count(db, "rollup_pending") == 0, timeout_s=10, what="the fold of dev-1"
+        )
+        await asyncio.sleep(0.3)
+        # Each slice once at most after the batch (the batch counts for all of them), then quiet.
+        sliced = [s for s in folds if s is not None]
+        assert 1 <= len(sliced) <= 16
+        assert len(set(sliced)) == len(sliced)
+    assert _count(db, "rollup_minute") == 1
 
 
 async def test_folds_failing_for_a_while_are_a_health_problem_until_they_succeed(

@@ -26,7 +26,7 @@ from fieldhub.store.core import SqlStore
 from fieldhub.store.dialect import SQLITE
 from fieldhub.store.ops import Bulk, Count, Many, Op, Query, Row, Script, Statements, run_sync
 from fieldhub.store.sqlite_schema import MIGRATIONS
-from fieldhub.store.types import StoreError, StoreUnavailable
+from fieldhub.store.types import StoreError, StoreUnavailable, WriteBatch, WriteResult
 
 T = TypeVar("T")
 log = logging.getLogger("fieldhub.store")
@@ -220,6 +220,11 @@ class SqliteStore(SqlStore):
         # Slice -> since when (time.monotonic) and why its folds fail. Per slice: a slice with
         # nothing pending folds fine beside one that keeps failing.
         self._fold_failing: dict[int, tuple[float, str]] = {}
+        # Batches that stored readings (so left some pending), and that count as each slice's
+        # last successful fold began: a slice no batch has written to since is not folded (an
+        # idle process would otherwise commit 16 empty folds a second, forever).
+        self._batches_with_readings = 0
+        self._folded_after = [0] * writes.FOLD_SLICES
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -237,6 +242,9 @@ class SqliteStore(SqlStore):
     async def _fold_every_interval(self) -> None:
         for slice_ in itertools.cycle(range(writes.FOLD_SLICES)):
             await asyncio.sleep(self.fold_interval_s / writes.FOLD_SLICES)
+            batches = self._batches_with_readings
+            if self._folded_after[slice_] == batches and slice_ not in self._fold_failing:
+                continue  # nothing stored since this slice's last fold: nothing pending in it
             try:
                 await self._write(writes.fold_rollups(self.dialect, slice_))
             except StoreError as exc:
@@ -251,8 +259,16 @@ class SqliteStore(SqlStore):
                 if slice_ not in self._fold_failing:
                     self._fold_failing[slice_] = (time.monotonic(), str(exc)[:300])
             else:
+                self._folded_after[slice_] = batches
                 if self._fold_failing.pop(slice_, None) is not None and not self._fold_failing:
                     log.warning("adding new readings to the rollups succeeds again")
+
+    async def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """See `Store.write_batch`; counts the batches that left readings pending."""
+        result = await super().write_batch(batch)
+        if result.readings_written:
+            self._batches_with_readings += 1
+        return result
 
     def rollups_problem(self) -> str | None:
         """See `Store.rollups_problem`: folds failing for FOLD_PROBLEM_AFTER_S or longer."""
