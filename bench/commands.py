@@ -48,12 +48,8 @@ from typing import Any
 import httpx
 import orjson
 import psutil
+import uvloop  # a fieldhub dependency: its server's event loop
 from prometheus_client.parser import text_string_to_metric_families
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is optional
-    uvloop = None
 
 from bench.common import (
     BenchError,
@@ -390,7 +386,7 @@ def judge(status: int, content: bytes, client_ms: float, expected: dict[str, Any
     created = _epoch_us(cmd.get("created"))
     sent = _epoch_us(cmd.get("sent"))
     finished = _epoch_us(cmd.get("finished"))
-    times = {
+    times: dict[str, Any] = {
         "server_ms": _ms_between(created, finished),
         "dispatch_ms": _ms_between(created, sent),
         "device_ms": _ms_between(sent, finished),
@@ -626,11 +622,8 @@ async def _concurrent(
 
 
 def run_concurrent(*args: Any, **kwargs: Any) -> tuple[list[Sample], list[Sample], list[float]]:
-    """``_concurrent`` on uvloop when it is installed (about 7 % less client CPU), else asyncio."""
-    coro = _concurrent(*args, **kwargs)
-    if uvloop is not None:
-        return uvloop.run(coro)
-    return asyncio.run(coro)
+    """``_concurrent`` on uvloop (about 7 % less client CPU than asyncio's own loop)."""
+    return uvloop.run(_concurrent(*args, **kwargs))
 
 
 def _progress(tag: str, where: str, recent: Sequence[Sample], every: Sequence[Sample]) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]  # no types-psutil in the test extras
+import psutil
 
 from bench.commands import (
     DEFAULT_WAIT_S,

@@ -247,6 +247,7 @@ def _rfc3339(epoch_ns: int) -> str:
 def client_main(argv: list[str]) -> int:
     """``python -m bench.ml client ...``: the backbone's requests, paced, and the answers timed."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     p = argparse.ArgumentParser(prog="python -m bench.ml client")
     p.add_argument("--port", type=int, required=True)
@@ -283,7 +284,7 @@ def client_main(argv: list[str]) -> int:
             acked += 1
 
     subscribed = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ml-answers")
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ml-answers")
     sub.on_message = on_message
     sub.on_subscribe = lambda *_: subscribed.set()
     sub.connect("127.0.0.1", a.port, keepalive=60)
@@ -291,7 +292,7 @@ def client_main(argv: list[str]) -> int:
     sub.loop_start()
     if not subscribed.wait(10):
         raise SystemExit("the answers' subscription was not granted within 10 s")
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ml-requests")
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ml-requests")
     pub.max_inflight_messages_set(1000)
     pub.max_queued_messages_set(0)
     pub.on_publish = on_publish
@@ -361,8 +362,9 @@ def announce(port: int, ids: list[str], mode: str) -> None:
     (the window-control stack's node) for requests, `devices/{id}/telemetry` of temperature
     alone (fieldhub firmware) for the own trigger."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-ml-announce")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-ml-announce")
     client.max_inflight_messages_set(1000)
     client.connect("127.0.0.1", port, keepalive=60)
     client.loop_start()

@@ -29,11 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-try:
-    # fieldhub's server runs its event loop on uvloop: the asyncio clients get the same.
-    import uvloop
-except ImportError:  # pragma: no cover - uvloop is a fieldhub dependency on POSIX
-    uvloop = None
+# fieldhub's server runs its event loop on uvloop (a fieldhub dependency): so do these clients.
+import uvloop
 
 HOST = "127.0.0.1"
 # What the loadgen publishes to: devices/<device id>/telemetry (bench/loadgen.py).
@@ -255,10 +252,7 @@ async def run_aiomqtt(port: int, reporter: Reporter) -> None:
 
 
 def _run_async(main: Callable[[], Any]) -> None:
-    if uvloop is not None:
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    uvloop.run(main())
 
 
 def run(client: str, port: int) -> None:

@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['client']} round {r['round']}: {n}" for r in runs for n in r.get("notes", [])
     ]
     by_client = summarize(args.clients, runs)
+    loadavg_end = _loadavg()
     result = {
         "bench": "mqtt_clients",
         "started_at": bench.started.isoformat(timespec="seconds"),
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "filter": TELEMETRY_FILTER,
             "machine": {**machine_info(), "background_busy_percent": bench.background_percent},
         },
-        "load_average": {"start": loadavg_start, "end": _loadavg()},
+        "load_average": {"start": loadavg_start, "end": loadavg_end},
         "by_client": by_client,
         "runs": runs,
         "methods": METHODS,
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_result("mqtt_clients", result)
     say(f"wrote {path}")
     _print_table(by_client)
-    say(f"load average: start {loadavg_start}, end {result['load_average']['end']}")
+    say(f"load average: start {loadavg_start}, end {loadavg_end}")
     say_notes_and_errors(result)
     tidy_workdir(bench.workdir, keep=bool(errors) or args.keep)
     return 2 if errors else 0

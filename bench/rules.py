@@ -531,6 +531,7 @@ def b_value(index: int, n: int, devices: int, readings_per_device: int, pattern:
 def publish_main(argv: list[str]) -> int:
     """``python -m bench.rules publish ...``: phase B's paced publisher (its own process)."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     p = argparse.ArgumentParser(prog="python -m bench.rules publish")
     p.add_argument("--port", type=int, required=True)
@@ -553,7 +554,7 @@ def publish_main(argv: list[str]) -> int:
             acked += 1
 
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="bench-rules-publisher", clean_session=True
+        CallbackAPIVersion.VERSION2, client_id="bench-rules-publisher", clean_session=True
     )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -785,7 +786,7 @@ def latency_run(k: int, args: argparse.Namespace, workdir: Path, pattern: str) -
         if isinstance(created_us, int):
             engine_to_hook.append((received_us - created_us) / 1000)
     cpu = sampler.summary(load["first_publish_epoch"], load["last_publish_epoch"])
-    lag = ingest._latency(before, after) or {}
+    ingest_lag = ingest._latency(before, after) or {}
     run.update(
         offered=load["sent"],
         acked=load["acked"],
@@ -802,7 +803,7 @@ def latency_run(k: int, args: argparse.Namespace, workdir: Path, pattern: str) -
         latency_ms=_percentiles(lat),
         engine_to_webhook_ms=_percentiles(engine_to_hook),
         publish_to_engine_ms=_percentiles(pub_to_engine),
-        ingest_lag={"p50_s": lag.get("p50_s"), "p99_s": lag.get("p99_s")},
+        ingest_lag={"p50_s": ingest_lag.get("p50_s"), "p99_s": ingest_lag.get("p99_s")},
         engine={
             "edges": _delta(before, after, "fieldhub_rules_edges_total"),
             "evaluations_reading": (_evaluations(after, "reading") or 0)

@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 start_new_session=True,
             )
         procs.append(sim)
-        natives = []
+        natives: list[str] = []
         deadline = time.monotonic() + 30
         while not natives and time.monotonic() < deadline:
             time.sleep(1)
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler.add("sim", lambda: [psutil.Process(sim.pid)] if sim.poll() is None else [])
         sampler.sample()
         text = scrape(f"{base_url}/metrics")
-        prev = {
+        prev: dict[str, Any] = {
             "t": time.time(),
             "lag": histogram_buckets(text, "fieldhub_ingest_lag_seconds"),
             "delay": histogram_buckets(text, "fieldhub_ingest_commit_delay_seconds"),

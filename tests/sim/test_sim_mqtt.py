@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import orjson
-import psutil  # type: ignore[import-untyped]  # stubs are not a test dependency
+import psutil
 import pytest
 
 from fieldhub.broker import MosquittoProcess

@@ -315,9 +315,9 @@ def _cases(rng: random.Random, now_ms: int) -> Iterator[HostileMessage]:
         True,
         1.5,
     )
-    for value in absurd:
+    for stamp in absurd:
         # The standard library writes integers of any size; orjson refuses past 64 bits.
-        blob = json.dumps(value).encode()
+        blob = json.dumps(stamp).encode()
         yield hm("devices/time-node/telemetry", b'{"ts": %s, "temperature": 1}' % blob, "absurd_ts")
         yield hm(
             "iot/node/time-node/telemetry",
